@@ -1,0 +1,229 @@
+"""The daemon's configuration: one TOML file, read once at start-up into frozen dataclasses.
+
+Every key has a default an operator can live with except the ones that name this host and
+its Kerberos identity; unknown keys are an error, so a typo never silently means "default".
+``etc/nipcd.toml`` documents each key.
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import tomllib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_PORT = 7445
+DEFAULT_SOCKET = "/run/nipc/nipc.sock"
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or wrong; the message names the key."""
+
+
+class CredentialMode(Enum):
+    """How the sending daemon gets a ticket in the caller's name."""
+
+    #: S4U2Self + S4U2Proxy from the host keytab: no credential of the caller needed.
+    PROTOCOL_TRANSITION = "protocol-transition"
+    #: The caller's own credential cache, opened while running as the caller (rpc.gssd model).
+    OWN_CCACHE = "own-ccache"
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Config:
+    host_name: str
+    realm: str
+    mode: CredentialMode
+    keytab: Path
+    principal: str
+    krb5_config: Path | None = None
+    ccache_template: str = "FILE:/tmp/krb5cc_%{uid}"
+    trusted_realms: tuple[str, ...] = ()
+    allow_root: bool = False
+    socket_path: Path = Path(DEFAULT_SOCKET)
+    socket_owner: int = 0
+    socket_group: int = 0
+    socket_mode: int = 0o666
+    listen_address: str = "0.0.0.0"
+    listen_port: int = DEFAULT_PORT
+    peers: Mapping[str, PeerAddress] = field(default_factory=dict)
+    request_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    keepalive_idle: int = 15
+    user_timeout: float = 30.0
+    max_hops: int = 8
+    log_file: Path | None = None
+
+    @property
+    def service_name(self) -> str:
+        """The GSS host-based service name peers use to reach this daemon."""
+        return f"nipc@{self.host_name}"
+
+    def realms(self) -> tuple[str, ...]:
+        """Realms whose principals this daemon accepts (its own unless configured)."""
+        return self.trusted_realms or (self.realm,)
+
+
+def _section(doc: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
+    sect = doc.get(name, {})
+    if not isinstance(sect, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    unknown = set(sect) - keys
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown key(s) {', '.join(sorted(unknown))}")
+    return sect
+
+
+def _typed(sect: Mapping[str, Any], where: str, key: str, kind: type | tuple[type, ...]) -> Any:
+    value = sect[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
+    return value
+
+
+def _uid(name: str | int) -> int:
+    if isinstance(name, int):
+        return name
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise ConfigError(f"local.owner: no such user {name!r}") from None
+
+
+def _gid(name: str | int) -> int:
+    if isinstance(name, int):
+        return name
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"local.group: no such group {name!r}") from None
+
+
+def parse_peer_address(text: str, where: str) -> PeerAddress:
+    """``host:port``, ``[v6]:port`` or ``host`` (default port)."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"{where}: bad address {text!r}")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    try:
+        port = int(port_text) if port_text else DEFAULT_PORT
+    except ValueError:
+        raise ConfigError(f"{where}: bad port in {text!r}") from None
+    if not host or not 0 < port < 65536:
+        raise ConfigError(f"{where}: bad address {text!r}")
+    return PeerAddress(host, port)
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a configuration file."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return from_mapping(doc)
+
+
+def from_mapping(doc: Mapping[str, Any]) -> Config:
+    unknown = set(doc) - {"host", "kerberos", "local", "peer", "peers", "timeouts", "log"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+    host = _section(doc, "host", {"name", "realm"})
+    krb = _section(
+        doc,
+        "kerberos",
+        {"mode", "keytab", "principal", "krb5_config", "ccache_template", "trusted_realms",
+         "allow_root"},
+    )
+    local = _section(doc, "local", {"socket", "owner", "group", "mode"})
+    peer = _section(doc, "peer", {"listen", "port", "max_hops"})
+    peers = doc.get("peers", {})
+    if not isinstance(peers, dict):
+        raise ConfigError("[peers] must be a table of host = \"address:port\"")
+    times = _section(
+        doc, "timeouts", {"request", "handshake", "connect", "keepalive_idle", "user_timeout"}
+    )
+    log = _section(doc, "log", {"file"})
+
+    for key in ("name", "realm"):
+        if key not in host:
+            raise ConfigError(f"host.{key} is required")
+    for key in ("keytab", "principal"):
+        if key not in krb:
+            raise ConfigError(f"kerberos.{key} is required")
+    try:
+        mode = CredentialMode(krb.get("mode", CredentialMode.PROTOCOL_TRANSITION.value))
+    except ValueError:
+        raise ConfigError(
+            "kerberos.mode: expected 'protocol-transition' or 'own-ccache'"
+        ) from None
+    mode_text = local.get("mode", "0666")
+    try:
+        socket_mode = int(mode_text, 8) if isinstance(mode_text, str) else int(mode_text)
+    except ValueError:
+        raise ConfigError(f"local.mode: not an octal mode: {mode_text!r}") from None
+
+    kw: dict[str, Any] = {}
+    for key, name, kind in (
+        ("request", "request_timeout", (int, float)),
+        ("handshake", "handshake_timeout", (int, float)),
+        ("connect", "connect_timeout", (int, float)),
+        ("user_timeout", "user_timeout", (int, float)),
+        ("keepalive_idle", "keepalive_idle", int),
+    ):
+        if key in times:
+            value = _typed(times, "timeouts", key, kind)
+            if value <= 0:
+                raise ConfigError(f"timeouts.{key} must be positive")
+            kw[name] = value
+
+    peer_table: dict[str, PeerAddress] = {}
+    for name, addr in peers.items():
+        if not isinstance(addr, str):
+            raise ConfigError(f"peers.{name}: expected \"address:port\"")
+        peer_table[name.lower()] = parse_peer_address(addr, f"peers.{name}")
+
+    realms = krb.get("trusted_realms", [])
+    if not isinstance(realms, list) or not all(isinstance(r, str) for r in realms):
+        raise ConfigError("kerberos.trusted_realms: expected a list of realm names")
+
+    return Config(
+        host_name=_typed(host, "host", "name", str).lower(),
+        realm=_typed(host, "host", "realm", str),
+        mode=mode,
+        keytab=Path(_typed(krb, "kerberos", "keytab", str)),
+        principal=_typed(krb, "kerberos", "principal", str),
+        krb5_config=Path(krb["krb5_config"]) if "krb5_config" in krb else None,
+        ccache_template=krb.get("ccache_template", Config.ccache_template),
+        trusted_realms=tuple(realms),
+        allow_root=bool(krb.get("allow_root", False)),
+        socket_path=Path(local.get("socket", DEFAULT_SOCKET)),
+        socket_owner=_uid(local.get("owner", 0)),
+        socket_group=_gid(local.get("group", 0)),
+        socket_mode=socket_mode,
+        listen_address=peer.get("listen", "0.0.0.0"),
+        listen_port=int(peer.get("port", DEFAULT_PORT)),
+        max_hops=int(peer.get("max_hops", 8)),
+        peers=peer_table,
+        log_file=Path(log["file"]) if "file" in log else None,
+        **kw,
+    )

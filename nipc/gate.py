@@ -1,0 +1,180 @@
+"""The local gate: the daemon's AF_UNIX listener and its one-line protocol (SPEC section 2).
+
+Who may use NIPC at all is decided by the socket file's owner, group, mode and ACL, like
+any other Unix-socket gate. Who is calling is what the kernel says (``SO_PEERCRED``,
+``SO_PEERGROUPS``). Bytes sent after the request line are kept, within a bound, and
+delivered once the connection is made.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from enum import Enum
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nipc.audit import audit
+from nipc.config import Config
+from nipc.errors import NipcError
+from nipc.identity import Caller, caller_of
+from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
+from nipc.router import Router, new_connection_id
+from nipc.splice import End, Splice, UnixEnd
+
+log = Logger()
+
+#: Bytes a client may send ahead of ``OK`` before we stop reading from it.
+MAX_EARLY = 256 * 1024
+
+
+class State(Enum):
+    REQUEST = "request"
+    ROUTING = "routing"
+    SPLICED = "spliced"
+    DONE = "done"
+
+
+class LocalGate(UnixEnd):
+    """One client connection: request line, routing, reply, then one end of a splice."""
+
+    def __init__(self, reactor: Any, config: Config, router: Router) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._router = router
+        self.state = State.REQUEST
+        self.conn_id = new_connection_id()
+        self._buffer = b""
+        self._early_eof = False
+        self._routing: Deferred[End] | None = None
+        self._timer: Any = None
+        self._started = time.monotonic()
+        self._facts: dict[str, Any] = {"conn_id": self.conn_id}
+        self.caller: Caller | None = None
+
+    def connectionMade(self) -> None:
+        self.caller = caller_of(self.transport.getHandle())  # type: ignore[union-attr]
+        self._facts.update(pid=self.caller.pid, uid=self.caller.uid)
+        self._timer = self._reactor.callLater(self._config.request_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.state is State.REQUEST:
+            self._refuse(NipcError("ETIMEDOUT", f"no complete request line within {self._config.request_timeout:g}s"))
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is State.SPLICED:
+            super().dataReceived(data)
+            return
+        if self.state is State.DONE:
+            return
+        self._buffer += data
+        if self.state is State.ROUTING:
+            if len(self._buffer) > MAX_EARLY:
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+            return
+        try:
+            split = take_line(self._buffer)
+            if split is None:
+                return
+            line, self._buffer = split
+            request = parse_request(line)
+        except NipcError as e:
+            self._refuse(e)
+            return
+        if isinstance(request, PeerRequest):
+            self._refuse(NipcError("EINVAL", "PEER is not supported by this daemon yet"))
+            return
+        self._route(request)
+
+    def _route(self, request: ConnectRequest) -> None:
+        assert self.caller is not None
+        self.state = State.ROUTING
+        self._stop_timer()
+        self._facts.update(target=request.target)
+        log.debug("{conn_id}: uid {uid} asks for {target}", **self._facts)
+        self._routing = self._router.route(request, self.caller, self.conn_id)
+        self._routing.addCallbacks(self._routed, self._route_failed)
+
+    def _routed(self, end: End) -> None:
+        self._routing = None
+        if self.state is not State.ROUTING:
+            end.abort()
+            return
+        self.state = State.SPLICED
+        self.transport.write(ok_reply())  # type: ignore[union-attr]
+        splice = Splice(self, end, lambda s: audit(log, "routed", self._facts, self._started, s, self, end))
+        if self._buffer:
+            early, self._buffer = self._buffer, b""
+            splice.data(self, early)
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._early_eof:
+            splice.eof(self)
+
+    def _route_failed(self, failure: Failure) -> None:
+        self._routing = None
+        if self.state is State.DONE:
+            return
+        if failure.check(NipcError):
+            error: NipcError = failure.value  # type: ignore[assignment]
+        else:
+            log.failure("{conn_id}: routing failed", failure, conn_id=self.conn_id)
+            error = NipcError("EPROTO", f"internal error (logged as connection {self.conn_id})")
+        self._refuse(error)
+
+    def _refuse(self, error: NipcError) -> None:
+        self._stop_timer()
+        if self.state is State.DONE:
+            return
+        self.state = State.DONE
+        audit(log, "refused", dict(self._facts, errno=error.errno_name, reason=error.message), self._started)
+        self.transport.write(error_reply(error))  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        if self.state is State.SPLICED:
+            super().readConnectionLost()
+        elif self.state is State.ROUTING:
+            self._early_eof = True
+        elif self.state is State.REQUEST:
+            self._refuse(NipcError("EINVAL", "connection closed before a complete request line"))
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        if self.state is State.SPLICED:
+            super().fileDescriptorReceived(descriptor)
+            return
+        os.close(descriptor)
+        self._cancel_routing()
+        self._refuse(NipcError("EINVAL", "file descriptors cannot be passed over NIPC"))
+
+    def _cancel_routing(self) -> None:
+        if self._routing is not None:
+            routing, self._routing = self._routing, None
+            routing.cancel()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._stop_timer()
+        if self.state is State.SPLICED:
+            super().connectionLost(reason)
+            return
+        self.state = State.DONE
+        self._cancel_routing()
+
+
+class LocalGateFactory(Factory):
+    def __init__(self, reactor: Any, config: Config, router: Router) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._router = router
+
+    def buildProtocol(self, addr: Any) -> LocalGate:
+        return LocalGate(self._reactor, self._config, self._router)

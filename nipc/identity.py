@@ -1,0 +1,80 @@
+"""Who is calling: the kernel's word for a local caller, and local identities from NSS.
+
+``SO_PEERCRED``/``SO_PEERGROUPS`` are read once at accept: they describe the process as it
+was when it connected, which is what the local gate's permission check saw too.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+
+from nipc.errors import NipcError
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A local process as the kernel attested it when it connected."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LocalIdentity:
+    """A local account: what a thread becomes to act for someone on this host."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.user} (uid {self.uid})"
+
+
+def peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    size = 256
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as e:
+            if e.errno == errno.ERANGE and size < 65536 * 4:
+                size *= 16
+                continue
+            raise
+        return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+
+
+def caller_of(sock: socket.socket) -> Caller:
+    """The credentials of the process at the other end of a connected AF_UNIX socket."""
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return Caller(pid, uid, gid, peer_groups(sock))
+
+
+def identity_of_caller(caller: Caller) -> LocalIdentity:
+    """The caller as a named local account (its groups as the kernel reported them)."""
+    try:
+        name = pwd.getpwuid(caller.uid).pw_name
+    except KeyError:
+        raise NipcError("EPERM", f"uid {caller.uid} has no account name on this host") from None
+    return LocalIdentity(name, caller.uid, caller.gid, caller.groups)
+
+
+def identity_of_user(name: str) -> LocalIdentity:
+    """A local account by name through NSS: uid, primary gid and all its groups."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise NipcError("EPERM", f"no local account {name!r} on this host") from None
+    groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
+    return LocalIdentity(entry.pw_name, entry.pw_uid, entry.pw_gid, groups)

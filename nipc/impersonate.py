@@ -1,0 +1,125 @@
+"""Act as someone else on one thread only: the heart of "the kernel decides".
+
+The libc ``set*id`` wrappers change every thread of the process (glibc broadcasts them),
+so a daemon must never call them. Linux credentials are per thread at the syscall level:
+a fresh thread calls ``setgroups``/``setresgid``/``setresuid`` through ``syscall(2)``, does
+its one job (a ``connect()``, opening a credential cache) and ends, taking the identity
+with it. A failure half-way through switching raises before the job runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import socket
+import stat
+import threading
+from typing import Callable, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.python.failure import Failure
+
+from nipc.errors import NipcError, from_oserror
+from nipc.identity import LocalIdentity
+
+T = TypeVar("T")
+
+_SYSCALLS = {
+    "x86_64": {"setgroups": 116, "setresuid": 117, "setresgid": 119},
+    "aarch64": {"setgroups": 159, "setresuid": 147, "setresgid": 149},
+}
+_NR = _SYSCALLS[platform.machine()]
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _syscall(name: str, *args: object) -> None:
+    if _libc.syscall(_NR[name], *args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def become(identity: LocalIdentity, *, permanent: bool) -> None:
+    """Switch the calling thread (never the main thread) to ``identity``.
+
+    ``permanent`` also sets the real and saved ids, so the thread cannot switch back and
+    files it opens see the caller's real uid (what krb5 and KCM check); otherwise only the
+    effective ids change, which is all the kernel's permission check on ``connect()`` uses.
+    """
+    if threading.current_thread() is threading.main_thread():
+        raise RuntimeError("identity switch attempted on the main thread")
+    groups = (ctypes.c_uint * len(identity.groups))(*identity.groups)
+    gid, uid, keep = ctypes.c_long(identity.gid), ctypes.c_long(identity.uid), ctypes.c_long(-1)
+    _syscall("setgroups", ctypes.c_size_t(len(identity.groups)), groups)
+    if permanent:
+        _syscall("setresgid", gid, gid, gid)
+        _syscall("setresuid", uid, uid, uid)
+    else:
+        _syscall("setresgid", keep, gid, keep)
+        _syscall("setresuid", keep, uid, keep)
+    ruid, euid, suid = os.getresuid()
+    rgid, egid, sgid = os.getresgid()
+    if euid != identity.uid or egid != identity.gid or (
+        permanent and (ruid, suid, rgid, sgid) != (identity.uid,) * 2 + (identity.gid,) * 2
+    ):
+        raise OSError(errno.EPERM, "identity switch did not take effect")
+
+
+def run_as(
+    reactor: IReactorFromThreads,
+    identity: LocalIdentity,
+    job: Callable[[], T],
+    *,
+    permanent: bool = False,
+) -> "Deferred[T]":
+    """Run ``job`` on a fresh thread that has become ``identity``; the thread then ends."""
+    done: Deferred[T] = Deferred()
+
+    def main() -> None:
+        try:
+            try:
+                become(identity, permanent=permanent)
+            except OSError as e:
+                raise NipcError(
+                    "EPERM", f"cannot switch to {identity.describe()}: {e.strerror}"
+                ) from None
+            result = job()
+        except BaseException:
+            failure = Failure()
+            reactor.callFromThread(done.errback, failure)
+        else:
+            reactor.callFromThread(done.callback, result)
+
+    threading.Thread(target=main, name=f"nipc-as-{identity.uid}", daemon=True).start()
+    return done
+
+
+def connect_unix(path: str, conn_id: str, timeout: float, who: str) -> socket.socket:
+    """Connect to a pathname socket with this thread's credentials.
+
+    The client end is bound to the abstract name ``nipc/<conn_id>``, so a server that
+    looks at its peer's address can tell which routed connection this is.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(b"\0nipc/" + conn_id.encode("ascii"))
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.setblocking(False)
+    except socket.timeout:
+        sock.close()
+        raise NipcError("ETIMEDOUT", f"connect to {path} as {who}: no answer in {timeout:g}s") from None
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.ECONNREFUSED:
+            try:
+                if not stat.S_ISSOCK(os.stat(path).st_mode):
+                    raise NipcError("ENOTSOCK", f"{path} is not a socket") from None
+            except OSError:
+                pass
+            raise NipcError("ECONNREFUSED", f"nobody is listening on {path}") from None
+        raise from_oserror(e, f"connect to {path} as {who}") from None
+    return sock

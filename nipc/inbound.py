@@ -1,0 +1,101 @@
+"""The receiving side: a validated ticket becomes a local connect made as the caller.
+
+Order matters and is the whole trust model: the ticket is accepted with this host's
+keytab and bound to this TLS session; only the principal inside it counts (never the
+sending daemon's word); it is projected to a local account; a fresh thread becomes that
+account and connects, so the kernel's own permission check decides.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nipc import wire
+from nipc.audit import audit
+from nipc.config import Config
+from nipc.errors import NipcError
+from nipc.identity import LocalIdentity
+from nipc.impersonate import connect_unix, run_as
+from nipc.kerberos import Accepted, Acceptor
+from nipc.peer import PeerServer
+from nipc.projection import project
+from nipc.router import adopt_unix, new_connection_id
+from nipc.splice import Splice, UnixEnd
+
+log = Logger()
+
+
+class Inbound:
+    """Handles the HELLO of every peer link this daemon accepts."""
+
+    def __init__(self, reactor: Any, config: Config, acceptor: Acceptor) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._acceptor = acceptor
+
+    def _check_route(self, hello: wire.Hello) -> None:
+        if hello.host != self._config.host_name:
+            raise NipcError("EHOSTUNREACH", f"this NIPC daemon is {self._config.host_name}, not {hello.host}")
+        if self._config.host_name in hello.hops:
+            raise NipcError("ELOOP", f"routing loop: {' -> '.join(hello.hops)} -> {hello.host}")
+        if len(hello.hops) >= self._config.max_hops:
+            raise NipcError("ELOOP", f"chain longer than {self._config.max_hops} hops")
+
+    def hello(self, link: PeerServer, channel: bytes, hello: wire.Hello) -> None:
+        conn_id = new_connection_id()
+        started = time.monotonic()
+        facts: dict[str, Any] = {
+            "conn_id": conn_id, "origin_conn_id": hello.conn_id, "target": hello.path,
+            "hops": list(hello.hops), "peer": str(link.transport.getPeer()),  # type: ignore[union-attr]
+        }
+        state: dict[str, Any] = {}
+
+        def accepted(acc: Accepted) -> "Deferred[LocalIdentity]":
+            state["accepted"] = acc
+            facts["principal"] = acc.principal
+            return deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(), project, acc.principal,
+                self._config.realms(), self._config.allow_root,
+            )
+
+        def projected(who: LocalIdentity) -> "Deferred[Any]":
+            facts.update(user=who.user, uid=who.uid)
+            timeout = self._config.connect_timeout
+            return run_as(self._reactor, who,
+                          lambda: connect_unix(hello.path, conn_id, timeout, who.describe()))
+
+        def connected(sock: Any) -> None:
+            end = adopt_unix(self._reactor, sock)
+            if link.closed:
+                end.close()
+                raise NipcError("ECONNRESET", "peer link closed before the connection was made")
+            Splice(link, end, lambda s: audit(log, "routed", facts, started, s, link, end))
+            token = state["accepted"].token
+            link.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
+
+        def refused(failure: Failure) -> None:
+            if failure.check(NipcError):
+                error: NipcError = failure.value  # type: ignore[assignment]
+            else:
+                log.failure("inbound connection {conn_id} failed", failure, conn_id=conn_id)
+                error = NipcError("EPROTO", "internal error on the receiving daemon (logged there)")
+            acc = state.get("accepted")
+            link.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
+            audit(log, "refused", dict(facts, errno=error.errno_name, reason=error.message), started)
+
+        try:
+            self._check_route(hello)
+        except NipcError as e:
+            refused(Failure(e))
+            return
+        d = self._acceptor.accept(hello.token, channel)
+        d.addCallback(accepted)
+        d.addCallback(projected)
+        d.addCallback(connected)
+        d.addErrback(refused)

@@ -1,0 +1,258 @@
+"""Tickets in the caller's name (sending side) and their validation (receiving side).
+
+All calls here block (they may talk to the KDC or read a credential cache), so they run
+off the reactor thread and come back as Deferreds. The receiving daemon trusts nothing
+but a context it accepted with its own keytab, bound to the TLS channel it is talking on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gssapi
+import gssapi.raw
+from gssapi.exceptions import GSSError
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from nipc.config import Config, CredentialMode
+from nipc.errors import NipcError
+from nipc.identity import LocalIdentity
+from nipc.impersonate import run_as
+
+log = Logger()
+
+#: krb5 error codes (com_err table base -1765328384) that deserve their own answer.
+_KRB5_BASE = -1765328384
+KDC_ERR_C_PRINCIPAL_UNKNOWN = _KRB5_BASE + 6
+KDC_ERR_S_PRINCIPAL_UNKNOWN = _KRB5_BASE + 7
+KDC_ERR_CLIENT_REVOKED = _KRB5_BASE + 18
+KDC_ERR_BADOPTION = _KRB5_BASE + 13
+KDC_ERR_KEY_EXPIRED = _KRB5_BASE + 23
+AP_ERR_TKT_EXPIRED = _KRB5_BASE + 32
+AP_ERR_REPEAT = _KRB5_BASE + 34
+AP_ERR_SKEW = _KRB5_BASE + 37
+AP_ERR_MODIFIED = _KRB5_BASE + 41
+#: Time before expiry at which a cached impersonation credential is acquired anew.
+RENEW_MARGIN = 120.0
+
+
+def gss_failure(e: GSSError, doing: str) -> NipcError:
+    """Translate a GSS failure into an errno and a message that says what to do."""
+    text = " ".join(str(e.gen_message()).split())[:200]
+    code = getattr(e, "min_code", 0) or 0
+    if isinstance(e, gssapi.exceptions.ExpiredCredentialsError) or code in (
+        AP_ERR_TKT_EXPIRED, KDC_ERR_KEY_EXPIRED
+    ):
+        return NipcError("EKEYEXPIRED", f"{doing}: Kerberos credentials expired ({text})")
+    if code == AP_ERR_SKEW or "skew" in text.lower():
+        return NipcError(
+            "EKEYREJECTED", f"{doing}: clock skew too great between hosts and KDC ({text})"
+        )
+    if "Cannot contact any KDC" in text or "Cannot find KDC" in text:
+        return NipcError("EHOSTUNREACH", f"{doing}: Kerberos KDC unreachable ({text})")
+    if code == KDC_ERR_C_PRINCIPAL_UNKNOWN:
+        return NipcError("ENOKEY", f"{doing}: the KDC knows no such user ({text})")
+    if code == KDC_ERR_CLIENT_REVOKED:
+        return NipcError("EACCES", f"{doing}: the account is disabled or locked ({text})")
+    if code == KDC_ERR_S_PRINCIPAL_UNKNOWN:
+        return NipcError("EHOSTUNREACH", f"{doing}: the KDC knows no NIPC service there ({text})")
+    if code == AP_ERR_REPEAT:
+        return NipcError("EKEYREJECTED", f"{doing}: replayed authenticator ({text})")
+    return NipcError("EKEYREJECTED", f"{doing}: {text}")
+
+
+def bindings(channel: bytes) -> gssapi.raw.ChannelBindings:
+    """GSS channel bindings from TLS keying material (RFC 9266 ``tls-exporter``)."""
+    return gssapi.raw.ChannelBindings(application_data=b"tls-exporter:" + channel)
+
+
+def principal_name(text: str) -> gssapi.Name:
+    return gssapi.Name(text, gssapi.NameType.kerberos_principal)
+
+
+def service_name(host: str) -> gssapi.Name:
+    return gssapi.Name(f"nipc@{host}", gssapi.NameType.hostbased_service)
+
+
+_FLAGS = [gssapi.RequirementFlag.mutual_authentication, gssapi.RequirementFlag.out_of_sequence_detection]
+
+
+class Initiation:
+    """The sending side of one GSS exchange, from first token to mutual authentication."""
+
+    def __init__(self, context: gssapi.SecurityContext, token: bytes, principal: str) -> None:
+        self.context = context
+        self.token = token
+        self.principal = principal
+
+    def step(self, token: bytes) -> bytes | None:
+        try:
+            return self.context.step(token)  # type: ignore[no-any-return]
+        except GSSError as e:
+            raise gss_failure(e, "mutual authentication of the peer daemon") from None
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.context.complete)
+
+
+class TicketSource(Protocol):
+    """Obtains the first GSS token for ``target_host`` in a local caller's name."""
+
+    def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
+        ...
+
+
+def _start(creds: Any, target_host: str, channel: bytes, principal: str, doing: str) -> Initiation:
+    try:
+        ctx = gssapi.SecurityContext(
+            name=service_name(target_host), creds=creds, usage="initiate",
+            flags=_FLAGS, channel_bindings=bindings(channel),
+        )
+        token = ctx.step()
+    except GSSError as e:
+        raise gss_failure(e, doing) from None
+    return Initiation(ctx, token or b"", principal)
+
+
+class ProtocolTransition:
+    """S4U2Self + S4U2Proxy from the host keytab: the caller needs no credentials at all.
+
+    Impersonated credentials are cached per principal until shortly before they expire.
+    """
+
+    def __init__(self, reactor: Any, config: Config) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._lock = threading.Lock()
+        self._daemon: Any = None
+        self._cache: dict[str, tuple[Any, float]] = {}
+
+    def _daemon_creds(self) -> Any:
+        store = {
+            "client_keytab": str(self._config.keytab),
+            "keytab": str(self._config.keytab),
+            "ccache": f"MEMORY:nipc-daemon-{os.getpid()}",
+        }
+        if self._daemon is None or (self._daemon.lifetime or 0) < RENEW_MARGIN:
+            self._daemon = gssapi.Credentials(
+                name=principal_name(self._config.principal), usage="both", store=store
+            )
+        return self._daemon
+
+    def _impersonated(self, principal: str) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(principal)
+            if cached and cached[1] > now:
+                return cached[0]
+            creds = self._daemon_creds().impersonate(principal_name(principal), usage="initiate")
+            lifetime = creds.lifetime or 0
+            self._cache[principal] = (creds, now + max(0.0, lifetime - RENEW_MARGIN))
+            return creds
+
+    def _initiate(self, principal: str, target_host: str, channel: bytes) -> Initiation:
+        doing = f"protocol transition for {principal} to nipc/{target_host}"
+        try:
+            creds = self._impersonated(principal)
+        except GSSError as e:
+            raise gss_failure(e, doing) from None
+        return _start(creds, target_host, channel, principal, doing)
+
+    def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
+        principal = f"{who.user}@{self._config.realm}"
+        return deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), self._initiate, principal,
+            target_host, channel,
+        )
+
+
+class OwnCredentialCache:
+    """The caller's own ticket cache, opened by a thread that has become the caller.
+
+    The cache name comes from the configured template and the caller's uid, never from
+    the daemon's environment or krb5's default (which would expand to root's cache).
+    """
+
+    def __init__(self, reactor: Any, config: Config) -> None:
+        self._reactor = reactor
+        self._template = config.ccache_template
+
+    def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
+        ccache = self._template.replace("%{uid}", str(who.uid))
+
+        def job() -> Initiation:
+            doing = f"ticket from {who.user}'s credential cache for nipc/{target_host}"
+            try:
+                creds = gssapi.Credentials(usage="initiate", store={"ccache": ccache})
+                principal = str(creds.name)
+            except GSSError as e:
+                if isinstance(e, gssapi.exceptions.ExpiredCredentialsError):
+                    raise gss_failure(e, doing) from None
+                raise NipcError(
+                    "ENOKEY",
+                    f"{who.user} has no Kerberos credentials: run kinit, or have the "
+                    "administrator configure protocol transition",
+                ) from None
+            return _start(creds, target_host, channel, principal, doing)
+
+        return run_as(self._reactor, who, job, permanent=True)
+
+
+def ticket_source(reactor: Any, config: Config) -> TicketSource:
+    if config.mode is CredentialMode.OWN_CCACHE:
+        return OwnCredentialCache(reactor, config)
+    return ProtocolTransition(reactor, config)
+
+
+@dataclass
+class Accepted:
+    """A completed acceptance: who the KDC says is calling, and the token to send back."""
+
+    principal: str
+    token: bytes
+    context: Any
+
+
+class Acceptor:
+    """Validates peers' tickets with this host's keytab, bound to the TLS channel."""
+
+    def __init__(self, reactor: Any, config: Config) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._creds: Any = None
+        self._lock = threading.Lock()
+
+    def _acceptor_creds(self) -> Any:
+        with self._lock:
+            if self._creds is None:
+                self._creds = gssapi.Credentials(
+                    usage="accept", store={"keytab": str(self._config.keytab)}
+                )
+            return self._creds
+
+    def _accept(self, token: bytes, channel: bytes) -> Accepted:
+        doing = "validating the peer's ticket"
+        try:
+            ctx = gssapi.SecurityContext(
+                creds=self._acceptor_creds(), usage="accept", channel_bindings=bindings(channel)
+            )
+            out = ctx.step(token)
+        except GSSError as e:
+            raise gss_failure(e, doing) from None
+        # python-gssapi hands back an error token instead of raising in some failures:
+        # only a complete context counts.
+        if not ctx.complete:
+            raise NipcError("EKEYREJECTED", f"{doing}: the exchange did not complete")
+        return Accepted(str(ctx.initiator_name), out or b"", ctx)
+
+    def accept(self, token: bytes, channel: bytes) -> "Deferred[Accepted]":
+        return deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), self._accept, token, channel
+        )

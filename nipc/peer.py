@@ -1,0 +1,207 @@
+"""The peer link: one TLS connection between two daemons per routed connection.
+
+A ``PeerLink`` speaks the framed protocol of :mod:`nipc.wire`. Until the handshake
+completes it passes messages to its owner (the sending :class:`PeerClient` or the
+receiving :class:`PeerServer`); once spliced, DATA and EOF frames become bytes and
+half-close on the other end of the splice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nipc import wire
+from nipc.errors import NipcError
+from nipc.splice import Splice
+from nipc.tls import channel_binding, tune_tcp
+
+log = Logger()
+
+
+@implementer(IHandshakeListener)
+class PeerLink(Protocol):
+    """Frame decoding and the splice-end behaviour shared by both sides."""
+
+    splice: Splice | None = None
+
+    def __init__(self, tune: Callable[[Any], None]) -> None:
+        self._decoder = wire.FrameDecoder()
+        self._tune = tune
+
+    def connectionMade(self) -> None:
+        # self.transport is the TLS layer; its own transport is the TCP connection.
+        self._tune(self.transport.transport)  # type: ignore[union-attr]
+
+    def handshakeCompleted(self) -> None:
+        self.tls_ready(channel_binding(self.transport))
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except NipcError as e:
+            self.fail(e)
+            return
+        for kind, payload in frames:
+            if self.splice is not None:
+                if kind == wire.Kind.DATA:
+                    self.splice.data(self, payload)
+                elif kind == wire.Kind.EOF:
+                    self.splice.eof(self)
+                else:
+                    self.splice.refuse(self, f"peer sent a handshake frame ({kind}) mid-stream")
+                    return
+            else:
+                try:
+                    self.message(wire.decode(kind, payload))
+                except NipcError as e:
+                    self.fail(e)
+                    return
+
+    def send(self, data: bytes) -> None:
+        for start in range(0, len(data), wire.MAX_DATA):
+            chunk = data[start : start + wire.MAX_DATA]
+            self.transport.writeSequence([wire.data_header(len(chunk)), chunk])  # type: ignore[union-attr]
+
+    def send_eof(self) -> None:
+        self.transport.write(wire.EOF_FRAME)  # type: ignore[union-attr]
+
+    def send_message(self, message: wire.Message) -> None:
+        self.transport.write(wire.encode(message))  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if self.splice is not None:
+            self.splice.lost(self, reason)
+        else:
+            self.lost_before_splice(reason)
+
+    # Hooks for the two sides.
+    def tls_ready(self, channel: bytes) -> None:
+        raise NotImplementedError
+
+    def message(self, message: wire.Message) -> None:
+        raise NotImplementedError
+
+    def fail(self, error: NipcError) -> None:
+        raise NotImplementedError
+
+    def lost_before_splice(self, reason: Failure) -> None:
+        raise NotImplementedError
+
+
+class PeerClient(PeerLink):
+    """The sending daemon's side: waits for TLS, sends HELLO, waits for the RESULT."""
+
+    def __init__(self, tune: Callable[[Any], None]) -> None:
+        super().__init__(tune)
+        self.ready: Deferred[bytes] = Deferred()
+        self._result: Deferred[wire.Result] | None = None
+
+    def tls_ready(self, channel: bytes) -> None:
+        self.ready.callback(channel)
+
+    def exchange(self, hello: wire.Hello) -> "Deferred[wire.Result]":
+        self._result = Deferred(lambda d: self.abort())
+        self.send_message(hello)
+        return self._result
+
+    def message(self, message: wire.Message) -> None:
+        if isinstance(message, wire.Result) and self._result is not None:
+            result, self._result = self._result, None
+            result.callback(message)
+        else:
+            self.fail(NipcError("EPROTO", "peer handshake: unexpected message"))
+
+    def fail(self, error: NipcError) -> None:
+        self.abort()
+        self._fire_error(error)
+
+    def lost_before_splice(self, reason: Failure) -> None:
+        self._fire_error(NipcError("EHOSTUNREACH", "peer daemon closed the connection during the handshake"))
+
+    def _fire_error(self, error: NipcError) -> None:
+        if not self.ready.called:
+            self.ready.errback(error)
+        elif self._result is not None:
+            result, self._result = self._result, None
+            result.errback(error)
+
+
+class PeerServer(PeerLink):
+    """The receiving daemon's side: one HELLO, answered by :class:`nipc.inbound.Inbound`."""
+
+    def __init__(self, tune: Callable[[Any], None], on_hello: Callable[["PeerServer", bytes, wire.Hello], None],
+                 reactor: Any, timeout: float) -> None:
+        super().__init__(tune)
+        self._on_hello = on_hello
+        self._reactor = reactor
+        self._timeout = timeout
+        self._channel: bytes | None = None
+        self._timer: Any = None
+        self.answered = False
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # One deadline covers TLS and the HELLO: a slow or silent peer costs little.
+        self._timer = self._reactor.callLater(self._timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        log.info("peer {peer} sent no complete handshake in {timeout}s; closing",
+                 peer=self.transport.getPeer(), timeout=self._timeout)  # type: ignore[union-attr]
+        self.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def tls_ready(self, channel: bytes) -> None:
+        self._channel = channel
+
+    def message(self, message: wire.Message) -> None:
+        if not isinstance(message, wire.Hello) or self._channel is None or self._timer is None:
+            self.fail(NipcError("EPROTO", "peer handshake: expected one HELLO"))
+            return
+        self._cancel_timer()
+        self._on_hello(self, self._channel, message)
+
+    def answer(self, result: wire.Result) -> None:
+        """Send the RESULT; an error result closes the link once it is written."""
+        if self.closed:
+            return
+        self.answered = True
+        self.send_message(result)
+        if not result.ok:
+            self.close()
+
+    def fail(self, error: NipcError) -> None:
+        log.info("peer {peer}: {error}", peer=self.transport.getPeer(), error=str(error))  # type: ignore[union-attr]
+        if not self.answered:
+            self.answer(wire.Result(error.errno_name, error.message))
+        self.abort()
+
+    def lost_before_splice(self, reason: Failure) -> None:
+        self.closed = True
+        self._cancel_timer()
+
+
+class PeerServerFactory(Factory):
+    def __init__(self, build: Callable[[], PeerServer]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: Any) -> PeerServer:
+        return self._build()

@@ -1,0 +1,116 @@
+"""The local protocol (SPEC section 2): parse the request line, encode the one-line reply.
+
+Pure functions, no I/O. Whatever bytes a client sends, the only exception that leaves
+this module is :class:`~nipc.errors.NipcError`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nipc.errors import NipcError, clean_message
+
+MAX_LINE = 4096
+#: ``sun_path`` is 108 bytes including the terminating NUL.
+MAX_PATH = 107
+MAX_HOST = 253
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """``CONNECT <path>@<host>``: route the connection to ``path`` on ``host``."""
+
+    path: str
+    host: str
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}@{self.host}"
+
+
+@dataclass(frozen=True)
+class PeerRequest:
+    """``PEER``: describe the connection whose fd is attached."""
+
+
+Request = ConnectRequest | PeerRequest
+
+
+def take_line(buffer: bytes) -> tuple[bytes, bytes] | None:
+    """Split the request line (without its newline) from what follows it.
+
+    Returns None while more bytes are needed; raises once the line is too long to be one.
+    """
+    end = buffer.find(b"\n", 0, MAX_LINE)
+    if end < 0:
+        if len(buffer) >= MAX_LINE:
+            raise NipcError("EINVAL", f"request line longer than {MAX_LINE} bytes")
+        return None
+    return buffer[:end], buffer[end + 1 :]
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse one request line (newline removed; a trailing CR is allowed)."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NipcError("EINVAL", "request is not valid UTF-8") from None
+    verb, sep, arg = text.partition(" ")
+    if verb == "PEER" and not sep:
+        return PeerRequest()
+    if verb != "CONNECT" or not sep:
+        raise NipcError(
+            "EINVAL", "expected 'CONNECT <absolute-path>@<host>' or 'PEER'"
+        )
+    path, at, host = arg.rpartition("@")
+    if not at:
+        raise NipcError("EINVAL", "expected 'CONNECT <absolute-path>@<host>': no '@<host>'")
+    return ConnectRequest(check_path(path), check_host(host))
+
+
+def check_path(path: str) -> str:
+    """An absolute pathname socket address; abstract names have no owner or mode to check."""
+    if path.startswith("@") or path.startswith("\0"):
+        raise NipcError("EINVAL", "abstract socket names cannot be reached over NIPC")
+    if "\0" in path:
+        raise NipcError("EINVAL", "socket path contains a NUL byte")
+    if not path.startswith("/"):
+        raise NipcError("EINVAL", f"socket path must be absolute: {path!r}")
+    if len(path.encode("utf-8")) > MAX_PATH:
+        raise NipcError("ENAMETOOLONG", f"socket path longer than {MAX_PATH} bytes")
+    return path
+
+
+def check_host(host: str) -> str:
+    """A DNS name (letters, digits, hyphens), returned lower-case without a final dot."""
+    name = host.lower().removesuffix(".")
+    if not name or len(name) > MAX_HOST or not all(_LABEL.match(x) for x in name.split(".")):
+        raise NipcError("EINVAL", f"not a valid host name: {clean_message(host)[:80]!r}")
+    return name
+
+
+def ok_reply() -> bytes:
+    return b"OK\n"
+
+
+def error_reply(error: NipcError) -> bytes:
+    return f"ERR {error.errno_name} {error.message}\n".encode("utf-8")
+
+
+def parse_reply(line: bytes) -> NipcError | None:
+    """Client side: None for ``OK``, the error for ``ERR ...`` (a bad line is ``EPROTO``)."""
+    text = line.decode("utf-8", "replace").rstrip("\r")
+    if text == "OK":
+        return None
+    verb, _, rest = text.partition(" ")
+    name, _, message = rest.partition(" ")
+    if verb == "ERR":
+        try:
+            return NipcError(name, message)
+        except ValueError:
+            pass
+    return NipcError("EPROTO", f"unexpected reply from the NIPC daemon: {text[:80]!r}")

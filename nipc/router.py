@@ -1,0 +1,158 @@
+"""The sending side: turn a caller's ``CONNECT`` into a connected end ready to splice.
+
+``path@localhost`` (or this host's own name) is a plain local connect made as the caller.
+Anything else goes to the peer daemon: TCP, TLS 1.3, a ticket in the caller's name bound
+to that TLS session, one HELLO/RESULT exchange, and mutual authentication of the peer
+before its answer is believed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nipc import wire
+from nipc.config import Config, PeerAddress
+from nipc.errors import NipcError
+from nipc.identity import Caller, LocalIdentity, identity_of_caller
+from nipc.impersonate import connect_unix, run_as
+from nipc.kerberos import Initiation, TicketSource
+from nipc.peer import PeerClient
+from nipc.request import ConnectRequest
+from nipc.splice import Adopted, End, UnixEnd
+from nipc.tls import client_options, tune_tcp
+
+log = Logger()
+
+
+def new_connection_id() -> str:
+    return secrets.token_hex(8)
+
+
+def adopt_unix(reactor: Any, sock: Any) -> UnixEnd:
+    """Hand a connected socket to the reactor as a splice end."""
+    end = UnixEnd()
+    try:
+        reactor.adoptStreamConnection(sock.fileno(), sock.family, Adopted(end))
+    finally:
+        sock.close()
+    return end
+
+
+class Router:
+    def __init__(self, reactor: Any, config: Config, tickets: TicketSource) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._tickets = tickets
+
+    def is_local(self, host: str) -> bool:
+        return host in ("localhost", self._config.host_name)
+
+    def route(self, request: ConnectRequest, caller: Caller, conn_id: str) -> "Deferred[End]":
+        try:
+            who = identity_of_caller(caller)
+        except NipcError as e:
+            return Deferred.fromFailure(Failure(e))
+        if self.is_local(request.host):
+            return self.connect_as(who, request.path, conn_id)
+        return _Dial(self._reactor, self._config, self._tickets, who, request, conn_id).start()
+
+    def connect_as(self, who: LocalIdentity, path: str, conn_id: str) -> "Deferred[End]":
+        """Connect to a local socket on a thread that has become ``who``."""
+        timeout = self._config.connect_timeout
+        d = run_as(self._reactor, who, lambda: connect_unix(path, conn_id, timeout, who.describe()))
+        return d.addCallback(lambda sock: adopt_unix(self._reactor, sock))
+
+
+def _link_failure(failure: Failure, address: PeerAddress, host: str) -> Failure:
+    """Network-level failures as the caller's errno."""
+    where = f"NIPC daemon of {host} at {address.host}:{address.port}"
+    if failure.check(NipcError):
+        return failure
+    if failure.check(neterror.ConnectionRefusedError):
+        return Failure(NipcError("EHOSTUNREACH", f"{where} refused the connection (is nipcd running?)"))
+    if failure.check(neterror.TimeoutError, DeferTimeout, CancelledError):
+        return Failure(NipcError("ETIMEDOUT", f"{where} did not answer in time"))
+    if failure.check(neterror.DNSLookupError):
+        return Failure(NipcError("EHOSTUNREACH", f"cannot resolve {address.host}"))
+    if failure.check(neterror.ConnectError, neterror.ConnectionLost, neterror.ConnectionDone):
+        return Failure(NipcError("EHOSTUNREACH", f"{where}: {failure.getErrorMessage()}"))
+    return failure
+
+
+class _Dial:
+    """One attempt to reach a peer daemon for one routed connection."""
+
+    def __init__(self, reactor: Any, config: Config, tickets: TicketSource,
+                 who: LocalIdentity, request: ConnectRequest, conn_id: str) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._tickets = tickets
+        self._who = who
+        self._request = request
+        self._conn_id = conn_id
+        self._link: PeerClient | None = None
+        self._initiation: Initiation | None = None
+
+    def _address(self) -> PeerAddress:
+        host = self._request.host
+        address = self._config.peers.get(host)
+        if address is None:
+            # Not in the static table: the name itself, at the default port (DNS).
+            address = PeerAddress(host, self._config.listen_port)
+        return address
+
+    def start(self) -> "Deferred[End]":
+        address = self._address()
+        endpoint = wrapClientTLS(
+            client_options(),
+            HostnameEndpoint(self._reactor, address.host.encode("idna"), address.port,
+                             timeout=self._config.connect_timeout),
+        )
+        link = PeerClient(lambda tcp: tune_tcp(tcp, self._config))
+        self._link = link
+        d: Deferred[Any] = connectProtocol(endpoint, link)
+        d.addCallback(lambda _: link.ready)
+        d.addCallback(self._initiate)
+        d.addCallback(self._hello)
+        d.addCallback(self._verify)
+        d.addTimeout(self._config.connect_timeout + self._config.handshake_timeout, self._reactor)
+        d.addErrback(self._failed, address)
+        return d
+
+    def _initiate(self, channel: bytes) -> "Deferred[Initiation]":
+        return self._tickets.initiate(self._who, self._request.host, channel)
+
+    def _hello(self, initiation: Initiation) -> "Deferred[wire.Result]":
+        self._initiation = initiation
+        assert self._link is not None
+        hello = wire.Hello(self._request.path, self._request.host, (self._config.host_name,),
+                           initiation.token, self._conn_id)
+        return self._link.exchange(hello)
+
+    def _verify(self, result: wire.Result) -> "Deferred[End]":
+        initiation, link = self._initiation, self._link
+        assert initiation is not None and link is not None
+
+        def check() -> End:
+            if result.token:
+                initiation.step(result.token)
+            if result.ok and not initiation.complete:
+                raise NipcError("EPROTO", "peer daemon did not prove its identity (mutual authentication)")
+            if not result.ok:
+                raise result.error()
+            return link
+
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), check)
+
+    def _failed(self, failure: Failure, address: PeerAddress) -> Failure:
+        if self._link is not None and self._link.transport is not None:
+            self._link.abort()
+        return _link_failure(failure, address, self._request.host)

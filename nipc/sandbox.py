@@ -1,0 +1,958 @@
+"""A throwaway Kerberos domain of simulated hosts, so NIPC can be tested end to end on one machine.
+
+Each host is a network namespace with its own address, joined to the others through a bridge
+in a dedicated switch namespace; nothing is added to the root namespace, so the sandbox
+cannot disturb the machine's own network, and cutting a host's switch port is a real
+partition.  There are no mount namespaces: every host gets its own directory (krb5.conf,
+keytab, daemon config, sockets) and the environment variables that point krb5 at it.
+
+Two realms are built, because no single KDC on Debian 12 does everything NIPC needs (see
+``KERBEROS.md``): a Samba AD DC (``LAN.TEST``: protocol transition, constrained delegation,
+PACs) for hosts a, b, c, and a plain MIT KDC (``MIT.TEST``: the caller's own credential
+cache) for hosts x and y.  Local users alice, bob and carol exist for real, because the
+daemon projects identities onto them and the kernel checks their permissions.
+
+Everything is idempotent: ``up`` first removes what a previous (possibly crashed) run with
+the same prefix left behind, ``down`` removes all of it.  Needs root.
+
+    python -m nipc.sandbox up [--root DIR]   |   down   |   status
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+SUBNET = "10.77.0"
+PORT = 7445
+#: Where ``up`` notes which root directory a prefix's sandbox lives in, so a later ``up``
+#: or ``down`` finds the leftovers of a crashed run.
+STATE_DIR = Path("/run/nipc-sandbox")
+#: Satisfies AD's default complexity rules (three character classes, 7+ characters).
+PASSWORD = "Nipc-Sandbox-7"
+ADMIN_PASSWORD = "Nipc-Admin-7"
+SAMBA_REALM = "LAN.TEST"
+MIT_REALM = "MIT.TEST"
+LOCAL_GROUP = "dnsops"
+#: Local users and their supplementary groups.
+LOCAL_USERS: dict[str, tuple[str, ...]] = {"alice": (LOCAL_GROUP,), "bob": (), "carol": ()}
+#: Host name -> last octet of its address.
+SAMBA_HOSTS = {"a": 11, "b": 12, "c": 13}
+MIT_HOSTS = {"x": 21, "y": 22}
+DC_OCTET = 2
+MIT_KDC_OCTET = 3
+#: On these hosts carol has no local account (auth_to_local maps her to a missing name).
+CAROL_UNMAPPED = ("b", "c")
+UNMAPPED_NAME = "carol-nowhere"
+CAROL_RULE = r"RULE:[1:$1@$0](carol@LAN\.TEST)s/.*/" + UNMAPPED_NAME + "/"
+_NAMESPACE_SUFFIXES = ("sw", "dc", "mit", *SAMBA_HOSTS, *MIT_HOSTS)
+_MARKER = ".nipc-sandbox"
+
+
+class SandboxError(RuntimeError):
+    """Building or driving the sandbox failed; the message carries the relevant log tail."""
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no {path})"
+    return f"--- {path} (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion; a failure names the command and shows its output."""
+    proc = subprocess.run(
+        [os.fspath(a) for a in argv],
+        input=input,
+        env=None if env is None else {**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise SandboxError(
+            f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+        )
+    return proc
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    _run(["ip", *args], check=check)
+
+
+# --- processes we start: pid files, and the kill that survives pid reuse -----------------
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid``: with the pid it identifies one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] == "Z":
+        return None
+    return fields[19]
+
+
+def _alive(pid: int) -> bool:
+    return _start_time(pid) is not None
+
+
+def _write_pidfile(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{pid} {_start_time(pid) or ''}\n")
+
+
+def _read_pidfile(path: Path) -> int | None:
+    """The recorded pid if that very process still runs, else None (pid reuse is ignored)."""
+    try:
+        pid_text, _, start = path.read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    now = _start_time(pid)
+    return pid if now is not None and now == start else None
+
+
+def _terminate(pids: Sequence[int], grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL what is still there after ``grace`` seconds."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        for pid in pids:  # reap our own children so they stop being zombies
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def _netns_pids(ns: str) -> list[int]:
+    proc = _run(["ip", "netns", "pids", ns], check=False)
+    return [int(p) for p in proc.stdout.split()] if proc.returncode == 0 else []
+
+
+def _spawn(argv: Sequence[str], log: Path, env: dict[str, str], pidfile: Path) -> subprocess.Popen[bytes]:
+    """Start a background process in its own session, output appended to ``log``."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+    _write_pidfile(pidfile, proc.pid)
+    return proc
+
+
+# --- identities ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class User:
+    """A real local user: the daemon projects principals onto these."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    @classmethod
+    def lookup(cls, name: str) -> User:
+        pw = pwd.getpwnam(name)
+        return cls(name, pw.pw_uid, pw.pw_gid, tuple(os.getgrouplist(name, pw.pw_gid)))
+
+
+def ensure_local_users() -> dict[str, User]:
+    """Create group dnsops and users alice (in dnsops), bob, carol unless they exist."""
+    for cmd in (["groupadd", LOCAL_GROUP],):
+        try:
+            grp.getgrnam(LOCAL_GROUP)
+        except KeyError:
+            proc = _run(cmd, check=False)
+            if proc.returncode not in (0, 9):  # 9: created meanwhile by someone else
+                raise SandboxError(f"groupadd {LOCAL_GROUP}: {proc.stderr}")
+    for name, groups in LOCAL_USERS.items():
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            argv = ["useradd", "-M", "-U", "-s", "/usr/sbin/nologin", name]
+            proc = _run(argv + (["-G", ",".join(groups)] if groups else []), check=False)
+            if proc.returncode not in (0, 9):
+                raise SandboxError(f"useradd {name}: {proc.stderr}")
+        have = {g.gr_name for g in grp.getgrall() if name in g.gr_mem}
+        if not set(groups) <= have:
+            _run(["usermod", "-a", "-G", ",".join(groups), name])
+    return {name: User.lookup(name) for name in LOCAL_USERS}
+
+
+# --- hosts ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Host:
+    """One simulated host: a network namespace, a directory, a keytab and a daemon config."""
+
+    name: str
+    fqdn: str
+    realm: str
+    netns: str
+    address: str
+    dir: Path
+    principal: str
+    switch_netns: str
+    switch_port: str
+    ccache_template: str
+    port: int = PORT
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "nipcd.toml"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.run_dir / "nipc.sock"
+
+    @property
+    def krb5_conf(self) -> Path:
+        return self.dir / "krb5.conf"
+
+    @property
+    def keytab(self) -> Path:
+        return self.dir / "nipc.keytab"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "nipcd.log"
+
+    @property
+    def out_path(self) -> Path:
+        return self.dir / "nipcd.out"
+
+    @property
+    def service(self) -> str:
+        """The GSS host-based service name peers use for this host's daemon."""
+        return f"nipc@{self.fqdn}"
+
+    def env(self) -> dict[str, str]:
+        """What points krb5 at this host's files (there is no mount namespace to do it)."""
+        return {
+            "KRB5_CONFIG": str(self.krb5_conf),
+            "KRB5RCACHEDIR": str(self.dir / "rcache"),
+            "KRB5_CLIENT_KTNAME": f"FILE:{self.keytab}",
+            "KRB5_KTNAME": f"FILE:{self.keytab}",
+        }
+
+    def ccache(self, user: User) -> str:
+        """``user``'s credential cache name on this host (the template, expanded)."""
+        return self.ccache_template.replace("%{uid}", str(user.uid))
+
+    def exec_argv(self, argv: Sequence[str], user: User | None = None) -> list[str]:
+        """``argv`` run inside this host's namespace, as ``user`` if given (else root)."""
+        prefix = ["ip", "netns", "exec", self.netns]
+        if user is not None:
+            prefix += [
+                "setpriv",
+                f"--reuid={user.uid}",
+                f"--regid={user.gid}",
+                "--groups=" + ",".join(map(str, user.groups)),
+                "--",
+            ]
+        return prefix + list(argv)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        user: User | None = None,
+        *,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command to completion on this host with its krb5 environment."""
+        return _run(
+            self.exec_argv(argv, user),
+            input=input,
+            env={**self.env(), **(env or {})},
+            check=check,
+            timeout=timeout,
+        )
+
+    # -- the daemon --
+
+    @property
+    def _pidfile(self) -> Path:
+        return self.dir.parent / "pids" / f"nipcd-{self.name}.pid"
+
+    def start_daemon(self, timeout: float = 20) -> None:
+        """Start nipcd under twistd and return once its local socket accepts connections."""
+        if self.daemon_pid() is not None:
+            raise SandboxError(f"{self.name}: daemon already running")
+        twistd = str(Path(sys.executable).parent / "twistd")
+        argv = [twistd, "-n", "--pidfile=", "nipc", "--config", str(self.config_path)]
+        self._proc = _spawn(self.exec_argv(argv), self.out_path, self.env(), self._pidfile)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise SandboxError(
+                    f"{self.name}: nipcd exited {self._proc.returncode} before listening\n"
+                    + _tail(self.out_path) + "\n" + _tail(self.log_path)
+                )
+            if _accepts(self.socket_path):
+                return
+            if time.monotonic() > deadline:
+                self.kill_daemon()
+                raise SandboxError(
+                    f"{self.name}: nipcd not listening on {self.socket_path} after {timeout}s\n"
+                    + _tail(self.out_path) + "\n" + _tail(self.log_path)
+                )
+            time.sleep(0.05)
+
+    def daemon_pid(self) -> int | None:
+        """The daemon's pid while it runs (also one started by an earlier Sandbox object)."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return self._proc.pid
+            self._proc = None
+        return _read_pidfile(self._pidfile)
+
+    def stop_daemon(self, timeout: float = 5) -> None:
+        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
+        pid = self.daemon_pid()
+        if pid is not None:
+            _terminate([pid], grace=timeout)
+        self._proc = None
+        self._pidfile.unlink(missing_ok=True)
+
+    def kill_daemon(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (a crash by default); for SIGKILL, also wait until it is gone."""
+        pid = self.daemon_pid()
+        if pid is None:
+            return
+        os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            if self._proc is not None:
+                self._proc.wait()
+            while _alive(pid):
+                time.sleep(0.01)
+            self._proc = None
+            self._pidfile.unlink(missing_ok=True)
+
+    # -- the network --
+
+    def cut_link(self) -> None:
+        """Partition this host: its switch port goes down, so nothing reaches it or leaves."""
+        _ip("-n", self.switch_netns, "link", "set", self.switch_port, "down")
+
+    def restore_link(self) -> None:
+        _ip("-n", self.switch_netns, "link", "set", self.switch_port, "up")
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def _krb5_conf(host: Host, kdc: str, domain: str, extra_realm_lines: Sequence[str] = ()) -> str:
+    realm_lines = "".join(f"        {line}\n" for line in (f"kdc = {kdc}", *extra_realm_lines))
+    return (
+        "[libdefaults]\n"
+        f"    default_realm = {host.realm}\n"
+        "    forwardable = true\n"
+        "    rdns = false\n"
+        "    dns_canonicalize_hostname = false\n"
+        "    udp_preference_limit = 1\n"
+        "    dns_lookup_kdc = false\n"
+        "    dns_lookup_realm = false\n"
+        f"    default_ccache_name = {host.ccache_template}\n"
+        f"    default_keytab_name = FILE:{host.keytab}\n"
+        f"    default_client_keytab_name = FILE:{host.keytab}\n"
+        "\n[realms]\n"
+        f"    {host.realm} = {{\n{realm_lines}    }}\n"
+        "\n[domain_realm]\n"
+        f"    .{domain} = {host.realm}\n"
+        f"    {domain} = {host.realm}\n"
+    )
+
+
+def _toml_str(value: str | Path) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _nipcd_toml(host: Host, peers: Sequence[Host], own_ccache: bool) -> str:
+    mode = "own-ccache" if own_ccache else "protocol-transition"
+    lines = [
+        "[host]",
+        f"name = {_toml_str(host.fqdn)}",
+        f"realm = {_toml_str(host.realm)}",
+        "",
+        "[kerberos]",
+        f"mode = {_toml_str(mode)}",
+        f"keytab = {_toml_str(host.keytab)}",
+        f"principal = {_toml_str(host.principal)}",
+        f"krb5_config = {_toml_str(host.krb5_conf)}",
+    ]
+    if own_ccache:
+        lines.append(f"ccache_template = {_toml_str(host.ccache_template)}")
+    lines += [
+        "",
+        "[local]",
+        f"socket = {_toml_str(host.socket_path)}",
+        'mode = "0666"',
+        "",
+        "[peer]",
+        f"listen = {_toml_str(host.address)}",
+        f"port = {host.port}",
+        "",
+        "[peers]",
+        *(f"{_toml_str(p.fqdn)} = {_toml_str(f'{p.address}:{p.port}')}" for p in peers),
+        "",
+        "[timeouts]",
+        "request = 10",
+        "handshake = 10",
+        "connect = 5",
+        "",
+        "[log]",
+        f"file = {_toml_str(host.log_path)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- the sandbox ---------------------------------------------------------------------------
+
+
+class Sandbox:
+    """The whole throwaway domain; ``with Sandbox() as sb:`` builds it and tears it down."""
+
+    samba_realm = SAMBA_REALM
+    mit_realm = MIT_REALM
+    password = PASSWORD
+    admin_password = ADMIN_PASSWORD
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        prefix: str = "nipc-",
+        samba: bool = True,
+        mit: bool = True,
+    ) -> None:
+        self.prefix = prefix
+        self.samba = samba
+        self.mit = mit
+        self._given_root = root
+        self.root = root if root is not None else self._recorded_root() or Path("/nonexistent")
+        self.hosts: dict[str, Host] = {}
+        self.users: dict[str, User] = {}
+        self.timings: dict[str, float] = {}
+        if self.root.is_dir():
+            self._define_hosts()
+            self.users = {n: User.lookup(n) for n in LOCAL_USERS if _user_exists(n)}
+
+    # -- naming --
+
+    @property
+    def switch_netns(self) -> str:
+        return f"{self.prefix}sw"
+
+    @property
+    def dc_netns(self) -> str:
+        return f"{self.prefix}dc"
+
+    @property
+    def mit_netns(self) -> str:
+        return f"{self.prefix}mit"
+
+    @property
+    def dc_address(self) -> str:
+        return f"{SUBNET}.{DC_OCTET}"
+
+    @property
+    def mit_kdc_address(self) -> str:
+        return f"{SUBNET}.{MIT_KDC_OCTET}"
+
+    @property
+    def dc_dir(self) -> Path:
+        return self.root / "dc"
+
+    @property
+    def mit_dir(self) -> Path:
+        return self.root / "mit"
+
+    @property
+    def ccache_template(self) -> str:
+        return f"FILE:{self.root}/ccache/krb5cc_%{{uid}}"
+
+    @property
+    def _state_file(self) -> Path:
+        return STATE_DIR / f"{self.prefix}root"
+
+    def _recorded_root(self) -> Path | None:
+        try:
+            return Path(self._state_file.read_text().strip())
+        except OSError:
+            return None
+
+    def _define_hosts(self) -> None:
+        self.hosts = {}
+        groups: list[tuple[dict[str, int], str, str]] = []
+        if self.samba:
+            groups.append((SAMBA_HOSTS, SAMBA_REALM, "lan.test"))
+        if self.mit:
+            groups.append((MIT_HOSTS, MIT_REALM, "mit.test"))
+        for table, realm, domain in groups:
+            for name, octet in table.items():
+                fqdn = f"{name}.{domain}"
+                principal = (
+                    f"{name.upper()}$@{realm}" if realm == SAMBA_REALM else f"nipc/{fqdn}@{realm}"
+                )
+                self.hosts[name] = Host(
+                    name=name,
+                    fqdn=fqdn,
+                    realm=realm,
+                    netns=f"{self.prefix}{name}",
+                    address=f"{SUBNET}.{octet}",
+                    dir=self.root / name,
+                    principal=principal,
+                    switch_netns=self.switch_netns,
+                    switch_port=f"p-{name}",
+                    ccache_template=self.ccache_template,
+                )
+
+    # -- lifecycle --
+
+    def __enter__(self) -> Sandbox:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def up(self) -> Sandbox:
+        """Build everything, after clearing what an earlier run with this prefix left."""
+        if os.geteuid() != 0:
+            raise SandboxError("the sandbox needs root (network namespaces, useradd)")
+        started = time.monotonic()
+        self._clean()
+        if self._given_root is not None:
+            self.root = self._given_root
+            self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.root = Path(tempfile.mkdtemp(prefix=f"{self.prefix}sandbox-"))
+        self.root.chmod(0o755)
+        (self.root / _MARKER).write_text(f"{self.prefix}\n")
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        self._state_file.write_text(f"{self.root}\n")
+        ccache_dir = self.root / "ccache"
+        ccache_dir.mkdir()
+        ccache_dir.chmod(0o1777)
+        (self.root / "pids").mkdir()
+        self._define_hosts()
+        self.users = ensure_local_users()
+        self._make_host_dirs()
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            samba = pool.submit(self._timed, "samba", self._build_samba) if self.samba else None
+            self._timed("network", self._build_network)
+            if self.mit:
+                self._timed("mit", self._build_mit)
+            if samba is not None:
+                samba.result()
+        self._timed("ready", self._wait_ready)
+        for host in self.hosts.values():
+            self._check_config(host)
+        self.timings["up"] = time.monotonic() - started
+        return self
+
+    def _timed(self, what: str, step: Callable[[], None]) -> None:
+        t = time.monotonic()
+        step()
+        self.timings[what] = time.monotonic() - t
+
+    def down(self, keep_files: bool = False) -> None:
+        """Stop every process, delete every namespace and (unless kept) the files."""
+        started = time.monotonic()
+        self._clean(keep_files=keep_files)
+        self.timings["down"] = time.monotonic() - started
+
+    def _clean(self, keep_files: bool = False) -> None:
+        old_roots = {r for r in (self._recorded_root(), self.root, self._given_root) if r}
+        pids: set[int] = set()
+        for root in old_roots:
+            if (root / "pids").is_dir():
+                for pidfile in (root / "pids").glob("*.pid"):
+                    pid = _read_pidfile(pidfile)
+                    if pid is not None:
+                        pids.add(pid)
+        present = set(_run(["ip", "netns", "list"]).stdout.split())
+        ours = [f"{self.prefix}{s}" for s in _NAMESPACE_SUFFIXES]
+        for ns in ours:
+            if ns in present:
+                pids.update(_netns_pids(ns))
+        pids.discard(os.getpid())
+        _terminate(sorted(pids))
+        for host in self.hosts.values():
+            host._proc = None
+        for ns in ours:
+            if ns in present:
+                _ip("netns", "del", ns, check=False)
+        if keep_files:
+            return
+        for root in old_roots:
+            if not (root / _MARKER).exists():
+                continue
+            if root == self._given_root:
+                for child in root.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+        self._state_file.unlink(missing_ok=True)
+
+    # -- building --
+
+    def _make_host_dirs(self) -> None:
+        for host in self.hosts.values():
+            host.dir.mkdir(mode=0o755)
+            host.dir.chmod(0o755)
+            host.run_dir.mkdir(mode=0o755)
+            host.run_dir.chmod(0o755)
+            (host.dir / "rcache").mkdir(mode=0o700)
+            if host.realm == SAMBA_REALM:
+                extra = []
+                if host.name in CAROL_UNMAPPED:
+                    extra = [
+                        f"auth_to_local = {CAROL_RULE}",
+                        "auth_to_local = DEFAULT",
+                    ]
+                conf = _krb5_conf(host, self.dc_address, "lan.test", extra)
+            else:
+                conf = _krb5_conf(host, self.mit_kdc_address, "mit.test")
+            host.krb5_conf.write_text(conf)
+            peers = [p for p in self.hosts.values() if p.realm == host.realm and p is not host]
+            host.config_path.write_text(
+                _nipcd_toml(host, peers, own_ccache=host.realm == MIT_REALM)
+            )
+
+    def _check_config(self, host: Host) -> None:
+        from nipc import config
+
+        cfg = config.load(host.config_path)
+        if cfg.host_name != host.fqdn or cfg.socket_path != host.socket_path:
+            raise SandboxError(f"{host.config_path} does not read back as written")
+
+    def _build_network(self) -> None:
+        sw = self.switch_netns
+        _ip("netns", "add", sw)
+        _ip("-n", sw, "link", "set", "lo", "up")
+        _ip("-n", sw, "link", "add", "br0", "type", "bridge")
+        _ip("-n", sw, "link", "set", "br0", "up")
+        nodes: list[tuple[str, str, str]] = []  # (netns, address, switch port)
+        if self.samba:
+            nodes.append((self.dc_netns, self.dc_address, "p-dc"))
+        if self.mit:
+            nodes.append((self.mit_netns, self.mit_kdc_address, "p-mit"))
+        nodes += [(h.netns, h.address, h.switch_port) for h in self.hosts.values()]
+        for ns, address, port in nodes:
+            _ip("netns", "add", ns)
+            _ip("-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", sw, "link", "set", port, "master", "br0", "up")
+
+    def _samba_tool(self, *args: str) -> None:
+        _run(["samba-tool", *args, f"--configfile={self.dc_dir / 'etc' / 'smb.conf'}"])
+
+    def _build_samba(self) -> None:
+        dc = self.dc_dir
+        for sub in ("run", "ncalrpc", "winbindd", "ntp_signd", "log"):
+            (dc / sub).mkdir(parents=True)
+        options = {
+            "interfaces": self.dc_address,
+            "bind interfaces only": "yes",
+            # Our own runtime dirs, so nothing collides with a system or a sibling DC.
+            "pid directory": dc / "run",
+            "ncalrpc dir": dc / "ncalrpc",
+            "winbindd socket directory": dc / "winbindd",
+            "ntp signd socket directory": dc / "ntp_signd",
+            "log file": dc / "log" / "samba.log",
+            # Only the KDC: samba-tool edits the database directly, nothing else is used.
+            "server services": "kdc",
+            "dns forwarder": "",
+        }
+        _run(
+            [
+                "samba-tool", "domain", "provision",
+                f"--targetdir={dc}",
+                f"--realm={SAMBA_REALM}",
+                "--domain=LAN",
+                "--server-role=dc",
+                "--dns-backend=SAMBA_INTERNAL",
+                f"--adminpass={ADMIN_PASSWORD}",
+                "--host-name=dc1",
+                f"--host-ip={self.dc_address}",
+                *(f"--option={k}={v}" for k, v in options.items()),
+            ],
+            timeout=300,
+        )
+        # A new computer account has no AES enctypes: without them the SPN's keys are RC4.
+        editor = dc / "set-aes.sh"
+        editor.write_text(
+            "#!/bin/sh\n"
+            "sed -i -e '/^msDS-SupportedEncryptionTypes:/d' "
+            "-e '/^dn: /a msDS-SupportedEncryptionTypes: 24' \"$1\"\n"
+        )
+        editor.chmod(0o755)
+        for user in LOCAL_USERS:
+            self._samba_tool("user", "add", user, PASSWORD)
+        samba_hosts = [h for h in self.hosts.values() if h.realm == SAMBA_REALM]
+
+        def account(host: Host) -> None:
+            computer = host.name.upper()
+            sam = f"{computer}$"
+            self._samba_tool(
+                "computer", "add", computer, f"--service-principal-name=nipc/{host.fqdn}"
+            )
+            self._samba_tool("computer", "edit", computer, f"--editor={editor}")
+            self._samba_tool("user", "setpassword", sam, "--random-password")
+            self._samba_tool("delegation", "for-any-protocol", sam, "on")
+            for other in samba_hosts:
+                if other is not host:
+                    self._samba_tool("delegation", "add-service", sam, f"nipc/{other.fqdn}")
+            for principal in (sam, f"nipc/{host.fqdn}"):
+                self._samba_tool(
+                    "domain", "exportkeytab", str(host.keytab), f"--principal={principal}"
+                )
+            host.keytab.chmod(0o600)
+
+        with ThreadPoolExecutor(max_workers=len(samba_hosts) or 1) as pool:
+            for f in [pool.submit(account, h) for h in samba_hosts]:
+                f.result()
+
+    def _start_samba(self) -> None:
+        smb_conf = self.dc_dir / "etc" / "smb.conf"
+        argv = ["ip", "netns", "exec", self.dc_netns, "samba", "-i", "-M", "single", "-s", str(smb_conf)]
+        _spawn(argv, self.dc_dir / "samba.out", {}, self.root / "pids" / "samba.pid")
+
+    def _mit_env(self) -> dict[str, str]:
+        return {
+            "KRB5_CONFIG": str(self.mit_dir / "krb5.conf"),
+            "KRB5_KDC_PROFILE": str(self.mit_dir / "kdc.conf"),
+        }
+
+    def _build_mit(self) -> None:
+        mit = self.mit_dir
+        mit.mkdir(mode=0o700)
+        (mit / "kdc.conf").write_text(
+            "[kdcdefaults]\n"
+            "    kdc_listen = 88\n"
+            "    kdc_tcp_listen = 88\n"
+            "\n[realms]\n"
+            f"    {MIT_REALM} = {{\n"
+            f"        database_name = {mit}/principal\n"
+            f"        key_stash_file = {mit}/stash\n"
+            f"        acl_file = {mit}/kadm5.acl\n"
+            "        max_life = 10h\n"
+            "        max_renewable_life = 7d\n"
+            "    }\n"
+            "\n[logging]\n"
+            f"    kdc = FILE:{mit}/krb5kdc.log\n"
+        )
+        (mit / "krb5.conf").write_text(
+            "[libdefaults]\n"
+            f"    default_realm = {MIT_REALM}\n"
+            "\n[realms]\n"
+            f"    {MIT_REALM} = {{\n        kdc = {self.mit_kdc_address}\n    }}\n"
+        )
+        (mit / "kadm5.acl").write_text("")
+        env = self._mit_env()
+        _run(
+            ["kdb5_util", "create", "-s", "-r", MIT_REALM, "-P", secrets.token_urlsafe(24)],
+            env=env,
+        )
+
+        def kadmin(query: str) -> None:
+            _run(["kadmin.local", "-r", MIT_REALM, "-q", query], env=env)
+
+        for host in self.hosts.values():
+            if host.realm == MIT_REALM:
+                kadmin(f"addprinc -randkey nipc/{host.fqdn}")
+                kadmin(f"ktadd -k {host.keytab} nipc/{host.fqdn}")
+                host.keytab.chmod(0o600)
+        for user in ("alice", "bob"):
+            kadmin(f"addprinc -pw {PASSWORD} {user}")
+        argv = ["ip", "netns", "exec", self.mit_netns, "krb5kdc", "-n"]
+        _spawn(argv, mit / "krb5kdc.out", env, self.root / "pids" / "krb5kdc.pid")
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        """Wait until each KDC issues a ticket, so tests never race the start-up."""
+        if self.samba:
+            self._start_samba()
+        probes: list[tuple[Host, str, str, Path]] = []
+        if self.samba:
+            probes.append(
+                (self._first(SAMBA_REALM), f"Administrator@{SAMBA_REALM}", ADMIN_PASSWORD,
+                 self.dc_dir / "samba.out")
+            )
+        if self.mit:
+            probes.append(
+                (self._first(MIT_REALM), f"alice@{MIT_REALM}", PASSWORD, self.mit_dir / "krb5kdc.out")
+            )
+        deadline = time.monotonic() + timeout
+        for host, principal, password, log in probes:
+            while True:
+                proc = host.run(
+                    ["kinit", "-c", "MEMORY:probe", principal], input=password + "\n", check=False
+                )
+                if proc.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise SandboxError(
+                        f"KDC for {host.realm} not answering after {timeout}s: {proc.stderr}\n"
+                        + _tail(log)
+                    )
+                time.sleep(0.1)
+
+    def _first(self, realm: str) -> Host:
+        return next(h for h in self.hosts.values() if h.realm == realm)
+
+    # -- users' credentials --
+
+    def kinit(self, user: str, host_name: str) -> str:
+        """Get ``user`` a TGT on ``host_name``, as that local user; returns the ccache name."""
+        host = self.hosts[host_name]
+        u = self.users[user]
+        ccache = host.ccache(u)
+        host.run(
+            ["kinit", f"{user}@{host.realm}"],
+            user=u,
+            input=self.password + "\n",
+            env={"KRB5CCNAME": ccache},
+        )
+        return ccache
+
+    def kdestroy(self, user: str, host_name: str) -> None:
+        host = self.hosts[host_name]
+        u = self.users[user]
+        host.run(["kdestroy"], user=u, env={"KRB5CCNAME": host.ccache(u)}, check=False)
+
+    # -- for people --
+
+    def describe(self) -> str:
+        """How to step into each host by hand."""
+        lines = [f"sandbox root: {self.root}"]
+        for host in self.hosts.values():
+            env = " ".join(f"{k}={v}" for k, v in host.env().items())
+            lines.append(f"  {host.name} {host.fqdn} {host.address} ({host.principal})")
+            lines.append(f"      ip netns exec {host.netns} env {env} bash")
+        lines.append(f"  users alice, bob, carol; password {self.password}")
+        return "\n".join(lines)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _iter_status(prefix: str) -> Iterator[str]:
+    sb = Sandbox(prefix=prefix)
+    present = set(_run(["ip", "netns", "list"]).stdout.split())
+    yield f"root: {sb.root if sb.root.is_dir() else '(none)'}"
+    for suffix in _NAMESPACE_SUFFIXES:
+        ns = f"{prefix}{suffix}"
+        if ns in present:
+            yield f"  {ns}: pids {' '.join(map(str, _netns_pids(ns))) or '-'}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nipc.sandbox", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--root", type=Path, help="directory for the sandbox's files")
+    parser.add_argument("--prefix", default="nipc-", help="namespace name prefix")
+    parser.add_argument("--keep-files", action="store_true", help="down: keep logs and files")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            sb = Sandbox(root=args.root, prefix=args.prefix).up()
+            print(sb.describe())
+            print(f"up in {sb.timings['up']:.1f}s ({', '.join(f'{k} {v:.1f}s' for k, v in sb.timings.items())})")
+        elif args.command == "down":
+            sb = Sandbox(root=args.root, prefix=args.prefix)
+            sb.down(keep_files=args.keep_files)
+            print(f"down in {sb.timings['down']:.1f}s")
+        else:
+            print("\n".join(_iter_status(args.prefix)))
+    except SandboxError as e:
+        print(f"sandbox: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The daemon as a Twisted service: embeddable in any application, run by ``twistd nipc``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from nipc.config import Config
+from nipc.gate import LocalGateFactory
+from nipc.inbound import Inbound
+from nipc.kerberos import Acceptor, ticket_source
+from nipc.peer import PeerServer, PeerServerFactory
+from nipc.router import Router
+from nipc.tls import server_options, tune_tcp
+
+log = Logger()
+
+
+def clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead daemon; refuse to touch a live one or a non-socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise RuntimeError(f"{path} exists and is not a socket; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        if e.errno != errno.ECONNREFUSED:
+            raise RuntimeError(f"cannot tell whether {path} is in use: {e.strerror}") from None
+        log.info("removing stale socket {path} (nobody listening)", path=path)
+        os.unlink(path)
+    else:
+        raise RuntimeError(f"another process is serving {path}; not starting a second daemon")
+    finally:
+        probe.close()
+
+
+class NipcService(Service):
+    """Both endpoints of a NIPC daemon: the local gate and the peer listener."""
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self._ports: list[Any] = []
+
+    def startService(self) -> None:
+        config, reactor = self.config, self.reactor
+        if config.krb5_config is not None:
+            os.environ["KRB5_CONFIG"] = str(config.krb5_config)
+        reactor.suggestThreadPoolSize(32)
+        router = Router(reactor, config, ticket_source(reactor, config))
+        inbound = Inbound(reactor, config, Acceptor(reactor, config))
+
+        def peer_server() -> PeerServer:
+            return PeerServer(lambda tcp: tune_tcp(tcp, config), inbound.hello, reactor,
+                              config.handshake_timeout)
+
+        path = str(config.socket_path)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        clear_stale_socket(path)
+        self._ports.append(reactor.listenUNIX(
+            path, LocalGateFactory(reactor, config, router), mode=config.socket_mode, wantPID=False
+        ))
+        os.chown(path, config.socket_owner, config.socket_group)
+        tls_factory = TLSMemoryBIOFactory(
+            server_options(config.host_name), False, PeerServerFactory(peer_server)
+        )
+        self._ports.append(reactor.listenTCP(
+            config.listen_port, tls_factory, interface=config.listen_address
+        ))
+        log.info("nipcd {host} serving {path} and peers on {addr}:{port} ({mode})",
+                 host=config.host_name, path=path, addr=config.listen_address,
+                 port=config.listen_port, mode=config.mode.value)
+        super().startService()
+
+    def stopService(self) -> "Deferred[Any]":
+        super().stopService()
+        ports, self._ports = self._ports, []
+        return DeferredList([Deferred.fromCoroutine(_stop(p)) for p in ports])  # type: ignore[arg-type]
+
+
+async def _stop(port: Any) -> None:
+    await port.stopListening()

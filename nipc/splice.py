@@ -1,0 +1,137 @@
+"""The splice: two connected ends, bytes copied verbatim both ways.
+
+Like Twisted's ``portforward``: each end's transport is the producer for the other's, so
+a slow reader pauses the writer and buffering stays bounded. EOF is passed on as a
+half-close; only when both directions have ended, or an end is lost, is everything closed.
+File descriptors sent on a spliced connection cannot cross hosts: they are closed and the
+whole connection is torn down rather than silently dropping them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IFileDescriptorReceiver, IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
+
+
+class End(TypingProtocol):
+    """What a splice needs of each of its two ends."""
+
+    splice: "Splice | None"
+    transport: Any
+
+    def send(self, data: bytes) -> None: ...
+    def send_eof(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Splice:
+    """Joins two ends; reports once, when both are gone, through ``on_end``."""
+
+    def __init__(self, left: End, right: End, on_end: Callable[["Splice"], None]) -> None:
+        self.left, self.right = left, right
+        self.received = {id(left): 0, id(right): 0}
+        self.started = time.monotonic()
+        self.violation: str | None = None
+        self._on_end = on_end
+        self._eof: set[int] = set()
+        self._lost: set[int] = set()
+        left.splice = right.splice = self
+        left.transport.registerProducer(right.transport, True)
+        right.transport.registerProducer(left.transport, True)
+
+    def _other(self, end: End) -> End:
+        return self.right if end is self.left else self.left
+
+    def data(self, end: End, data: bytes) -> None:
+        self.received[id(end)] += len(data)
+        self._other(end).send(data)
+
+    def eof(self, end: End) -> None:
+        if id(end) in self._eof:
+            return
+        self._eof.add(id(end))
+        other = self._other(end)
+        if id(other) in self._eof:
+            self.left.close()
+            self.right.close()
+        else:
+            other.send_eof()
+
+    def lost(self, end: End, reason: Failure) -> None:
+        self._lost.add(id(end))
+        other = self._other(end)
+        if id(other) not in self._lost:
+            # Deliver what the other end still has buffered, then close it: the same
+            # EOF a local peer's crash would give.
+            other.close()
+        elif len(self._lost) == 2:
+            self._on_end(self)
+
+    def refuse(self, end: End, why: str) -> None:
+        """Tear the whole connection down at both ends (a protocol violation)."""
+        if self.violation is None:
+            self.violation = why
+        self.left.abort()
+        self.right.abort()
+
+
+@implementer(IHalfCloseableProtocol, IFileDescriptorReceiver)
+class UnixEnd(Protocol):
+    """A local AF_UNIX connection as one end of a splice."""
+
+    splice: Splice | None = None
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def send_eof(self) -> None:
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.splice is not None
+        self.splice.data(self, data)
+
+    def readConnectionLost(self) -> None:
+        assert self.splice is not None
+        self.splice.eof(self)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if self.splice is not None:
+            self.splice.lost(self, reason)
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        os.close(descriptor)
+        self.refuse_fd()
+
+    def refuse_fd(self) -> None:
+        assert self.splice is not None
+        self.splice.refuse(self, "file descriptor passing (SCM_RIGHTS) on a routed connection")
+
+
+class Adopted(Factory):
+    """Hands an already-built protocol to ``adoptStreamConnection``."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.protocol_instance

@@ -1,0 +1,46 @@
+"""``twistd nipc``: the daemon's command line."""
+
+from __future__ import annotations
+
+
+from twisted.application.service import IServiceMaker
+from twisted.logger import globalLogPublisher, jsonFileLogObserver
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+from nipc import config as configuration
+from nipc.service import NipcService
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Run the NIPC daemon: route 'CONNECT <path>@<host>' requests from the local socket "
+        "to peer daemons with the caller's Kerberos identity, and accept routed connections "
+        "from peers. Every setting lives in the TOML file (see etc/nipcd.toml)."
+    )
+    optParameters = [
+        ["config", "c", "/etc/nipc/nipcd.toml", "Path of the daemon's TOML configuration file."],
+    ]
+
+
+@implementer(IServiceMaker, IPlugin)
+class ServiceMaker:
+    tapname = "nipc"
+    description = "Networked IPC: reach Unix sockets on other hosts as yourself (Kerberos)."
+    options = Options
+
+    def makeService(self, options: Options) -> NipcService:
+        try:
+            cfg = configuration.load(options["config"])
+        except configuration.ConfigError as e:
+            raise SystemExit(f"nipc: {e}") from None
+        if cfg.log_file is not None:
+            globalLogPublisher.addObserver(jsonFileLogObserver(open(cfg.log_file, "a")))
+        return NipcService(cfg)
+
+
+serviceMaker = ServiceMaker()
+
+__all__ = ["serviceMaker", "Options"]

@@ -1,0 +1,191 @@
+"""The daemon-to-daemon wire format, inside TLS: typed, length-prefixed frames.
+
+Pure encoding and decoding, no I/O. A frame is ``type (1 byte) | length (4 bytes, big
+endian) | payload``. The handshake frames carry a JSON object whose fields are checked
+here; after a successful handshake only DATA and EOF frames flow. EOF is what carries
+half-close across TLS, which Twisted's TLS transport cannot express (KERBEROS.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from nipc.errors import ERRNO_NAMES, NipcError
+from nipc.request import check_host, check_path
+
+VERSION = 1
+HEADER = struct.Struct(">BI")
+MAX_HANDSHAKE = 64 * 1024
+MAX_DATA = 1024 * 1024
+MAX_HOPS_ON_WIRE = 64
+
+
+class Kind(IntEnum):
+    HELLO = 1
+    RESULT = 3
+    DATA = 16
+    EOF = 17
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The sender's request: where to connect, the hops so far, its first GSS token."""
+
+    path: str
+    host: str
+    hops: tuple[str, ...]
+    token: bytes
+    conn_id: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """The receiver's answer: ``OK`` or an errno name, and its last GSS token (mutual auth)."""
+
+    errno_name: str
+    message: str = ""
+    token: bytes = b""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.errno_name == "OK"
+
+    def error(self) -> NipcError:
+        return NipcError(self.errno_name, self.message)
+
+
+Message = Hello | Result
+_KINDS = frozenset(k.value for k in Kind)
+
+
+def _proto(message: str) -> NipcError:
+    return NipcError("EPROTO", f"peer handshake: {message}")
+
+
+def frame(kind: Kind, payload: bytes) -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def data_header(length: int) -> bytes:
+    """Header of a DATA frame; sent beside the payload to avoid copying it."""
+    return HEADER.pack(Kind.DATA, length)
+
+
+EOF_FRAME = HEADER.pack(Kind.EOF, 0)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode(message: Message) -> bytes:
+    body: dict[str, Any]
+    if isinstance(message, Hello):
+        kind = Kind.HELLO
+        body = {
+            "version": VERSION,
+            "path": message.path,
+            "host": message.host,
+            "hops": list(message.hops),
+            "token": _b64(message.token),
+            "conn_id": message.conn_id,
+        }
+    else:
+        kind = Kind.RESULT
+        body = {"errno": message.errno_name, "message": message.message,
+                "token": _b64(message.token), "info": message.info}
+    payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    if len(payload) > MAX_HANDSHAKE:
+        raise _proto("message too large")
+    return frame(kind, payload)
+
+
+def _field(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise _proto(f"field {name!r} missing or of the wrong type")
+    return value
+
+
+def _token(body: dict[str, Any]) -> bytes:
+    text = _field(body, "token", str)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise _proto("token is not base64") from None
+
+
+def decode(kind: int, payload: bytes) -> Message:
+    """Decode one handshake frame; any malformation is ``EPROTO``."""
+    try:
+        body = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _proto("message is not JSON") from None
+    if not isinstance(body, dict):
+        raise _proto("message is not an object")
+    if kind == Kind.HELLO:
+        if body.get("version") != VERSION:
+            raise _proto(f"unsupported version {str(body.get('version'))[:20]!r}")
+        hops = _field(body, "hops", list)
+        if len(hops) > MAX_HOPS_ON_WIRE or not all(isinstance(h, str) for h in hops):
+            raise _proto("bad hop list")
+        try:
+            path, host = check_path(_field(body, "path", str)), check_host(_field(body, "host", str))
+            hop_names = tuple(check_host(h) for h in hops)
+        except NipcError as e:
+            raise _proto(e.message) from None
+        conn_id = _field(body, "conn_id", str)
+        if not (0 < len(conn_id) <= 64 and conn_id.isascii() and conn_id.isalnum()):
+            raise _proto("bad connection id")
+        return Hello(path, host, hop_names, _token(body), conn_id)
+    if kind == Kind.RESULT:
+        name = _field(body, "errno", str)
+        if name != "OK" and name not in ERRNO_NAMES:
+            raise _proto(f"unknown errno {name[:20]!r}")
+        info = body.get("info", {})
+        if not isinstance(info, dict):
+            raise _proto("bad info")
+        return Result(name, _field(body, "message", str), _token(body), info)
+    raise _proto(f"unexpected frame type {kind}")
+
+
+class FrameDecoder:
+    """Incremental splitter of a byte stream into ``(kind, payload)`` frames.
+
+    Handshake frames are limited to :data:`MAX_HANDSHAKE` bytes, data frames to
+    :data:`MAX_DATA`: a peer cannot make us buffer more than that per frame.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self._buffer += data
+        frames: list[tuple[int, bytes]] = []
+        buf = self._buffer
+        pos = 0
+        while len(buf) - pos >= HEADER.size:
+            kind, length = HEADER.unpack_from(buf, pos)
+            limit = MAX_DATA if kind == Kind.DATA else MAX_HANDSHAKE
+            if kind not in _KINDS:
+                raise _proto(f"unknown frame type {kind}")
+            if length > limit or (kind == Kind.EOF and length):
+                raise _proto(f"frame of type {kind} too long ({length} bytes)")
+            end = pos + HEADER.size + length
+            if end > len(buf):
+                break
+            frames.append((kind, bytes(buf[pos + HEADER.size : end])))
+            pos = end
+        del buf[:pos]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
