@@ -112,13 +112,17 @@ class LocalGate(UnixEnd):
             return
         self.state = State.SPLICED
         self.transport.write(ok_reply())  # type: ignore[union-attr]
-        splice = Splice(self, end, lambda s: audit(log, "routed", self._facts, self._started, s, self, end))
+        Splice(self, end, lambda s: audit(log, "routed", self._facts, self._started, s, self, end))
+
+    def start(self) -> None:
+        """Deliver what the client sent ahead of ``OK``, then read again."""
+        assert self.splice is not None
         if self._buffer:
             early, self._buffer = self._buffer, b""
-            splice.data(self, early)
+            self.splice.data(self, early)
         self.transport.resumeProducing()  # type: ignore[union-attr]
         if self._early_eof:
-            splice.eof(self)
+            self.splice.eof(self)
 
     def _route_failed(self, failure: Failure) -> None:
         self._routing = None

@@ -94,7 +94,7 @@ class Inbound:
         except NipcError as e:
             refused(Failure(e))
             return
-        d = self._acceptor.accept(hello.token, channel)
+        d: Deferred[Any] = self._acceptor.accept(hello.token, channel)
         d.addCallback(accepted)
         d.addCallback(projected)
         d.addCallback(connected)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import gssapi
 import gssapi.raw
-from gssapi.exceptions import GSSError
+from gssapi.raw.misc import GSSError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -80,7 +80,7 @@ def service_name(host: str) -> gssapi.Name:
     return gssapi.Name(f"nipc@{host}", gssapi.NameType.hostbased_service)
 
 
-_FLAGS = [gssapi.RequirementFlag.mutual_authentication, gssapi.RequirementFlag.out_of_sequence_detection]
+_FLAGS = gssapi.RequirementFlag.mutual_authentication | gssapi.RequirementFlag.out_of_sequence_detection
 
 
 class Initiation:
@@ -135,7 +135,7 @@ class ProtocolTransition:
         self._cache: dict[str, tuple[Any, float]] = {}
 
     def _daemon_creds(self) -> Any:
-        store = {
+        store: dict[bytes | str, bytes | str] = {
             "client_keytab": str(self._config.keytab),
             "keytab": str(self._config.keytab),
             "ccache": f"MEMORY:nipc-daemon-{os.getpid()}",

@@ -30,6 +30,9 @@ class PeerLink(Protocol):
     """Frame decoding and the splice-end behaviour shared by both sides."""
 
     splice: Splice | None = None
+    #: Stream frames that arrived after the handshake but before the splice existed.
+    _held: list[tuple[int, bytes]] | None = None
+    closed = False
 
     def __init__(self, tune: Callable[[Any], None]) -> None:
         self._decoder = wire.FrameDecoder()
@@ -48,7 +51,25 @@ class PeerLink(Protocol):
         except NipcError as e:
             self.fail(e)
             return
-        for kind, payload in frames:
+        self._dispatch(frames)
+
+    def hold(self) -> None:
+        """The handshake is over: keep stream frames until :meth:`start` (bounded by
+        pausing the transport, so a fast sender cannot make us buffer more)."""
+        self._held = []
+
+    def start(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._dispatch(held)
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _dispatch(self, frames: list[tuple[int, bytes]]) -> None:
+        for index, (kind, payload) in enumerate(frames):
+            if self._held is not None:
+                self._held.extend(frames[index:])
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+                return
             if self.splice is not None:
                 if kind == wire.Kind.DATA:
                     self.splice.data(self, payload)
@@ -76,12 +97,15 @@ class PeerLink(Protocol):
         self.transport.write(wire.encode(message))  # type: ignore[union-attr]
 
     def close(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        if not self.closed:
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        if not self.closed:
+            self.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.closed = True
         if self.splice is not None:
             self.splice.lost(self, reason)
         else:
@@ -120,6 +144,8 @@ class PeerClient(PeerLink):
     def message(self, message: wire.Message) -> None:
         if isinstance(message, wire.Result) and self._result is not None:
             result, self._result = self._result, None
+            if message.ok:
+                self.hold()
             result.callback(message)
         else:
             self.fail(NipcError("EPROTO", "peer handshake: unexpected message"))
@@ -151,7 +177,6 @@ class PeerServer(PeerLink):
         self._channel: bytes | None = None
         self._timer: Any = None
         self.answered = False
-        self.closed = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -195,7 +220,6 @@ class PeerServer(PeerLink):
         self.abort()
 
     def lost_before_splice(self, reason: Failure) -> None:
-        self.closed = True
         self._cancel_timer()
 
 

@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout, fail
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -59,7 +59,7 @@ class Router:
         try:
             who = identity_of_caller(caller)
         except NipcError as e:
-            return Deferred.fromFailure(Failure(e))
+            return fail(e)
         if self.is_local(request.host):
             return self.connect_as(who, request.path, conn_id)
         return _Dial(self._reactor, self._config, self._tickets, who, request, conn_id).start()

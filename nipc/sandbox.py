@@ -172,7 +172,9 @@ def _netns_pids(ns: str) -> list[int]:
     return [int(p) for p in proc.stdout.split()] if proc.returncode == 0 else []
 
 
-def _spawn(argv: Sequence[str], log: Path, env: dict[str, str], pidfile: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: Sequence[str], log: Path, env: dict[str, str], pidfile: Path
+) -> subprocess.Popen[bytes]:
     """Start a background process in its own session, output appended to ``log``."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -204,24 +206,41 @@ class User:
         pw = pwd.getpwnam(name)
         return cls(name, pw.pw_uid, pw.pw_gid, tuple(os.getgrouplist(name, pw.pw_gid)))
 
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return tuple(grp.getgrgid(g).gr_name for g in self.groups)
+
+
+def _exists(lookup: Callable[[str], object], name: str) -> bool:
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _create(argv: Sequence[str], lookup: Callable[[str], object], name: str) -> None:
+    """Run useradd/groupadd unless ``name`` exists; retry while a sibling holds the lock."""
+    for _ in range(20):
+        if _exists(lookup, name):
+            return
+        proc = _run(argv, check=False)
+        if proc.returncode == 0:
+            return
+        time.sleep(0.25)  # 9: created meanwhile; 10: /etc/passwd or /etc/group locked
+    raise SandboxError(f"{' '.join(argv)} failed: {proc.stderr}")
+
 
 def ensure_local_users() -> dict[str, User]:
-    """Create group dnsops and users alice (in dnsops), bob, carol unless they exist."""
-    for cmd in (["groupadd", LOCAL_GROUP],):
-        try:
-            grp.getgrnam(LOCAL_GROUP)
-        except KeyError:
-            proc = _run(cmd, check=False)
-            if proc.returncode not in (0, 9):  # 9: created meanwhile by someone else
-                raise SandboxError(f"groupadd {LOCAL_GROUP}: {proc.stderr}")
+    """Create group dnsops and users alice (in dnsops), bob, carol unless they exist.
+
+    They are never removed: they are harmless, and other sandboxes may be using them.
+    """
+    _create(["groupadd", LOCAL_GROUP], grp.getgrnam, LOCAL_GROUP)
     for name, groups in LOCAL_USERS.items():
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            argv = ["useradd", "-M", "-U", "-s", "/usr/sbin/nologin", name]
-            proc = _run(argv + (["-G", ",".join(groups)] if groups else []), check=False)
-            if proc.returncode not in (0, 9):
-                raise SandboxError(f"useradd {name}: {proc.stderr}")
+        extra = ["-G", ",".join(groups)] if groups else []
+        argv = ["useradd", "-M", "-U", "-s", "/usr/sbin/nologin", *extra, name]
+        _create(argv, pwd.getpwnam, name)
         have = {g.gr_name for g in grp.getgrall() if name in g.gr_mem}
         if not set(groups) <= have:
             _run(["usermod", "-a", "-G", ",".join(groups), name])
@@ -246,7 +265,9 @@ class Host:
     switch_port: str
     ccache_template: str
     port: int = PORT
-    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    _proc: subprocess.Popen[bytes] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def config_path(self) -> Path:
@@ -487,8 +508,10 @@ class Sandbox:
         prefix: str = "nipc-",
         samba: bool = True,
         mit: bool = True,
+        debug: bool = False,
     ) -> None:
         self.prefix = prefix
+        self.debug = debug
         self.samba = samba
         self.mit = mit
         self._given_root = root
@@ -498,7 +521,7 @@ class Sandbox:
         self.timings: dict[str, float] = {}
         if self.root.is_dir():
             self._define_hosts()
-            self.users = {n: User.lookup(n) for n in LOCAL_USERS if _user_exists(n)}
+            self.users = {n: User.lookup(n) for n in LOCAL_USERS if _exists(pwd.getpwnam, n)}
 
     # -- naming --
 
@@ -600,7 +623,8 @@ class Sandbox:
         else:
             self.root = Path(tempfile.mkdtemp(prefix=f"{self.prefix}sandbox-"))
         self.root.chmod(0o755)
-        (self.root / _MARKER).write_text(f"{self.prefix}\n")
+        # Whether down may delete the root itself or only what it put there.
+        (self.root / _MARKER).write_text("given\n" if self._given_root else "created\n")
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         self._state_file.write_text(f"{self.root}\n")
         ccache_dir = self.root / "ccache"
@@ -659,9 +683,11 @@ class Sandbox:
         if keep_files:
             return
         for root in old_roots:
-            if not (root / _MARKER).exists():
-                continue
-            if root == self._given_root:
+            try:
+                created = (root / _MARKER).read_text().strip() == "created"
+            except OSError:
+                continue  # not a sandbox root: never delete it
+            if not created:
                 for child in root.iterdir():
                     if child.is_dir() and not child.is_symlink():
                         shutil.rmtree(child, ignore_errors=True)
@@ -766,8 +792,6 @@ class Sandbox:
             "-e '/^dn: /a msDS-SupportedEncryptionTypes: 24' \"$1\"\n"
         )
         editor.chmod(0o755)
-        for user in LOCAL_USERS:
-            self._samba_tool("user", "add", user, PASSWORD)
         samba_hosts = [h for h in self.hosts.values() if h.realm == SAMBA_REALM]
 
         def account(host: Host) -> None:
@@ -788,13 +812,20 @@ class Sandbox:
                 )
             host.keytab.chmod(0o600)
 
-        with ThreadPoolExecutor(max_workers=len(samba_hosts) or 1) as pool:
-            for f in [pool.submit(account, h) for h in samba_hosts]:
-                f.result()
+        def users() -> None:
+            for user in LOCAL_USERS:
+                self._samba_tool("user", "add", user, PASSWORD)
+
+        # samba-tool is mostly Python start-up: running chains side by side uses every core.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            jobs = [pool.submit(users)] + [pool.submit(account, h) for h in samba_hosts]
+            for job in jobs:
+                job.result()
 
     def _start_samba(self) -> None:
         smb_conf = self.dc_dir / "etc" / "smb.conf"
-        argv = ["ip", "netns", "exec", self.dc_netns, "samba", "-i", "-M", "single", "-s", str(smb_conf)]
+        argv = ["ip", "netns", "exec", self.dc_netns, "samba", "-i", "-M", "single", "-s"]
+        argv += [str(smb_conf), "-d", "3" if self.debug else "1"]  # 3: every KDC decision
         _spawn(argv, self.dc_dir / "samba.out", {}, self.root / "pids" / "samba.pid")
 
     def _mit_env(self) -> dict[str, str]:
@@ -859,7 +890,8 @@ class Sandbox:
             )
         if self.mit:
             probes.append(
-                (self._first(MIT_REALM), f"alice@{MIT_REALM}", PASSWORD, self.mit_dir / "krb5kdc.out")
+                (self._first(MIT_REALM), f"alice@{MIT_REALM}", PASSWORD,
+                 self.mit_dir / "krb5kdc.out")
             )
         deadline = time.monotonic() + timeout
         for host, principal, password, log in probes:
@@ -908,16 +940,9 @@ class Sandbox:
             env = " ".join(f"{k}={v}" for k, v in host.env().items())
             lines.append(f"  {host.name} {host.fqdn} {host.address} ({host.principal})")
             lines.append(f"      ip netns exec {host.netns} env {env} bash")
-        lines.append(f"  users alice, bob, carol; password {self.password}")
+        lines.append(f"  users alice, bob, carol; password {self.password}; as a user:")
+        lines.append("      ip netns exec <ns> setpriv --reuid=alice --regid=alice --init-groups ...")
         return "\n".join(lines)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _iter_status(prefix: str) -> Iterator[str]:
@@ -931,7 +956,9 @@ def _iter_status(prefix: str) -> Iterator[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nipc.sandbox", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m nipc.sandbox", description="A throwaway Kerberos domain of namespaces."
+    )
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--root", type=Path, help="directory for the sandbox's files")
     parser.add_argument("--prefix", default="nipc-", help="namespace name prefix")
@@ -941,7 +968,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             sb = Sandbox(root=args.root, prefix=args.prefix).up()
             print(sb.describe())
-            print(f"up in {sb.timings['up']:.1f}s ({', '.join(f'{k} {v:.1f}s' for k, v in sb.timings.items())})")
+            steps = ", ".join(f"{k} {v:.1f}s" for k, v in sb.timings.items() if k != "up")
+            print(f"up in {sb.timings['up']:.1f}s ({steps})")
         elif args.command == "down":
             sb = Sandbox(root=args.root, prefix=args.prefix)
             sb.down(keep_files=args.keep_files)

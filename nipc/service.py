@@ -9,7 +9,7 @@ import stat
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -86,13 +86,9 @@ class NipcService(Service):
         log.info("nipcd {host} serving {path} and peers on {addr}:{port} ({mode})",
                  host=config.host_name, path=path, addr=config.listen_address,
                  port=config.listen_port, mode=config.mode.value)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> "Deferred[Any]":
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         ports, self._ports = self._ports, []
-        return DeferredList([Deferred.fromCoroutine(_stop(p)) for p in ports])  # type: ignore[arg-type]
-
-
-async def _stop(port: Any) -> None:
-    await port.stopListening()
+        return DeferredList([maybeDeferred(p.stopListening) for p in ports])

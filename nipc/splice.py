@@ -28,6 +28,7 @@ class End(TypingProtocol):
     splice: "Splice | None"
     transport: Any
 
+    def start(self) -> None: ...
     def send(self, data: bytes) -> None: ...
     def send_eof(self) -> None: ...
     def close(self) -> None: ...
@@ -48,6 +49,8 @@ class Splice:
         left.splice = right.splice = self
         left.transport.registerProducer(right.transport, True)
         right.transport.registerProducer(left.transport, True)
+        left.start()
+        right.start()
 
     def _other(self, end: End) -> End:
         return self.right if end is self.left else self.left
@@ -90,6 +93,9 @@ class UnixEnd(Protocol):
     """A local AF_UNIX connection as one end of a splice."""
 
     splice: Splice | None = None
+
+    def start(self) -> None:
+        """Called once the splice is in place: nothing was held back."""
 
     def send(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]

@@ -1,7 +1,8 @@
 """Shared fixtures: one sandbox domain per test session, because building it takes seconds.
 
 Set ``NIPC_SANDBOX_KEEP=1`` to keep the sandbox's files (logs, configs) after the session,
-``NIPC_SANDBOX_PREFIX`` to run two sessions side by side (namespace names differ).
+``NIPC_SANDBOX_PREFIX`` to run two sessions side by side (namespace names differ),
+``NIPC_SANDBOX_DEBUG=1`` to have the Samba KDC log every decision (``<root>/dc/samba.out``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def require_root() -> None:
 def sandbox() -> Iterator[Sandbox]:
     """The whole domain (Samba AD realm, MIT realm, hosts a b c x y), built once."""
     require_root()
-    sb = Sandbox(prefix=os.environ.get("NIPC_SANDBOX_PREFIX", "nipc-"))
+    sb = Sandbox(
+        prefix=os.environ.get("NIPC_SANDBOX_PREFIX", "nipc-"),
+        debug=os.environ.get("NIPC_SANDBOX_DEBUG") == "1",
+    )
     try:
         sb.up()
         yield sb

@@ -112,6 +112,40 @@ def test_own_ccache_on_mit(sandbox: Sandbox) -> None:
     assert not Path(ccache.removeprefix("FILE:")).exists()
 
 
+def test_kinit_on_samba_host(sandbox: Sandbox) -> None:
+    bob = sandbox.users["bob"]
+    ccache = sandbox.kinit("bob", "a")
+    try:
+        listing = sandbox.hosts["a"].run(["klist", ccache], user=bob).stdout
+        assert f"bob@{SAMBA_REALM}" in listing
+    finally:
+        sandbox.kdestroy("bob", "a")
+
+
+# krb5's own auth_to_local mapping, as the daemon will apply it.
+_LOCALNAME = """
+import ctypes, sys
+k = ctypes.CDLL("libkrb5.so.3")
+ctx, princ = ctypes.c_void_p(), ctypes.c_void_p()
+assert k.krb5_init_context(ctypes.byref(ctx)) == 0
+assert k.krb5_parse_name(ctx, sys.argv[1].encode(), ctypes.byref(princ)) == 0
+buf = ctypes.create_string_buffer(256)
+rc = k.krb5_aname_to_localname(ctx, princ, len(buf), buf)
+print(buf.value.decode() if rc == 0 else "-")
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "user", "local"),
+    [("a", "carol", "carol"), ("b", "carol", "carol-nowhere"), ("c", "carol", "carol-nowhere"),
+     ("b", "alice", "alice")],
+)
+def test_auth_to_local(sandbox: Sandbox, host: str, user: str, local: str) -> None:
+    h = sandbox.hosts[host]
+    out = h.run([sys.executable, "-c", _LOCALNAME, f"{user}@{h.realm}"]).stdout
+    assert out.strip() == local
+
+
 def _connects(src: Host, dst: str, port: int) -> bool:
     probe = (
         "import socket, sys\n"

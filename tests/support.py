@@ -1,0 +1,178 @@
+"""Test support: real Unix-socket servers that record who connected, and a client run
+as a real local user in its own process (so SO_PEERCRED is the kernel's truth)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+
+
+def stream(seed: int, size: int, chunk: int = 1 << 16):  # type: ignore[no-untyped-def]
+    """Deterministic pseudo-random bytes, in chunks."""
+    rng = random.Random(seed)
+    left = size
+    while left:
+        n = min(chunk, left)
+        yield rng.randbytes(n)
+        left -= n
+
+
+def digest_of(seed: int, size: int) -> str:
+    h = hashlib.sha256()
+    for part in stream(seed, size):
+        h.update(part)
+    return h.hexdigest()
+
+
+@dataclass
+class Seen:
+    pid: int
+    uid: int
+    gid: int
+    groups: list[int]
+    peername: str
+    received: str = ""
+    received_bytes: int = 0
+
+
+@dataclass
+class UnixServer:
+    """A threaded server at ``path``; ``behaviour`` says what it does with each client.
+
+    - ``greet``: send a JSON line with the peer's credentials, then echo until EOF.
+    - ``bulk:N:SEED``: send N seeded bytes while reading to EOF; record the digest.
+    - ``eof-reply``: read to EOF, then answer with the digest and length of what it read.
+    """
+
+    path: str
+    mode: int = 0o666
+    group: int | None = None
+    behaviour: str = "greet"
+    seen: list[Seen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        os.chmod(self.path, self.mode)
+        if self.group is not None:
+            os.chown(self.path, 0, self.group)
+        self._sock.listen(64)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        groups = sorted(struct.unpack(f"{len(raw) // 4}I", raw))
+        peer = conn.getpeername()
+        seen = Seen(pid, uid, gid, groups, peer.decode("latin-1") if isinstance(peer, bytes) else peer)
+        self.seen.append(seen)
+        with conn:
+            kind, *args = self.behaviour.split(":")
+            if kind == "greet":
+                info = {"uid": uid, "gid": gid, "groups": groups, "peername": seen.peername}
+                conn.sendall(json.dumps(info).encode() + b"\n")
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            elif kind == "bulk":
+                size, seed = int(args[0]), int(args[1])
+
+                def send() -> None:
+                    for part in stream(seed, size):
+                        conn.sendall(part)
+                    conn.shutdown(socket.SHUT_WR)
+
+                sender = threading.Thread(target=send)
+                sender.start()
+                h = hashlib.sha256()
+                while data := conn.recv(1 << 17):
+                    h.update(data)
+                    seen.received_bytes += len(data)
+                seen.received = h.hexdigest()
+                sender.join()
+            elif kind == "eof-reply":
+                h = hashlib.sha256()
+                while data := conn.recv(65536):
+                    h.update(data)
+                    seen.received_bytes += len(data)
+                conn.sendall(f"{h.hexdigest()} {seen.received_bytes}\n".encode())
+
+
+_client_dir: Path | None = None
+
+
+def client_dir() -> Path:
+    """A world-readable copy of the client library and tool.
+
+    Test users cannot be assumed to read the checkout (CI may clone under /root), nor to
+    run the virtualenv's interpreter (pyenv's lives under /root): the client is stdlib-only
+    and runs under the system Python from this copy.
+    """
+    global _client_dir
+    if _client_dir is None:
+        root = Path(tempfile.mkdtemp(prefix="nipc-client-"))
+        shutil.copytree(Path(__file__).resolve().parents[1] / "nipc", root / "nipc",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("client_tool.py", "support.py"):
+            shutil.copy(Path(__file__).with_name(name), root / name)
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        _client_dir = root
+    return _client_dir
+
+
+CLIENT_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def run_client(user: str | None, daemon_socket: str, *args: str, timeout: float = 120) -> dict[str, Any]:
+    """Run tests/client_tool.py as ``user`` (None: as root); returns its JSON answer."""
+    import pwd
+
+    where = client_dir()
+    kw: dict[str, Any] = {}
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        kw = {"user": entry.pw_uid, "group": entry.pw_gid,
+              "extra_groups": os.getgrouplist(user, entry.pw_gid)}
+    env = {"NIPC_SOCKET": daemon_socket, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "PYTHONPATH": str(where)}
+    proc = subprocess.run([CLIENT_PYTHON, str(where / "client_tool.py"), *args], capture_output=True,
+                          timeout=timeout, env=env, cwd="/", **kw)
+    if proc.returncode != 0:
+        raise AssertionError(f"client tool failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
