@@ -8,12 +8,16 @@ its Kerberos identity; unknown keys are an error, so a typo never silently means
 from __future__ import annotations
 
 import grp
+import math
 import pwd
 import tomllib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
+
+from nipc.errors import NipcError
+from nipc.request import check_host
 
 DEFAULT_PORT = 7445
 DEFAULT_SOCKET = "/run/nipc/nipc.sock"
@@ -86,14 +90,31 @@ def _section(doc: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, 
 
 def _typed(sect: Mapping[str, Any], where: str, key: str, kind: type | tuple[type, ...]) -> Any:
     value = sect[key]
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        # bool is an int to isinstance(); TOML true is never a number or a mode.
+        raise ConfigError(f"{where}.{key}: wrong type bool ({value!r})")
     if not isinstance(value, kind):
         raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
     return value
 
 
+def _opt(sect: Mapping[str, Any], where: str, key: str, kind: type | tuple[type, ...],
+         default: Any) -> Any:
+    """``sect[key]`` checked like :func:`_typed`, or ``default`` when the key is absent."""
+    return _typed(sect, where, key, kind) if key in sect else default
+
+
+def _host_name(name: str, where: str) -> str:
+    """A DNS name normalised as the local protocol normalises request hosts."""
+    try:
+        return check_host(name)
+    except NipcError:
+        raise ConfigError(f"{where}: not a valid host name: {name!r}") from None
+
+
 def _uid(name: str | int) -> int:
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        raise ConfigError("local.owner: expected a user name or uid")
     if isinstance(name, int):
         return name
     try:
@@ -103,6 +124,8 @@ def _uid(name: str | int) -> int:
 
 
 def _gid(name: str | int) -> int:
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        raise ConfigError("local.group: expected a group name or gid")
     if isinstance(name, int):
         return name
     try:
@@ -122,10 +145,13 @@ def parse_peer_address(text: str, where: str) -> PeerAddress:
         host, _, port_text = text.partition(":")
     else:
         host, port_text = text, ""
-    try:
-        port = int(port_text) if port_text else DEFAULT_PORT
-    except ValueError:
-        raise ConfigError(f"{where}: bad port in {text!r}") from None
+    if port_text or text.endswith(":"):
+        # int() alone would take "+80", " 80", "8_0" and non-ASCII digits.
+        if not (port_text.isascii() and port_text.isdigit()):
+            raise ConfigError(f"{where}: bad port in {text!r}")
+        port = int(port_text)
+    else:
+        port = DEFAULT_PORT
     if not host or not 0 < port < 65536:
         raise ConfigError(f"{where}: bad address {text!r}")
     return PeerAddress(host, port)
@@ -140,6 +166,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     return from_mapping(doc)
 
 
@@ -176,11 +204,13 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         raise ConfigError(
             "kerberos.mode: expected 'protocol-transition' or 'own-ccache'"
         ) from None
-    mode_text = local.get("mode", "0666")
+    mode_text = _opt(local, "local", "mode", (str, int), "0666")
     try:
-        socket_mode = int(mode_text, 8) if isinstance(mode_text, str) else int(mode_text)
+        socket_mode = int(mode_text, 8) if isinstance(mode_text, str) else mode_text
     except ValueError:
         raise ConfigError(f"local.mode: not an octal mode: {mode_text!r}") from None
+    if not 0 <= socket_mode <= 0o7777:
+        raise ConfigError(f"local.mode: not a file mode: {mode_text!r}")
 
     kw: dict[str, Any] = {}
     for key, name, kind in (
@@ -192,7 +222,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     ):
         if key in times:
             value = _typed(times, "timeouts", key, kind)
-            if value <= 0:
+            if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"timeouts.{key} must be positive")
             kw[name] = value
 
@@ -200,30 +230,39 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     for name, addr in peers.items():
         if not isinstance(addr, str):
             raise ConfigError(f"peers.{name}: expected \"address:port\"")
-        peer_table[name.lower()] = parse_peer_address(addr, f"peers.{name}")
+        peer_table[_host_name(name, f"peers.{name}")] = parse_peer_address(addr, f"peers.{name}")
 
     realms = krb.get("trusted_realms", [])
     if not isinstance(realms, list) or not all(isinstance(r, str) for r in realms):
         raise ConfigError("kerberos.trusted_realms: expected a list of realm names")
 
+    listen_port = _opt(peer, "peer", "port", int, DEFAULT_PORT)
+    if not 0 < listen_port < 65536:
+        raise ConfigError(f"peer.port: not a TCP port: {listen_port}")
+    max_hops = _opt(peer, "peer", "max_hops", int, 8)
+    if max_hops <= 0:
+        raise ConfigError("peer.max_hops must be positive")
+    krb5_config = _opt(krb, "kerberos", "krb5_config", str, None)
+    log_file = _opt(log, "log", "file", str, None)
+
     return Config(
-        host_name=_typed(host, "host", "name", str).lower(),
+        host_name=_host_name(_typed(host, "host", "name", str), "host.name"),
         realm=_typed(host, "host", "realm", str),
         mode=mode,
         keytab=Path(_typed(krb, "kerberos", "keytab", str)),
         principal=_typed(krb, "kerberos", "principal", str),
-        krb5_config=Path(krb["krb5_config"]) if "krb5_config" in krb else None,
-        ccache_template=krb.get("ccache_template", Config.ccache_template),
+        krb5_config=Path(krb5_config) if krb5_config is not None else None,
+        ccache_template=_opt(krb, "kerberos", "ccache_template", str, Config.ccache_template),
         trusted_realms=tuple(realms),
-        allow_root=bool(krb.get("allow_root", False)),
-        socket_path=Path(local.get("socket", DEFAULT_SOCKET)),
+        allow_root=_opt(krb, "kerberos", "allow_root", bool, False),
+        socket_path=Path(_opt(local, "local", "socket", str, DEFAULT_SOCKET)),
         socket_owner=_uid(local.get("owner", 0)),
         socket_group=_gid(local.get("group", 0)),
         socket_mode=socket_mode,
-        listen_address=peer.get("listen", "0.0.0.0"),
-        listen_port=int(peer.get("port", DEFAULT_PORT)),
-        max_hops=int(peer.get("max_hops", 8)),
+        listen_address=_opt(peer, "peer", "listen", str, "0.0.0.0"),
+        listen_port=listen_port,
+        max_hops=max_hops,
         peers=peer_table,
-        log_file=Path(log["file"]) if "file" in log else None,
+        log_file=Path(log_file) if log_file is not None else None,
         **kw,
     )

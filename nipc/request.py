@@ -80,7 +80,11 @@ def check_path(path: str) -> str:
         raise NipcError("EINVAL", "socket path contains a NUL byte")
     if not path.startswith("/"):
         raise NipcError("EINVAL", f"socket path must be absolute: {path!r}")
-    if len(path.encode("utf-8")) > MAX_PATH:
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON "\ud800" on the wire
+        raise NipcError("EINVAL", "socket path is not valid UTF-8") from None
+    if size > MAX_PATH:
         raise NipcError("ENAMETOOLONG", f"socket path longer than {MAX_PATH} bytes")
     return path
 
@@ -88,7 +92,13 @@ def check_path(path: str) -> str:
 def check_host(host: str) -> str:
     """A DNS name (letters, digits, hyphens), returned lower-case without a final dot."""
     name = host.lower().removesuffix(".")
-    if not name or len(name) > MAX_HOST or not all(_LABEL.match(x) for x in name.split(".")):
+    # isascii() first: str.lower() maps some non-ASCII letters to ASCII (KELVIN SIGN -> "k").
+    if (
+        not host.isascii()
+        or not name
+        or len(name) > MAX_HOST
+        or not all(_LABEL.match(x) for x in name.split("."))
+    ):
         raise NipcError("EINVAL", f"not a valid host name: {clean_message(host)[:80]!r}")
     return name
 

@@ -131,7 +131,8 @@ def decode(kind: int, payload: bytes) -> Message:
     if not isinstance(body, dict):
         raise _proto("message is not an object")
     if kind == Kind.HELLO:
-        if body.get("version") != VERSION:
+        version = body.get("version")
+        if type(version) is not int or version != VERSION:  # not True, not 1.0
             raise _proto(f"unsupported version {str(body.get('version'))[:20]!r}")
         hops = _field(body, "hops", list)
         if len(hops) > MAX_HOPS_ON_WIRE or not all(isinstance(h, str) for h in hops):

@@ -1,0 +1,453 @@
+"""Unit tests of the daemon-to-daemon frames (SPEC section 4): ``nipc.wire``.
+
+Every handshake message is versioned and length-limited, and any malformation is EPROTO.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from nipc import wire
+from nipc.errors import ERRNO_NAMES, NipcError
+from nipc.wire import (
+    EOF_FRAME,
+    HEADER,
+    MAX_DATA,
+    MAX_HANDSHAKE,
+    MAX_HOPS_ON_WIRE,
+    VERSION,
+    FrameDecoder,
+    Hello,
+    Kind,
+    Result,
+    data_header,
+    decode,
+    encode,
+)
+
+
+def hello_body(**changes: Any) -> dict[str, Any]:
+    """A valid HELLO body, with some fields replaced (or removed when set to ``...``)."""
+    body: dict[str, Any] = {
+        "version": VERSION,
+        "path": "/run/app.sock",
+        "host": "b.example",
+        "hops": ["a.example"],
+        "token": base64.b64encode(b"gss").decode(),
+        "conn_id": "abc123",
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def result_body(**changes: Any) -> dict[str, Any]:
+    """A valid RESULT body, with some fields replaced (or removed when set to ``...``)."""
+    body: dict[str, Any] = {"errno": "OK", "message": "", "token": "", "info": {}}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def payload(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def eproto(call: Any, *args: Any) -> NipcError:
+    """Run ``call(*args)``, which must raise NipcError EPROTO; return it."""
+    with pytest.raises(NipcError) as info:
+        call(*args)
+    assert info.value.errno_name == "EPROTO"
+    return info.value
+
+
+# ----------------------------------------------------------------------------- strategies
+
+labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+hosts = st.lists(labels, min_size=1, max_size=4).map(".".join)
+paths = st.text(
+    st.characters(codec="utf-8", exclude_characters="\0"), max_size=40
+).map(lambda p: "/" + p).filter(lambda p: len(p.encode()) <= 107)
+conn_ids = st.text(st.sampled_from("abcdefXYZ0123456789"), min_size=1, max_size=64)
+hellos = st.builds(
+    Hello,
+    path=paths,
+    host=hosts,
+    hops=st.lists(hosts, max_size=MAX_HOPS_ON_WIRE).map(tuple),
+    token=st.binary(max_size=2000),
+    conn_id=conn_ids,
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=10,
+)
+results = st.builds(
+    Result,
+    errno_name=st.sampled_from(["OK", *sorted(ERRNO_NAMES)]),
+    message=st.text(max_size=200),
+    token=st.binary(max_size=2000),
+    info=st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+)
+
+
+def split_frame(data: bytes) -> tuple[int, bytes]:
+    """Split one encoded frame into ``(kind, payload)`` with FrameDecoder."""
+    frames = FrameDecoder().feed(data)
+    assert len(frames) == 1
+    return frames[0]
+
+
+# ------------------------------------------------------------------------- round trips
+
+
+class TestRoundTrip:
+    def test_hello(self) -> None:
+        """A HELLO survives encode/decode unchanged."""
+        hello = Hello("/run/a@b.sock", "b.example", ("a.example", "c.example"), b"\x00tok", "c1")
+        kind, body = split_frame(encode(hello))
+        assert kind == Kind.HELLO
+        assert decode(kind, body) == hello
+
+    def test_result_ok_and_error(self) -> None:
+        """RESULT carries OK or an errno name, a message, a token and an info object."""
+        ok = Result("OK", token=b"mutual", info={"uid": 1000, "groups": [1, 2]})
+        err = Result("EACCES", "refused by policy")
+        for message in (ok, err):
+            kind, body = split_frame(encode(message))
+            assert kind == Kind.RESULT
+            assert decode(kind, body) == message
+        assert ok.ok and not err.ok
+        assert err.error().errno_name == "EACCES" and err.error().message == "refused by policy"
+
+    def test_header_layout(self) -> None:
+        """A frame is type (1 byte) | length (4 bytes, big endian) | payload."""
+        data = encode(Result("OK"))
+        assert data[0] == Kind.RESULT
+        assert int.from_bytes(data[1:5], "big") == len(data) - 5
+        assert HEADER.size == 5
+
+    def test_hello_host_and_hops_are_normalised(self) -> None:
+        """Host and hops are checked like the local request: lower-cased, final dot dropped."""
+        body = hello_body(host="B.Example.", hops=["A.EXAMPLE."])
+        hello = decode(Kind.HELLO, payload(body))
+        assert isinstance(hello, Hello)
+        assert hello.host == "b.example" and hello.hops == ("a.example",)
+
+    def test_result_info_is_optional(self) -> None:
+        """A RESULT without ``info`` decodes with an empty info."""
+        message = decode(Kind.RESULT, payload(result_body(info=...)))
+        assert isinstance(message, Result) and message.info == {}
+
+    @settings(max_examples=60)
+    @given(hellos)
+    def test_any_hello_round_trips(self, hello: Hello) -> None:
+        """Any valid HELLO (normalised host names, any token bytes) round-trips."""
+        kind, body = split_frame(encode(hello))
+        assert decode(kind, body) == hello
+
+    @settings(max_examples=60)
+    @given(results)
+    def test_any_result_round_trips(self, result: Result) -> None:
+        """Any RESULT (any message text, token bytes, JSON info) round-trips."""
+        kind, body = split_frame(encode(result))
+        assert decode(kind, body) == result
+
+    def test_encode_refuses_oversized_messages(self) -> None:
+        """The sender never produces a handshake frame the receiver would refuse."""
+        eproto(encode, Result("OK", token=b"x" * MAX_HANDSHAKE))
+
+
+# --------------------------------------------------------------------------- data frames
+
+
+class TestDataFrames:
+    def test_data_header(self) -> None:
+        """DATA frames carry raw bytes after a header built by data_header."""
+        stream = data_header(3) + b"abc" + data_header(0) + EOF_FRAME
+        assert FrameDecoder().feed(stream) == [(Kind.DATA, b"abc"), (Kind.DATA, b""), (Kind.EOF, b"")]
+
+    def test_eof_frame(self) -> None:
+        """EOF is an empty frame of its own type (carries half-close across TLS)."""
+        assert EOF_FRAME == bytes([Kind.EOF, 0, 0, 0, 0])
+
+    def test_max_data_frame_is_accepted(self) -> None:
+        """A DATA frame of exactly MAX_DATA bytes is accepted."""
+        body = bytes(range(256)) * (MAX_DATA // 256)
+        assert len(body) == MAX_DATA
+        assert FrameDecoder().feed(data_header(MAX_DATA) + body) == [(Kind.DATA, body)]
+
+    def test_max_handshake_frame_is_accepted(self) -> None:
+        """A handshake frame of exactly MAX_HANDSHAKE bytes passes the decoder."""
+        body = b" " * MAX_HANDSHAKE
+        assert FrameDecoder().feed(HEADER.pack(Kind.HELLO, MAX_HANDSHAKE) + body) == [
+            (Kind.HELLO, body)
+        ]
+
+
+# ------------------------------------------------------------------------ FrameDecoder
+
+
+class TestFrameDecoder:
+    def test_partial_header_and_payload_wait(self) -> None:
+        """Nothing comes out until a whole frame is there; what is pending stays buffered."""
+        decoder = FrameDecoder()
+        frame = data_header(4) + b"wxyz"
+        for i, byte in enumerate(frame[:-1]):
+            assert decoder.feed(bytes([byte])) == []
+            assert decoder.buffered == i + 1
+        assert decoder.feed(frame[-1:]) == [(Kind.DATA, b"wxyz")]
+        assert decoder.buffered == 0
+
+    def test_several_frames_in_one_chunk(self) -> None:
+        """One chunk may hold many frames and the start of the next one."""
+        decoder = FrameDecoder()
+        chunk = encode(Result("OK")) + data_header(2) + b"hi" + data_header(5) + b"ab"
+        frames = decoder.feed(chunk)
+        assert [k for k, _ in frames] == [Kind.RESULT, Kind.DATA]
+        assert decoder.buffered == HEADER.size + 2
+        assert decoder.feed(b"cde") == [(Kind.DATA, b"abcde")]
+
+    @pytest.mark.parametrize("kind", [0, 2, 4, 15, 18, 255])
+    def test_unknown_frame_type(self, kind: int) -> None:
+        """An unknown frame type is EPROTO as soon as its header is seen."""
+        eproto(FrameDecoder().feed, HEADER.pack(kind, 0))
+
+    def test_oversized_data_frame(self) -> None:
+        """A DATA frame over MAX_DATA is refused from its header alone (nothing buffered)."""
+        eproto(FrameDecoder().feed, data_header(MAX_DATA + 1))
+
+    @pytest.mark.parametrize("kind", [Kind.HELLO, Kind.RESULT])
+    def test_oversized_handshake_frame(self, kind: Kind) -> None:
+        """A handshake frame over MAX_HANDSHAKE is refused, even though DATA may be larger."""
+        eproto(FrameDecoder().feed, HEADER.pack(kind, MAX_HANDSHAKE + 1))
+
+    def test_huge_length(self) -> None:
+        """A length of 4 GiB - 1 is refused without trying to buffer it."""
+        eproto(FrameDecoder().feed, HEADER.pack(Kind.DATA, 2**32 - 1))
+
+    def test_eof_with_payload(self) -> None:
+        """An EOF frame must be empty."""
+        eproto(FrameDecoder().feed, HEADER.pack(Kind.EOF, 1) + b"x")
+
+    @settings(max_examples=50)
+    @given(
+        st.lists(
+            st.one_of(
+                hellos.map(encode),
+                results.map(encode),
+                st.binary(max_size=3000).map(lambda b: data_header(len(b)) + b),
+                st.just(EOF_FRAME),
+            ),
+            max_size=8,
+        ),
+        st.data(),
+    )
+    def test_any_chunking_gives_the_same_frames(self, frames: list[bytes], data: st.DataObject) -> None:
+        """The same stream cut into arbitrary chunks yields the same frames, in order."""
+        stream = b"".join(frames)
+        expected = FrameDecoder().feed(stream)
+        assert len(expected) == len(frames)
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+        decoder = FrameDecoder()
+        got: list[tuple[int, bytes]] = []
+        for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+            got += decoder.feed(stream[start:end])
+        assert got == expected
+        assert decoder.buffered == 0
+        for kind, body in got:
+            if kind in (Kind.HELLO, Kind.RESULT):
+                decode(kind, body)
+
+    @settings(max_examples=300)
+    @given(st.lists(st.binary(max_size=64), max_size=10))
+    @example([HEADER.pack(Kind.HELLO, 2) + b"[]"])
+    @example([HEADER.pack(Kind.RESULT, 4) + b"null"])
+    @example([HEADER.pack(Kind.HELLO, 1), b"\xff"])
+    def test_any_bytes_raise_only_nipc_error(self, chunks: list[bytes]) -> None:
+        """Any bytes fed to FrameDecoder, then decode: frames, or NipcError EPROTO; nothing else."""
+        decoder = FrameDecoder()
+        try:
+            for chunk in chunks:
+                for kind, body in decoder.feed(chunk):
+                    assert kind in {k.value for k in Kind}
+                    if kind in (Kind.HELLO, Kind.RESULT):
+                        decode(kind, body)
+        except NipcError as e:
+            assert e.errno_name == "EPROTO"
+
+    @settings(max_examples=30)
+    @given(st.lists(st.tuples(st.sampled_from(list(Kind)), st.integers(0, MAX_DATA + 10)), max_size=4), st.data())
+    def test_buffer_is_bounded(self, headers: list[tuple[Kind, int]], data: st.DataObject) -> None:
+        """Between feeds the decoder never holds more than one maximal frame plus a header."""
+        decoder = FrameDecoder()
+        bound = HEADER.size + MAX_DATA
+        try:
+            for kind, length in headers:
+                decoder.feed(HEADER.pack(kind, length))
+                assert decoder.buffered <= bound
+                # Feed the payload in a few pieces, checking the bound after each.
+                remaining = length
+                while remaining:
+                    step = min(remaining, data.draw(st.integers(1, MAX_DATA)))
+                    decoder.feed(b"\0" * step)
+                    remaining -= step
+                    assert decoder.buffered <= bound
+        except NipcError as e:
+            assert e.errno_name == "EPROTO"
+            assert decoder.buffered <= bound
+
+    def test_buffer_bound_with_one_big_chunk(self) -> None:
+        """A big chunk of many frames is consumed: only the incomplete tail stays buffered."""
+        decoder = FrameDecoder()
+        body = b"y" * MAX_DATA
+        frames = decoder.feed((data_header(MAX_DATA) + body) * 3 + data_header(MAX_DATA) + body[:-1])
+        assert len(frames) == 3
+        assert decoder.buffered == HEADER.size + MAX_DATA - 1
+
+
+# ---------------------------------------------------------------------------- decode
+
+
+class TestDecodeRefuses:
+    @pytest.mark.parametrize(
+        "data",
+        [b"", b"not json", b"\xff\xfe", b"{", b"[" * 100_000, b'{"a":1}garbage', b"\x00"],
+    )
+    @pytest.mark.parametrize("kind", [Kind.HELLO, Kind.RESULT])
+    def test_non_json(self, kind: Kind, data: bytes) -> None:
+        """A payload that is not UTF-8 JSON (or nests absurdly deep) is EPROTO."""
+        eproto(decode, kind, data)
+
+    @pytest.mark.parametrize("body", [[], None, 1, "x", True])
+    @pytest.mark.parametrize("kind", [Kind.HELLO, Kind.RESULT])
+    def test_non_object(self, kind: Kind, body: Any) -> None:
+        """A JSON value that is not an object is EPROTO."""
+        eproto(decode, kind, payload(body))
+
+    @pytest.mark.parametrize("kind", [Kind.DATA, Kind.EOF, 0, 2, 99])
+    def test_not_a_handshake_type(self, kind: int) -> None:
+        """decode only knows HELLO and RESULT."""
+        eproto(decode, kind, payload(result_body()))
+
+    @pytest.mark.parametrize("version", [..., 0, 2, "1", None, 1.0, 1.5, True, [1]])
+    def test_bad_version(self, version: Any) -> None:
+        """A HELLO must carry exactly ``"version": 1`` (an integer, not a bool or string)."""
+        eproto(decode, Kind.HELLO, payload(hello_body(version=version)))
+
+    @pytest.mark.parametrize(
+        "field,value",
+        [
+            ("path", ...), ("path", 1), ("path", None), ("path", ["/x"]), ("path", True),
+            ("host", ...), ("host", 1), ("host", {}),
+            ("hops", ...), ("hops", "a.example"), ("hops", {"a": 1}), ("hops", [1]),
+            ("hops", [None]), ("hops", [["a"]]),
+            ("token", ...), ("token", 1), ("token", None), ("token", [1]),
+            ("conn_id", ...), ("conn_id", 1), ("conn_id", None), ("conn_id", True),
+        ],
+    )
+    def test_hello_wrong_field_types(self, field: str, value: Any) -> None:
+        """Missing or wrongly typed HELLO fields are EPROTO."""
+        eproto(decode, Kind.HELLO, payload(hello_body(**{field: value})))
+
+    @pytest.mark.parametrize(
+        "field,value",
+        [
+            ("errno", ...), ("errno", 13), ("errno", None), ("errno", True),
+            ("message", ...), ("message", 1), ("message", None),
+            ("token", ...), ("token", 1),
+            ("info", []), ("info", "x"), ("info", 1), ("info", None),
+        ],
+    )
+    def test_result_wrong_field_types(self, field: str, value: Any) -> None:
+        """Missing or wrongly typed RESULT fields are EPROTO."""
+        eproto(decode, Kind.RESULT, payload(result_body(**{field: value})))
+
+    @pytest.mark.parametrize("name", ["EIO", "ok", "", "E" * 1000, "ERR"])
+    def test_result_unknown_errno(self, name: str) -> None:
+        """A RESULT errno must be OK or one of the protocol's errno names."""
+        error = eproto(decode, Kind.RESULT, payload(result_body(errno=name)))
+        assert len(error.message) < 200
+
+    @pytest.mark.parametrize("token", ["!!!!", "abc", "YQ", "YQ==\n", "YQ== ", "é", "YQ==YQ=="])
+    @pytest.mark.parametrize("body", [hello_body, result_body])
+    def test_bad_base64(self, body: Any, token: str) -> None:
+        """Tokens are strict base64: bad characters or padding are EPROTO."""
+        kind = Kind.HELLO if body is hello_body else Kind.RESULT
+        eproto(decode, kind, payload(body(token=token)))
+
+    def test_hop_list_too_long(self) -> None:
+        """More than MAX_HOPS_ON_WIRE hops is EPROTO; exactly that many is fine."""
+        hops = [f"h{i}.example" for i in range(MAX_HOPS_ON_WIRE)]
+        hello = decode(Kind.HELLO, payload(hello_body(hops=hops)))
+        assert isinstance(hello, Hello) and len(hello.hops) == MAX_HOPS_ON_WIRE
+        eproto(decode, Kind.HELLO, payload(hello_body(hops=[*hops, "one.more"])))
+
+    @pytest.mark.parametrize("hop", ["", "bad_host", "a..b", "ä", "a b"])
+    def test_bad_hop_name(self, hop: str) -> None:
+        """Every hop must be a valid host name."""
+        eproto(decode, Kind.HELLO, payload(hello_body(hops=["a.example", hop])))
+
+    @pytest.mark.parametrize(
+        "path", ["", "relative", "@abstract", "\0abstract", "/a\0b", "/" + "x" * 107, "/\ud800"]
+    )
+    def test_bad_path(self, path: str) -> None:
+        """The target path obeys the local protocol's rules; any violation is EPROTO here."""
+        eproto(decode, Kind.HELLO, payload(hello_body(path=path)))
+
+    @pytest.mark.parametrize("host", ["", "a_b", "\ud800", "\u212a.example", "x" * 300])
+    def test_bad_host(self, host: str) -> None:
+        """The target host obeys the local protocol's rules; any violation is EPROTO here."""
+        eproto(decode, Kind.HELLO, payload(hello_body(host=host)))
+
+    @pytest.mark.parametrize(
+        "conn_id", ["", "x" * 65, "a-b", "a b", "a\nb", "ａｂ", "é", "a/b", "١٢٣"]
+    )
+    def test_bad_conn_id(self, conn_id: str) -> None:
+        """The connection id is 1..64 ASCII letters and digits."""
+        eproto(decode, Kind.HELLO, payload(hello_body(conn_id=conn_id)))
+
+    def test_conn_id_limits(self) -> None:
+        """A 64-character alphanumeric id is accepted."""
+        hello = decode(Kind.HELLO, payload(hello_body(conn_id="Ab9" * 21 + "z")))
+        assert isinstance(hello, Hello) and len(hello.conn_id) == 64
+
+    def test_error_message_is_one_clean_line(self) -> None:
+        """A hostile field echoed in the error cannot break a log or reply line."""
+        error = eproto(decode, Kind.HELLO, payload(hello_body(host="evil\nERR EACCES x")))
+        assert "\n" not in error.message
+
+    @settings(max_examples=150)
+    @given(
+        st.sampled_from([Kind.HELLO, Kind.RESULT]),
+        st.dictionaries(
+            st.sampled_from(["version", "path", "host", "hops", "token", "conn_id",
+                             "errno", "message", "info", "other"]),
+            json_values | st.text(),
+            max_size=8,
+        ),
+    )
+    def test_any_json_object_gives_a_message_or_eproto(self, kind: Kind, body: dict[str, Any]) -> None:
+        """Arbitrary JSON objects decode to a message or raise EPROTO; nothing else."""
+        try:
+            message = decode(kind, payload(body))
+        except NipcError as e:
+            assert e.errno_name == "EPROTO"
+        else:
+            assert isinstance(message, Hello if kind == Kind.HELLO else Result)
+
+    @settings(max_examples=50)
+    @given(hellos, st.sampled_from(["path", "host", "token", "conn_id"]), st.text(max_size=30))
+    def test_mutated_hello_gives_a_message_or_eproto(self, hello: Hello, field: str, value: str) -> None:
+        """A valid HELLO with one string field replaced by any text: a HELLO or EPROTO."""
+        body = json.loads(split_frame(encode(hello))[1])
+        body[field] = value
+        try:
+            decode(Kind.HELLO, json.dumps(body).encode())
+        except NipcError as e:
+            assert e.errno_name == "EPROTO"
