@@ -39,8 +39,7 @@ class PeerLink(Protocol):
         self._tune = tune
 
     def connectionMade(self) -> None:
-        # self.transport is the TLS layer; its own transport is the TCP connection.
-        self._tune(self.transport.transport)  # type: ignore[union-attr]
+        self._tune(self.transport)
 
     def handshakeCompleted(self) -> None:
         self.tls_ready(channel_binding(self.transport))

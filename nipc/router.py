@@ -116,7 +116,7 @@ class _Dial:
             HostnameEndpoint(self._reactor, address.host.encode("idna"), address.port,
                              timeout=self._config.connect_timeout),
         )
-        link = PeerClient(lambda tcp: tune_tcp(tcp, self._config))
+        link = PeerClient(lambda tls: tune_tcp(tls, self._config))
         self._link = link
         d: Deferred[Any] = connectProtocol(endpoint, link)
         d.addCallback(lambda _: link.ready)

@@ -67,7 +67,7 @@ class NipcService(Service):
         inbound = Inbound(reactor, config, Acceptor(reactor, config))
 
         def peer_server() -> PeerServer:
-            return PeerServer(lambda tcp: tune_tcp(tcp, config), inbound.hello, reactor,
+            return PeerServer(lambda tls: tune_tcp(tls, config), inbound.hello, reactor,
                               config.handshake_timeout)
 
         path = str(config.socket_path)

@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet import ssl
-from twisted.internet.interfaces import ITransport
 
 from nipc.config import Config
 
@@ -61,9 +60,9 @@ def channel_binding(tls_transport: Any) -> bytes:
     return data
 
 
-def tune_tcp(transport: ITransport, config: Config) -> None:
+def tune_tcp(tls_transport: Any, config: Config) -> None:
     """No Nagle delay; a dead peer is noticed within the configured bound."""
-    sock: socket.socket = transport.getHandle()  # type: ignore[attr-defined]
+    sock: socket.socket = tls_transport.transport.getHandle()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle = max(1, config.keepalive_idle)
