@@ -8,12 +8,14 @@ delivered once the connection is made.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from enum import Enum
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,6 +24,7 @@ from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
+from nipc.registry import Registry, Routed, held_by
 from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
 from nipc.router import Router, new_connection_id
 from nipc.splice import End, Splice, UnixEnd
@@ -42,10 +45,14 @@ class State(Enum):
 class LocalGate(UnixEnd):
     """One client connection: request line, routing, reply, then one end of a splice."""
 
-    def __init__(self, reactor: Any, config: Config, router: Router) -> None:
+    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry) -> None:
         self._reactor = reactor
         self._config = config
         self._router = router
+        self._registry = registry
+        #: A descriptor sent with the request: the connection ``PEER`` asks about, or the
+        #: inbound connection a ``CONNECT`` chains from.
+        self._attached: int | None = None
         self.state = State.REQUEST
         self.conn_id = new_connection_id()
         self._buffer = b""
@@ -92,9 +99,38 @@ class LocalGate(UnixEnd):
             self._refuse(e)
             return
         if isinstance(request, PeerRequest):
-            self._refuse(NipcError("EINVAL", "PEER is not supported by this daemon yet"))
+            self._peer()
             return
         self._route(request)
+
+    def _take_attached(self) -> Routed | None:
+        """The routed connection the attached descriptor is, if one was attached."""
+        fd, self._attached = self._attached, None
+        if fd is None:
+            return None
+        try:
+            routed = self._registry.for_fd(fd)
+        finally:
+            os.close(fd)
+        if routed is None:
+            raise NipcError("ENOENT", "the attached descriptor is not a connection this daemon made")
+        return routed
+
+    def _peer(self) -> None:
+        """``PEER``: who is behind the connection whose descriptor the client attached."""
+        try:
+            if self._attached is None:
+                raise NipcError("EINVAL", "PEER needs the connection's descriptor attached (SCM_RIGHTS)")
+            routed = self._take_attached()
+        except NipcError as e:
+            self._refuse(e)
+            return
+        assert routed is not None
+        self._stop_timer()
+        self.state = State.DONE
+        answer = json.dumps(routed.describe(), separators=(",", ":"))
+        self.transport.write(f"OK {answer}\n".encode("utf-8"))  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _route(self, request: ConnectRequest) -> None:
         assert self.caller is not None
@@ -102,7 +138,29 @@ class LocalGate(UnixEnd):
         self._stop_timer()
         self._facts.update(target=request.target)
         log.debug("{conn_id}: uid {uid} asks for {target}", **self._facts)
-        self._routing = self._router.route(request, self.caller, self.conn_id)
+        try:
+            explicit = self._take_attached()
+        except NipcError as e:
+            self._refuse(e)
+            return
+        if explicit is not None and explicit.delegation is None and not self._router.is_local(request.host):
+            self._refuse(NipcError("EACCES", "the attached connection carries no delegation to chain with"))
+            return
+        d: Deferred[Routed | None]
+        candidates = self._registry.delegations_for(self.caller.uid)
+        if explicit is not None or not candidates or self._router.is_local(request.host):
+            d = succeed(explicit)
+        else:
+            d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), held_by,
+                                  self.caller.pid, candidates)
+        caller = self.caller
+
+        def route(evidence: Routed | None) -> "Deferred[End]":
+            if evidence is not None:
+                self._facts.update(chained_from=evidence.conn_id, principal=evidence.principal)
+            return self._router.route(request, caller, self.conn_id, evidence)
+
+        self._routing = d.addCallback(route)
         self._routing.addCallbacks(self._routed, self._route_failed)
 
     def _routed(self, end: End) -> None:
@@ -112,7 +170,12 @@ class LocalGate(UnixEnd):
             return
         self.state = State.SPLICED
         self.transport.write(ok_reply())  # type: ignore[union-attr]
-        Splice(self, end, lambda s: audit(log, "routed", self._facts, self._started, s, self, end))
+
+        def ended(splice: Splice) -> None:
+            self._registry.remove(self.conn_id)
+            audit(log, "routed", self._facts, self._started, splice, self, end)
+
+        Splice(self, end, ended)
 
     def start(self) -> None:
         """Deliver what the client sent ahead of ``OK``, then read again."""
@@ -156,6 +219,9 @@ class LocalGate(UnixEnd):
         if self.state is State.SPLICED:
             super().fileDescriptorReceived(descriptor)
             return
+        if self.state is State.REQUEST and self._attached is None:
+            self._attached = descriptor
+            return
         os.close(descriptor)
         self._cancel_routing()
         self._refuse(NipcError("EINVAL", "file descriptors cannot be passed over NIPC"))
@@ -167,6 +233,9 @@ class LocalGate(UnixEnd):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._stop_timer()
+        if self._attached is not None:
+            os.close(self._attached)
+            self._attached = None
         if self.state is State.SPLICED:
             super().connectionLost(reason)
             return
@@ -175,10 +244,11 @@ class LocalGate(UnixEnd):
 
 
 class LocalGateFactory(Factory):
-    def __init__(self, reactor: Any, config: Config, router: Router) -> None:
+    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry) -> None:
         self._reactor = reactor
         self._config = config
         self._router = router
+        self._registry = registry
 
     def buildProtocol(self, addr: Any) -> LocalGate:
-        return LocalGate(self._reactor, self._config, self._router)
+        return LocalGate(self._reactor, self._config, self._router, self._registry)

@@ -24,9 +24,11 @@ from nipc.identity import LocalIdentity
 from nipc.impersonate import connect_unix, run_as
 from nipc.kerberos import Accepted, Acceptor
 from nipc.peer import PeerServer
+from nipc.pac import PacError, decode_logon_info
 from nipc.projection import project
+from nipc.registry import Registry, Routed
 from nipc.router import adopt_unix, new_connection_id
-from nipc.splice import Splice, UnixEnd
+from nipc.splice import Splice
 
 log = Logger()
 
@@ -34,17 +36,38 @@ log = Logger()
 class Inbound:
     """Handles the HELLO of every peer link this daemon accepts."""
 
-    def __init__(self, reactor: Any, config: Config, acceptor: Acceptor) -> None:
+    def __init__(self, reactor: Any, config: Config, acceptor: Acceptor, registry: Registry) -> None:
         self._reactor = reactor
         self._config = config
         self._acceptor = acceptor
+        self._registry = registry
+
+    def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
+        """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
+        pac = None
+        if acc.logon_info is not None:
+            try:
+                info = decode_logon_info(acc.logon_info)
+            except PacError as e:
+                raise NipcError("EKEYREJECTED", f"malformed PAC in {acc.principal}'s ticket: {e}") from None
+            pac = {
+                "user_sid": info.user_sid,
+                "group_sids": list(info.group_sids),
+                "extra_sids": list(info.extra_sids),
+                "logon_domain": info.logon_domain_name,
+                # S-1-18-2: asserted by a service (protocol transition), not proved by the user.
+                "protocol_transition": "S-1-18-2" in info.extra_sids,
+            }
+        return project(acc.principal, self._config.realms(), self._config.allow_root), pac
 
     def _check_route(self, hello: wire.Hello) -> None:
+        if not hello.hops:
+            raise NipcError("EPROTO", "peer handshake: empty hop list")
         if hello.host != self._config.host_name:
             raise NipcError("EHOSTUNREACH", f"this NIPC daemon is {self._config.host_name}, not {hello.host}")
         if self._config.host_name in hello.hops:
             raise NipcError("ELOOP", f"routing loop: {' -> '.join(hello.hops)} -> {hello.host}")
-        if len(hello.hops) >= self._config.max_hops:
+        if len(hello.hops) > self._config.max_hops:
             raise NipcError("ELOOP", f"chain longer than {self._config.max_hops} hops")
 
     def hello(self, link: PeerServer, channel: bytes, hello: wire.Hello) -> None:
@@ -56,15 +79,14 @@ class Inbound:
         }
         state: dict[str, Any] = {}
 
-        def accepted(acc: Accepted) -> "Deferred[LocalIdentity]":
+        def accepted(acc: Accepted) -> "Deferred[tuple[LocalIdentity, dict[str, Any] | None]]":
             state["accepted"] = acc
             facts["principal"] = acc.principal
-            return deferToThreadPool(
-                self._reactor, self._reactor.getThreadPool(), project, acc.principal,
-                self._config.realms(), self._config.allow_root,
-            )
+            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._project, acc)
 
-        def projected(who: LocalIdentity) -> "Deferred[Any]":
+        def projected(found: tuple[LocalIdentity, dict[str, Any] | None]) -> "Deferred[Any]":
+            who, state["pac"] = found
+            state["who"] = who
             facts.update(user=who.user, uid=who.uid)
             timeout = self._config.connect_timeout
             return run_as(self._reactor, who,
@@ -75,8 +97,17 @@ class Inbound:
             if link.closed:
                 end.close()
                 raise NipcError("ECONNRESET", "peer link closed before the connection was made")
-            Splice(link, end, lambda s: audit(log, "routed", facts, started, s, link, end))
-            token = state["accepted"].token
+            acc: Accepted = state["accepted"]
+            self._registry.add(Routed(conn_id, state["who"], acc.principal, hello.hops,
+                                      hello.hops[0] if hello.hops else "", pac=state["pac"],
+                                      delegation=acc.delegation))
+
+            def ended(splice: Splice) -> None:
+                self._registry.remove(conn_id)
+                audit(log, "routed", facts, started, splice, link, end)
+
+            Splice(link, end, ended)
+            token = acc.token
             link.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 
         def refused(failure: Failure) -> None:

@@ -62,7 +62,11 @@ def gss_failure(e: GSSError, doing: str) -> NipcError:
         return NipcError("EACCES", f"{doing}: the account is disabled or locked ({text})")
     if code == KDC_ERR_S_PRINCIPAL_UNKNOWN:
         return NipcError("EHOSTUNREACH", f"{doing}: the KDC knows no NIPC service there ({text})")
-    if code == AP_ERR_REPEAT:
+    if isinstance(e, gssapi.exceptions.BadChannelBindingsError):
+        return NipcError(
+            "EKEYREJECTED", f"{doing}: ticket bound to another TLS session (relayed or replayed)"
+        )
+    if code == AP_ERR_REPEAT or "replay" in text.lower():
         return NipcError("EKEYREJECTED", f"{doing}: replayed authenticator ({text})")
     return NipcError("EKEYREJECTED", f"{doing}: {text}")
 
@@ -99,7 +103,10 @@ class Initiation:
 
     @property
     def complete(self) -> bool:
-        return bool(self.context.complete)
+        try:
+            return bool(self.context.complete)
+        except GSSError as e:
+            raise gss_failure(e, "mutual authentication of the peer daemon") from None
 
 
 class TicketSource(Protocol):
@@ -205,6 +212,23 @@ class OwnCredentialCache:
         return run_as(self._reactor, who, job, permanent=True)
 
 
+class Delegated:
+    """Onward in the name of an inbound caller: S4U2Proxy with the evidence ticket kept
+    from that caller's inbound connection (constrained delegation, chaining)."""
+
+    def __init__(self, reactor: Any, creds: Any, principal: str) -> None:
+        self._reactor = reactor
+        self._creds = creds
+        self._principal = principal
+
+    def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
+        doing = f"delegation for {self._principal} to nipc/{target_host}"
+        return deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), _start, self._creds, target_host,
+            channel, self._principal, doing,
+        )
+
+
 def ticket_source(reactor: Any, config: Config) -> TicketSource:
     if config.mode is CredentialMode.OWN_CCACHE:
         return OwnCredentialCache(reactor, config)
@@ -217,7 +241,27 @@ class Accepted:
 
     principal: str
     token: bytes
-    context: Any
+    #: S4U2Proxy evidence for chaining onward, when the ticket allows it.
+    delegation: Any
+    #: The PAC's logon-info buffer, only if the KDC's signature on it was verified.
+    logon_info: bytes | None
+
+
+LOGON_INFO = b"urn:mspac:logon-info"
+
+
+def _logon_info(name: Any) -> bytes | None:
+    """The PAC's logon-info buffer if the KDC issued a PAC and its signature checked out."""
+    try:
+        if LOGON_INFO not in (name.attributes or ()):
+            return None
+        result = gssapi.raw.get_name_attribute(name, LOGON_INFO)
+    except (GSSError, AttributeError, NotImplementedError):
+        return None
+    if not result.authenticated or not result.values:
+        return None
+    value: bytes = result.values[0]
+    return value
 
 
 class Acceptor:
@@ -232,9 +276,14 @@ class Acceptor:
     def _acceptor_creds(self) -> Any:
         with self._lock:
             if self._creds is None:
-                self._creds = gssapi.Credentials(
-                    usage="accept", store={"keytab": str(self._config.keytab)}
-                )
+                # usage "both": only then does an accepted context keep the delegation
+                # evidence (delegated_creds) needed to chain onward.
+                keytab = str(self._config.keytab)
+                store: dict[bytes | str, bytes | str] = {
+                    "keytab": keytab, "client_keytab": keytab,
+                    "ccache": f"MEMORY:nipc-acceptor-{os.getpid()}",
+                }
+                self._creds = gssapi.Credentials(usage="both", store=store)
             return self._creds
 
     def _accept(self, token: bytes, channel: bytes) -> Accepted:
@@ -244,13 +293,15 @@ class Acceptor:
                 creds=self._acceptor_creds(), usage="accept", channel_bindings=bindings(channel)
             )
             out = ctx.step(token)
+            # python-gssapi may hand back an error token instead of raising, and raise
+            # the stored error only when ``complete`` is read: only a complete context counts.
+            complete = ctx.complete
         except GSSError as e:
             raise gss_failure(e, doing) from None
-        # python-gssapi hands back an error token instead of raising in some failures:
-        # only a complete context counts.
-        if not ctx.complete:
+        if not complete:
             raise NipcError("EKEYREJECTED", f"{doing}: the exchange did not complete")
-        return Accepted(str(ctx.initiator_name), out or b"", ctx)
+        name = ctx.initiator_name
+        return Accepted(str(name), out or b"", ctx.delegated_creds, _logon_info(name))
 
     def accept(self, token: bytes, channel: bytes) -> "Deferred[Accepted]":
         return deferToThreadPool(

@@ -23,7 +23,8 @@ from nipc.config import Config, PeerAddress
 from nipc.errors import NipcError
 from nipc.identity import Caller, LocalIdentity, identity_of_caller
 from nipc.impersonate import connect_unix, run_as
-from nipc.kerberos import Initiation, TicketSource
+from nipc.kerberos import Delegated, Initiation, TicketSource
+from nipc.registry import Registry, Routed
 from nipc.peer import PeerClient
 from nipc.request import ConnectRequest
 from nipc.splice import Adopted, End, UnixEnd
@@ -47,28 +48,46 @@ def adopt_unix(reactor: Any, sock: Any) -> UnixEnd:
 
 
 class Router:
-    def __init__(self, reactor: Any, config: Config, tickets: TicketSource) -> None:
+    def __init__(self, reactor: Any, config: Config, tickets: TicketSource,
+                 registry: Registry) -> None:
         self._reactor = reactor
         self._config = config
         self._tickets = tickets
+        self._registry = registry
 
     def is_local(self, host: str) -> bool:
         return host in ("localhost", self._config.host_name)
 
-    def route(self, request: ConnectRequest, caller: Caller, conn_id: str) -> "Deferred[End]":
+    def route(self, request: ConnectRequest, caller: Caller, conn_id: str,
+              evidence: Routed | None = None) -> "Deferred[End]":
+        """Connect for ``caller``; with ``evidence`` (an inbound connection the caller
+        holds), onward in that connection's original caller's name."""
         try:
             who = identity_of_caller(caller)
         except NipcError as e:
             return fail(e)
         if self.is_local(request.host):
             return self.connect_as(who, request.path, conn_id)
-        return _Dial(self._reactor, self._config, self._tickets, who, request, conn_id).start()
+        tickets = self._tickets
+        hops: tuple[str, ...] = (self._config.host_name,)
+        if evidence is not None:
+            assert evidence.principal is not None
+            tickets = Delegated(self._reactor, evidence.delegation, evidence.principal)
+            hops = (*evidence.hops, self._config.host_name)
+        if len(hops) > self._config.max_hops:
+            return fail(NipcError("ELOOP", f"chain longer than {self._config.max_hops} hops"))
+        return _Dial(self._reactor, self._config, tickets, who, request, conn_id, hops).start()
 
     def connect_as(self, who: LocalIdentity, path: str, conn_id: str) -> "Deferred[End]":
         """Connect to a local socket on a thread that has become ``who``."""
         timeout = self._config.connect_timeout
+
+        def connected(sock: Any) -> End:
+            self._registry.add(Routed(conn_id, who, None, (), self._config.host_name))
+            return adopt_unix(self._reactor, sock)
+
         d = run_as(self._reactor, who, lambda: connect_unix(path, conn_id, timeout, who.describe()))
-        return d.addCallback(lambda sock: adopt_unix(self._reactor, sock))
+        return d.addCallback(connected)
 
 
 def _link_failure(failure: Failure, address: PeerAddress, host: str) -> Failure:
@@ -91,7 +110,9 @@ class _Dial:
     """One attempt to reach a peer daemon for one routed connection."""
 
     def __init__(self, reactor: Any, config: Config, tickets: TicketSource,
-                 who: LocalIdentity, request: ConnectRequest, conn_id: str) -> None:
+                 who: LocalIdentity, request: ConnectRequest, conn_id: str,
+                 hops: tuple[str, ...]) -> None:
+        self._hops = hops
         self._reactor = reactor
         self._config = config
         self._tickets = tickets
@@ -133,7 +154,7 @@ class _Dial:
     def _hello(self, initiation: Initiation) -> "Deferred[wire.Result]":
         self._initiation = initiation
         assert self._link is not None
-        hello = wire.Hello(self._request.path, self._request.host, (self._config.host_name,),
+        hello = wire.Hello(self._request.path, self._request.host, self._hops,
                            initiation.token, self._conn_id)
         return self._link.exchange(hello)
 

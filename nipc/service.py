@@ -18,6 +18,7 @@ from nipc.gate import LocalGateFactory
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ticket_source
 from nipc.peer import PeerServer, PeerServerFactory
+from nipc.registry import Registry
 from nipc.router import Router
 from nipc.tls import server_options, tune_tcp
 
@@ -63,8 +64,9 @@ class NipcService(Service):
         if config.krb5_config is not None:
             os.environ["KRB5_CONFIG"] = str(config.krb5_config)
         reactor.suggestThreadPoolSize(32)
-        router = Router(reactor, config, ticket_source(reactor, config))
-        inbound = Inbound(reactor, config, Acceptor(reactor, config))
+        self.registry = registry = Registry()
+        router = Router(reactor, config, ticket_source(reactor, config), registry)
+        inbound = Inbound(reactor, config, Acceptor(reactor, config), registry)
 
         def peer_server() -> PeerServer:
             return PeerServer(lambda tls: tune_tcp(tls, config), inbound.hello, reactor,
@@ -74,7 +76,7 @@ class NipcService(Service):
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         clear_stale_socket(path)
         self._ports.append(reactor.listenUNIX(
-            path, LocalGateFactory(reactor, config, router), mode=config.socket_mode, wantPID=False
+            path, LocalGateFactory(reactor, config, router, registry), mode=config.socket_mode, wantPID=False
         ))
         os.chown(path, config.socket_owner, config.socket_group)
         tls_factory = TLSMemoryBIOFactory(

@@ -3,6 +3,7 @@
     client_tool.py greet TARGET            connect, send 'ping', half-close, read all
     client_tool.py bulk TARGET N SEED      send N seeded bytes while reading to EOF
     client_tool.py raw LINE                send LINE (escapes allowed) and read the reply
+    client_tool.py raw-all TEXT            send TEXT, half-close, read everything
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from support import stream  # noqa: E402
 
 def main() -> dict[str, object]:
     verb, *args = sys.argv[1:]
-    if verb == "raw":
+    if verb in ("raw", "raw-all"):
         s = socket.socket(socket.AF_UNIX)
         s.connect(daemon_socket())
         s.sendall(args[0].encode("utf-8").decode("unicode_escape").encode("latin-1"))
         s.settimeout(30)
         data = b""
-        while b"\n" not in data and (chunk := s.recv(4096)):
+        if verb == "raw-all":
+            s.shutdown(socket.SHUT_WR)
+        while (verb == "raw-all" or b"\n" not in data) and (chunk := s.recv(4096)):
             data += chunk
         return {"reply": data.decode("utf-8", "replace")}
     try:

@@ -2,7 +2,7 @@
 misbound tickets and prints the errno of each RESULT it gets.
 
     forge_tool.py ATTACK ADDRESS PORT HOST PATH DAEMON_PRINCIPAL
-    ATTACK: garbage-token | other-channel | replay
+    ATTACK: garbage-token | other-channel | replay | long-chain
 Run inside the sending host's namespace with its krb5 environment (its keytab is what a
 compromised sending daemon would hold).
 """
@@ -77,6 +77,11 @@ def main() -> None:
         assert first == "OK", first
         again = tls(address, port)
         print(exchange(again, wire.Hello(path, host, ("a.lan.test",), token, "replayed")))
+    elif attack == "long-chain":
+        channel = conn.export_keying_material(EXPORTER_LABEL, 32)
+        token = token_for(channel, daemon_principal, host)
+        hops = tuple(f"h{i}.lan.test" for i in range(9))
+        print(exchange(conn, wire.Hello(path, host, hops, token, "long")))
     else:
         raise SystemExit(f"unknown attack {attack}")
 

@@ -16,7 +16,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 
@@ -62,6 +62,10 @@ class UnixServer:
     mode: int = 0o666
     group: int | None = None
     behaviour: str = "greet"
+    #: With ``greet``: a daemon socket to ask ``PEER`` about each connection.
+    ask_peer: str | None = None
+    #: With ``call``: what to do with each accepted connection.
+    call: Callable[[socket.socket], None] | None = None
     seen: list[Seen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -103,8 +107,14 @@ class UnixServer:
         self.seen.append(seen)
         with conn:
             kind, *args = self.behaviour.split(":")
-            if kind == "greet":
-                info = {"uid": uid, "gid": gid, "groups": groups, "peername": seen.peername}
+            if kind == "call":
+                assert self.call is not None
+                self.call(conn)
+            elif kind == "greet":
+                info: dict[str, Any] = {"uid": uid, "gid": gid, "groups": groups,
+                                        "peername": seen.peername}
+                if self.ask_peer is not None:
+                    info["peer"] = ask_peer(self.ask_peer, conn)
                 conn.sendall(json.dumps(info).encode() + b"\n")
                 while data := conn.recv(65536):
                     conn.sendall(data)
@@ -156,6 +166,17 @@ def client_dir() -> Path:
 
 
 CLIENT_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def ask_peer(daemon: str, conn: socket.socket) -> str:
+    """The daemon's ``PEER`` answer about ``conn`` (the fd travels as SCM_RIGHTS)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(daemon)
+        s.sendmsg([b"PEER\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fileno()))])
+        data = b""
+        while not data.endswith(b"\n") and (chunk := s.recv(65536)):
+            data += chunk
+    return data.decode()
 
 
 def run_client(user: str | None, daemon_socket: str, *args: str, timeout: float = 120) -> dict[str, Any]:

@@ -193,6 +193,6 @@ def test_forged_handshakes_are_refused(lan: dict[str, Host], dns_server: UnixSer
                  env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode == 0, proc.stderr
     results = proc.stdout.split()
-    assert results and all(r in ("EKEYREJECTED", "EPROTO") for r in results), proc.stdout
+    assert results == ["EKEYREJECTED"], proc.stdout
     # Only the replay's first, legitimate use of the ticket may reach the server.
     assert len(dns_server.seen) - before == (1 if attack == "replay" else 0)

@@ -1,0 +1,155 @@
+"""The connections this daemon made, so a server can ask who is behind one (``PEER``) and
+a service can chain onward in its caller's name.
+
+A routed connection is recognised by the kernel's word, never by a claim: the client end
+we connected is bound to the abstract name ``nipc/<conn_id>`` and its ``SO_PEERCRED`` pid
+is this daemon's own. Anyone can bind an abstract name, but nobody else can make the
+kernel report our pid, and the name is ours alone while our socket is open.
+Delegation evidence lives only here, in memory, for the life of its connection.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nipc.identity import LocalIdentity
+
+ABSTRACT_PREFIX = b"\0nipc/"
+_PIDFD_GETFD = 438  # the same number on every architecture (new-style syscall table)
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+#: How many of a caller's file descriptors we look at when searching for its inbound
+#: connection: bounds the work a caller with many fds can cause.
+MAX_SCAN = 4096
+
+
+@dataclass
+class Routed:
+    """One connection this daemon made to a local socket, and who it was made for."""
+
+    conn_id: str
+    identity: LocalIdentity
+    principal: str | None
+    hops: tuple[str, ...]
+    origin: str
+    auth_time: float = field(default_factory=time.time)
+    pac: dict[str, Any] | None = None
+    #: GSS credentials from the inbound ticket (S4U2Proxy evidence); never leaves memory.
+    delegation: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        """The ``PEER`` answer: everything about the caller except credentials."""
+        info: dict[str, Any] = {
+            "conn_id": self.conn_id,
+            "principal": self.principal,
+            "user": self.identity.user,
+            "uid": self.identity.uid,
+            "gid": self.identity.gid,
+            "groups": list(self.identity.groups),
+            "origin": self.origin,
+            "hops": list(self.hops),
+            "auth_time": round(self.auth_time, 3),
+        }
+        if self.pac is not None:
+            info.update(self.pac)
+        return info
+
+
+def connection_id_of(sock: socket.socket) -> str | None:
+    """The connection id if ``sock``'s peer is a client end this daemon connected."""
+    try:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            return None
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        name = sock.getpeername()
+    except OSError:
+        return None
+    if pid != os.getpid() or not isinstance(name, bytes) or not name.startswith(ABSTRACT_PREFIX):
+        return None
+    return name[len(ABSTRACT_PREFIX):].decode("ascii", "replace")
+
+
+def _socket_from(fd: int) -> socket.socket | None:
+    try:
+        return socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._routed: dict[str, Routed] = {}
+
+    def add(self, routed: Routed) -> None:
+        self._routed[routed.conn_id] = routed
+
+    def remove(self, conn_id: str) -> None:
+        routed = self._routed.pop(conn_id, None)
+        if routed is not None:
+            routed.delegation = None  # releases the evidence ticket (and its MEMORY ccache)
+
+    def __len__(self) -> int:
+        return len(self._routed)
+
+    def for_fd(self, fd: int) -> Routed | None:
+        """The routed connection whose server end ``fd`` is (an fd a client handed us)."""
+        sock = _socket_from(fd)
+        if sock is None:
+            return None
+        with sock:
+            conn_id = connection_id_of(sock)
+        return self._routed.get(conn_id) if conn_id else None
+
+    def delegations_for(self, uid: int) -> dict[str, Routed]:
+        """Inbound connections made for ``uid`` that carry delegation evidence."""
+        return {r.conn_id: r for r in self._routed.values()
+                if r.identity.uid == uid and r.delegation is not None}
+
+
+def held_by(pid: int, candidates: dict[str, Routed]) -> Routed | None:
+    """Which of ``candidates`` process ``pid`` holds the server end of, if any.
+
+    Looks at the process's sockets through ``pidfd_getfd(2)`` (the daemon is root).
+    The caller passes only connections made for the calling uid, so a root process
+    holding someone's connection does not become them. Blocking: run off the reactor.
+    """
+    if not candidates:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")[:MAX_SCAN]
+        for entry in fds:
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            local = _libc.syscall(_PIDFD_GETFD, pidfd, int(entry), 0)
+            if local < 0:
+                if ctypes.get_errno() in (errno.EPERM, errno.ENOSYS):
+                    return None
+                continue
+            try:
+                sock = socket.socket(fileno=local)
+            except OSError:
+                os.close(local)
+                continue
+            with sock:
+                conn_id = connection_id_of(sock)
+            if conn_id in candidates:
+                return candidates[conn_id]
+    except OSError:
+        return None
+    finally:
+        os.close(pidfd)
+    return None

@@ -1,0 +1,229 @@
+"""Chaining A -> B -> C and the server's view of the caller (PEER, PAC), on the sandbox's
+Samba AD domain: the second hop is S4U2Proxy with the evidence ticket b kept from alice's
+inbound connection; no TGT for alice exists anywhere."""
+
+from __future__ import annotations
+
+import grp
+import json
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nipc.identity import identity_of_user
+from nipc.impersonate import become
+from nipc.sandbox import Host, Sandbox
+from support import UnixServer, ask_peer, run_client
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lan(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
+    """Daemons on a, b, c. b is a middle-tier host: no protocol transition for its local
+    callers (own-ccache mode), so only delegation evidence lets anyone onward as alice."""
+    b = samba_hosts["b"]
+    original = b.config_path.read_text()
+    b.config_path.write_text(original.replace(
+        'mode = "protocol-transition"',
+        f'mode = "own-ccache"\nccache_template = "FILE:{b.dir}/ccache-%{{uid}}"'))
+    for host in samba_hosts.values():
+        host.start_daemon()
+    yield samba_hosts
+    for host in samba_hosts.values():
+        host.stop_daemon()
+    b.config_path.write_text(original)
+
+
+def connect_via(daemon: str, target: str, attach: socket.socket | None = None) -> socket.socket:
+    """CONNECT through ``daemon``, optionally attaching an inbound connection's fd."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(daemon)
+    line = f"CONNECT {target}\n".encode()
+    if attach is None:
+        s.sendall(line)
+    else:
+        s.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", attach.fileno()))])
+    return s
+
+
+def relay_reply(upstream: socket.socket, client: socket.socket) -> None:
+    """Pass the daemon's reply line and everything after it back to the client."""
+    upstream.shutdown(socket.SHUT_WR)
+    while data := upstream.recv(65536):
+        client.sendall(data)
+
+
+def chaining_service(b: Host, target: str, *, explicit: bool) -> UnixServer:
+    """A service on b, reachable by alice only, that calls ``target`` as its caller:
+    from a thread running as alice (implicit) or by attaching her connection (explicit)."""
+    alice = identity_of_user("alice")
+
+    def call(conn: socket.socket) -> None:
+        if not explicit:
+            become(alice, permanent=False)  # this handler thread only; it ends afterwards
+        with connect_via(str(b.socket_path), target, conn if explicit else None) as up:
+            relay_reply(up, conn)
+
+    name = "chain-explicit.sock" if explicit else "chain.sock"
+    server = UnixServer(str(b.run_dir / name), mode=0o600, behaviour="call", call=call)
+    import os
+    os.chown(server.path, alice.uid, alice.gid)
+    return server
+
+
+@pytest.fixture(scope="module")
+def c_server(lan: dict[str, Host]) -> Iterator[UnixServer]:
+    """On c: a socket for dnsops members that reports SO_PEERCRED and PEER."""
+    c = lan["c"]
+    server = UnixServer(str(c.run_dir / "dns.sock"), mode=0o660,
+                        group=grp.getgrnam("dnsops").gr_gid, ask_peer=str(c.socket_path))
+    yield server
+    server.close()
+
+
+def greet_through(a: Host, b: Host, service: UnixServer) -> str:
+    out = run_client("alice", str(a.socket_path), "raw-all",
+                     f"CONNECT {service.path}@{b.fqdn}\\nping\\n")
+    return str(out["reply"])
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["thread-as-alice", "fd-attached"])
+def test_alice_reaches_c_through_a_service_on_b(lan: dict[str, Host], c_server: UnixServer,
+                                                 sandbox: Sandbox, explicit: bool) -> None:
+    """C's server sees alice in SO_PEERCRED/SO_PEERGROUPS and, via PEER, hops a and b,
+    her principal and her user SID from the PAC."""
+    a, b, c = lan["a"], lan["b"], lan["c"]
+    service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=explicit)
+    try:
+        reply = greet_through(a, b, service)
+    finally:
+        service.close()
+    lines = reply.split("\n")
+    assert lines[0] == "OK" and lines[1] == "OK", reply  # a's daemon, then b's daemon
+    seen = json.loads(lines[2])
+    alice = sandbox.users["alice"]
+    assert (seen["uid"], seen["gid"]) == (alice.uid, alice.gid)
+    assert sorted(seen["groups"]) == sorted(set(alice.groups))
+    verdict, _, body = seen["peer"].partition(" ")
+    assert verdict == "OK", seen["peer"]
+    peer = json.loads(body)
+    assert peer["principal"] == "alice@LAN.TEST"
+    assert peer["hops"] == ["a.lan.test", "b.lan.test"] and peer["origin"] == "a.lan.test"
+    assert peer["user"] == "alice" and peer["uid"] == alice.uid
+    assert peer["user_sid"].startswith("S-1-5-21-")
+    assert any(sid.endswith("-513") for sid in peer["group_sids"])  # Domain Users
+
+
+def test_each_hop_is_its_own_gate(lan: dict[str, Host], sandbox: Sandbox) -> None:
+    """b admits alice, but c's socket excludes her: the service on b gets ERR EACCES."""
+    a, b, c = lan["a"], lan["b"], lan["c"]
+    closed = UnixServer(str(c.run_dir / "root-only.sock"), mode=0o600)
+    service = chaining_service(b, f"{closed.path}@{c.fqdn}", explicit=False)
+    try:
+        reply = greet_through(a, b, service)
+    finally:
+        service.close()
+        closed.close()
+    assert reply.startswith("OK\nERR EACCES "), reply
+    assert not closed.seen
+
+
+def test_no_inbound_connection_no_delegation(lan: dict[str, Host], c_server: UnixServer) -> None:
+    """A process on b running as alice that holds no inbound connection, and a root
+    process on b, get a clear refusal, not alice's access on c."""
+    b, c = lan["b"], lan["c"]
+    target = f"{c_server.path}@{c.fqdn}"
+    as_alice = run_client("alice", str(b.socket_path), "greet", target)
+    assert as_alice["error"] == "ENOKEY", as_alice
+    as_root = run_client(None, str(b.socket_path), "greet", target)
+    assert as_root.get("error") in ("ENOKEY", "EPERM"), as_root
+
+
+def test_a_loop_is_refused(lan: dict[str, Host]) -> None:
+    """a -> b -> back to a: a finds itself in the hop chain and answers ELOOP."""
+    a, b = lan["a"], lan["b"]
+    back = UnixServer(str(a.run_dir / "loop.sock"))
+    service = chaining_service(b, f"{back.path}@{a.fqdn}", explicit=False)
+    try:
+        reply = greet_through(a, b, service)
+    finally:
+        service.close()
+        back.close()
+    assert reply.startswith("OK\nERR ELOOP "), reply
+    assert not back.seen
+
+
+def test_a_chain_longer_than_the_cap_is_refused(lan: dict[str, Host]) -> None:
+    """A HELLO with a valid ticket but more hops than c allows: ELOOP."""
+    a, c = lan["a"], lan["c"]
+    forge = Path(__file__).with_name("forge_tool.py")
+    proc = a.run([sys.executable, str(forge), "long-chain", c.address, str(c.port), c.fqdn,
+                  str(c.run_dir / "dns.sock"), a.principal], check=False, timeout=60,
+                 env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.stdout.split() == ["ELOOP"], proc.stdout + proc.stderr
+
+
+def test_peer_refuses_what_it_did_not_make(lan: dict[str, Host]) -> None:
+    """PEER on a plain local connection, on a non-socket fd, and without an fd: ERR."""
+    b = lan["b"]
+    server = UnixServer(str(b.run_dir / "plain.sock"), behaviour="call",
+                        call=lambda conn: conn.sendall(ask_peer(str(b.socket_path), conn).encode()))
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(server.path)
+            answer = s.recv(4096).decode()
+        assert answer.startswith("ERR ENOENT "), answer
+        with open("/dev/null") as f, socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(b.socket_path))
+            s.sendmsg([b"PEER\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", f.fileno()))])
+            assert s.recv(4096).startswith(b"ERR ENOENT ")
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(b.socket_path))
+            s.sendall(b"PEER\n")
+            assert s.recv(4096).startswith(b"ERR EINVAL ")
+    finally:
+        server.close()
+
+
+def test_delegation_is_dropped_when_the_connection_closes(lan: dict[str, Host],
+                                                          c_server: UnixServer) -> None:
+    """Once alice's inbound connection is gone, the service holding nothing more gets no
+    delegation: the evidence lived only as long as the connection."""
+    a, b, c = lan["a"], lan["b"], lan["c"]
+    held: list[socket.socket] = []
+    release = threading.Event()
+
+    def keep(conn: socket.socket) -> None:
+        held.append(conn.dup())
+        release.wait(30)
+
+    keeper = UnixServer(str(b.run_dir / "keeper.sock"), behaviour="call", call=keep)
+    try:
+        out = run_client("alice", str(a.socket_path), "raw",
+                         f"CONNECT {keeper.path}@{b.fqdn}\\n")
+        assert out["reply"].startswith("OK"), out
+        # The client is gone: b's daemon sees EOF from a and closes its end; the copy
+        # the keeper holds now leads nowhere.
+        release.set()
+        for conn in held:
+            conn.close()
+        alice = identity_of_user("alice")
+        result: dict[str, str] = {}
+
+        def as_alice() -> None:
+            become(alice, permanent=False)
+            with connect_via(str(b.socket_path), f"{c_server.path}@{c.fqdn}") as up:
+                result["reply"] = up.recv(4096).decode()
+
+        t = threading.Thread(target=as_alice)
+        t.start()
+        t.join(30)
+        assert result["reply"].startswith("ERR ENOKEY "), result
+    finally:
+        keeper.close()
