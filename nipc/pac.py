@@ -351,7 +351,7 @@ _UPN_EXTENSION = struct.Struct("<HHHH")
 
 
 def decode_upn_dns_info(data: bytes) -> UpnDnsInfo:
-    """Decode the ``urn:mspac:upn-dns-info`` buffer (plain little-endian, offsets from its start)."""
+    """Decode the ``urn:mspac:upn-dns-info`` buffer (not NDR: offsets from its start)."""
     buf = _as_bytes(data)
     if len(buf) < _UPN_HEADER.size:
         raise PacError("UPN_DNS_INFO shorter than its header")
