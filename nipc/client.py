@@ -35,8 +35,10 @@ def connect(target: str, *, daemon: str | None = None, timeout: float | None = N
     """Connect to ``target`` (``/path@host``) through the local NIPC daemon."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
+        # A blocking connect waits for room in the daemon's listen queue; with a timeout
+        # set, an AF_UNIX connect would fail at once with EAGAIN when the queue is full.
         sock.connect(daemon or daemon_socket())
+        sock.settimeout(timeout)
         sock.sendall(f"CONNECT {target}\n".encode("utf-8"))
         error = parse_reply(_read_reply(sock))
         if error is not None:

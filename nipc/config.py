@@ -63,6 +63,7 @@ class Config:
     request_timeout: float = 10.0
     handshake_timeout: float = 10.0
     connect_timeout: float = 5.0
+    kdc_timeout: float = 5.0
     keepalive_idle: int = 15
     user_timeout: float = 30.0
     max_hops: int = 8
@@ -188,7 +189,8 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     if not isinstance(peers, dict):
         raise ConfigError("[peers] must be a table of host = \"address:port\"")
     times = _section(
-        doc, "timeouts", {"request", "handshake", "connect", "keepalive_idle", "user_timeout"}
+        doc, "timeouts",
+        {"request", "handshake", "connect", "kdc", "keepalive_idle", "user_timeout"},
     )
     log = _section(doc, "log", {"file"})
 
@@ -217,6 +219,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         ("request", "request_timeout", (int, float)),
         ("handshake", "handshake_timeout", (int, float)),
         ("connect", "connect_timeout", (int, float)),
+        ("kdc", "kdc_timeout", (int, float)),
         ("user_timeout", "user_timeout", (int, float)),
         ("keepalive_idle", "keepalive_idle", int),
     ):

@@ -103,8 +103,9 @@ class LocalGate(UnixEnd):
             return
         self._route(request)
 
-    def _take_attached(self) -> Routed | None:
-        """The routed connection the attached descriptor is, if one was attached."""
+    def _take_attached(self, refusal: NipcError) -> Routed | None:
+        """The routed connection the attached descriptor is, if one was attached;
+        ``refusal`` if it is anything else (a descriptor cannot cross hosts)."""
         fd, self._attached = self._attached, None
         if fd is None:
             return None
@@ -113,7 +114,7 @@ class LocalGate(UnixEnd):
         finally:
             os.close(fd)
         if routed is None:
-            raise NipcError("ENOENT", "the attached descriptor is not a connection this daemon made")
+            raise refusal
         return routed
 
     def _peer(self) -> None:
@@ -121,7 +122,8 @@ class LocalGate(UnixEnd):
         try:
             if self._attached is None:
                 raise NipcError("EINVAL", "PEER needs the connection's descriptor attached (SCM_RIGHTS)")
-            routed = self._take_attached()
+            routed = self._take_attached(
+                NipcError("ENOENT", "the attached descriptor is not a connection this daemon made"))
         except NipcError as e:
             self._refuse(e)
             return
@@ -139,7 +141,9 @@ class LocalGate(UnixEnd):
         self._facts.update(target=request.target)
         log.debug("{conn_id}: uid {uid} asks for {target}", **self._facts)
         try:
-            explicit = self._take_attached()
+            explicit = self._take_attached(NipcError(
+                "EINVAL", "file descriptors cannot be passed over NIPC (only an inbound NIPC "
+                "connection may be attached, to chain from it)"))
         except NipcError as e:
             self._refuse(e)
             return

@@ -159,10 +159,14 @@ class ProtocolTransition:
             cached = self._cache.get(principal)
             if cached and cached[1] > now:
                 return cached[0]
-            creds = self._daemon_creds().impersonate(principal_name(principal), usage="initiate")
-            lifetime = creds.lifetime or 0
+            daemon = self._daemon_creds()
+        # The KDC round trip happens outside the lock: one caller waiting on a slow or
+        # unreachable KDC must not hold up callers whose tickets are cached.
+        creds = daemon.impersonate(principal_name(principal), usage="initiate")
+        lifetime = creds.lifetime or 0
+        with self._lock:
             self._cache[principal] = (creds, now + max(0.0, lifetime - RENEW_MARGIN))
-            return creds
+        return creds
 
     def _initiate(self, principal: str, target_host: str, channel: bytes) -> Initiation:
         doing = f"protocol transition for {principal} to nipc/{target_host}"

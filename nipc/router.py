@@ -149,7 +149,17 @@ class _Dial:
         return d
 
     def _initiate(self, channel: bytes) -> "Deferred[Initiation]":
-        return self._tickets.initiate(self._who, self._request.host, channel)
+        limit = self._config.kdc_timeout
+
+        def slow_kdc(failure: Failure) -> Failure:
+            if failure.check(DeferTimeout):
+                return Failure(NipcError(
+                    "ETIMEDOUT",
+                    f"Kerberos KDC did not answer within {limit:g}s (ticket for {self._who.user})"))
+            return failure
+
+        d = self._tickets.initiate(self._who, self._request.host, channel)
+        return d.addTimeout(limit, self._reactor).addErrback(slow_kdc)
 
     def _hello(self, initiation: Initiation) -> "Deferred[wire.Result]":
         self._initiation = initiation

@@ -23,6 +23,9 @@ from nipc.router import Router
 from nipc.tls import server_options, tune_tcp
 
 log = Logger()
+#: Bursts of connects wait in the kernel instead of failing with EAGAIN (Twisted's
+#: default is 50); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 
 
 def clear_stale_socket(path: str) -> None:
@@ -74,17 +77,20 @@ class NipcService(Service):
 
         path = str(config.socket_path)
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        clear_stale_socket(path)
-        self._ports.append(reactor.listenUNIX(
-            path, LocalGateFactory(reactor, config, router, registry), mode=config.socket_mode, wantPID=False
-        ))
-        os.chown(path, config.socket_owner, config.socket_group)
+        clear_stale_socket(path)  # before anything else: never race a live daemon
+        # Peers next: the local socket accepting is the sign that the daemon is ready.
         tls_factory = TLSMemoryBIOFactory(
             server_options(config.host_name), False, PeerServerFactory(peer_server)
         )
         self._ports.append(reactor.listenTCP(
-            config.listen_port, tls_factory, interface=config.listen_address
+            config.listen_port, tls_factory, interface=config.listen_address,
+            backlog=LISTEN_BACKLOG,
         ))
+        self._ports.append(reactor.listenUNIX(
+            path, LocalGateFactory(reactor, config, router, registry), mode=config.socket_mode,
+            wantPID=False, backlog=LISTEN_BACKLOG,
+        ))
+        os.chown(path, config.socket_owner, config.socket_group)
         log.info("nipcd {host} serving {path} and peers on {addr}:{port} ({mode})",
                  host=config.host_name, path=path, addr=config.listen_address,
                  port=config.listen_port, mode=config.mode.value)

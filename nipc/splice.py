@@ -59,10 +59,25 @@ class Splice:
         self.received[id(end)] += len(data)
         self._other(end).send(data)
 
+    def _unthrottle(self, end: End) -> None:
+        """Stop ``end``'s reading being paused by the other end's full write buffer.
+
+        Needed before a half-close or close: Twisted does not shut a transport down while
+        a paused streaming producer is registered on it (it resumes the producer instead),
+        so an EOF or close would silently never happen; and a producer left paused would
+        never read again, so its own peer's close would go unnoticed.
+        """
+        consumer = self._other(end).transport
+        paused = getattr(consumer, "producerPaused", False) or getattr(consumer, "_producerPaused", False)
+        consumer.unregisterProducer()
+        if paused:
+            end.transport.resumeProducing()
+
     def eof(self, end: End) -> None:
         if id(end) in self._eof:
             return
         self._eof.add(id(end))
+        self._unthrottle(end)
         other = self._other(end)
         if id(other) in self._eof:
             self.left.close()
@@ -76,6 +91,8 @@ class Splice:
         if id(other) not in self._lost:
             # Deliver what the other end still has buffered, then close it: the same
             # EOF a local peer's crash would give.
+            if id(end) not in self._eof:
+                self._unthrottle(end)
             other.close()
         elif len(self._lost) == 2:
             self._on_end(self)

@@ -47,6 +47,7 @@ class Seen:
     peername: str
     received: str = ""
     received_bytes: int = 0
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -105,41 +106,49 @@ class UnixServer:
         peer = conn.getpeername()
         seen = Seen(pid, uid, gid, groups, peer.decode("latin-1") if isinstance(peer, bytes) else peer)
         self.seen.append(seen)
-        with conn:
-            kind, *args = self.behaviour.split(":")
-            if kind == "call":
-                assert self.call is not None
-                self.call(conn)
-            elif kind == "greet":
-                info: dict[str, Any] = {"uid": uid, "gid": gid, "groups": groups,
-                                        "peername": seen.peername}
-                if self.ask_peer is not None:
-                    info["peer"] = ask_peer(self.ask_peer, conn)
-                conn.sendall(json.dumps(info).encode() + b"\n")
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            elif kind == "bulk":
-                size, seed = int(args[0]), int(args[1])
+        try:
+            self._behave(conn, seen, uid, gid, groups)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            seen.ended.set()
 
-                def send() -> None:
-                    for part in stream(seed, size):
-                        conn.sendall(part)
-                    conn.shutdown(socket.SHUT_WR)
+    def _behave(self, conn: socket.socket, seen: Seen, uid: int, gid: int, groups: list[int]) -> None:
+        kind, *args = self.behaviour.split(":")
+        if kind == "call":
+            assert self.call is not None
+            self.call(conn)
+        elif kind == "greet":
+            info: dict[str, Any] = {"uid": uid, "gid": gid, "groups": groups,
+                                    "peername": seen.peername}
+            if self.ask_peer is not None:
+                info["peer"] = ask_peer(self.ask_peer, conn)
+            conn.sendall(json.dumps(info).encode() + b"\n")
+            while data := conn.recv(65536):
+                conn.sendall(data)
+        elif kind == "bulk":
+            size, seed = int(args[0]), int(args[1])
 
-                sender = threading.Thread(target=send)
-                sender.start()
-                h = hashlib.sha256()
-                while data := conn.recv(1 << 17):
-                    h.update(data)
-                    seen.received_bytes += len(data)
-                seen.received = h.hexdigest()
-                sender.join()
-            elif kind == "eof-reply":
-                h = hashlib.sha256()
-                while data := conn.recv(65536):
-                    h.update(data)
-                    seen.received_bytes += len(data)
-                conn.sendall(f"{h.hexdigest()} {seen.received_bytes}\n".encode())
+            def send() -> None:
+                for part in stream(seed, size):
+                    conn.sendall(part)
+                conn.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            h = hashlib.sha256()
+            while data := conn.recv(1 << 17):
+                h.update(data)
+                seen.received_bytes += len(data)
+            seen.received = h.hexdigest()
+            sender.join()
+        elif kind == "eof-reply":
+            h = hashlib.sha256()
+            while data := conn.recv(65536):
+                h.update(data)
+                seen.received_bytes += len(data)
+            conn.sendall(f"{h.hexdigest()} {seen.received_bytes}\n".encode())
 
 
 _client_dir: Path | None = None

@@ -1,0 +1,423 @@
+"""Failure semantics (issue: partitions, crashes, outages and fd passing behave like local
+IPC): faults injected into the sandbox domain, and what each end sees, within how long."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+import nipc
+from nipc.identity import identity_of_user
+from nipc.impersonate import become
+from nipc.sandbox import Host, Sandbox
+from support import UnixServer, digest_of, stream
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+#: Dead-peer detection configured for these tests (seconds): keepalive after 2 s idle,
+#: TCP_USER_TIMEOUT 4 s. The bound the tests hold the daemons to is generous on top.
+FAST = "keepalive_idle = 2\nuser_timeout = 4\n"
+BOUND = 20.0
+
+
+@pytest.fixture(scope="module")
+def hosts(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
+    originals = {}
+    for host in samba_hosts.values():
+        originals[host.name] = host.config_path.read_text()
+        host.config_path.write_text(originals[host.name].replace("[timeouts]\n", "[timeouts]\n" + FAST))
+        host.start_daemon()
+    yield samba_hosts
+    for host in samba_hosts.values():
+        host.restore_link()
+        host.stop_daemon()
+        host.config_path.write_text(originals[host.name])
+
+
+def as_user(name: str, job: Callable[[], T]) -> T:
+    """Run ``job`` on a fresh thread that has become local user ``name``."""
+    who = identity_of_user(name)
+    box: dict[str, object] = {}
+
+    def main() -> None:
+        try:
+            become(who, permanent=False)
+            box["result"] = job()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=main)
+    t.start()
+    t.join(120)
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
+
+
+def alice_connect(a: Host, target: str) -> socket.socket:
+    return as_user("alice", lambda: nipc.connect(target, daemon=str(a.socket_path), timeout=60))
+
+
+def target(host: Host, name: str) -> str:
+    return f"{host.run_dir / name}@{host.fqdn}"
+
+
+def read_line(s: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def ends_within(s: socket.socket, seconds: float) -> float:
+    """Read until EOF or reset; returns how long that took."""
+    start = time.monotonic()
+    s.settimeout(seconds)
+    try:
+        while s.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return time.monotonic() - start
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_partition_mid_stream(hosts: dict[str, Host]) -> None:
+    """Cut the link between a and b: both ends of the routed connection see EOF/reset
+    within the configured bound, never a socket that stays open but dead."""
+    a, b = hosts["a"], hosts["b"]
+    server = UnixServer(str(b.run_dir / "part.sock"))
+    try:
+        s = alice_connect(a, target(b, "part.sock"))
+        read_line(s)
+        s.sendall(b"before\n")
+        assert s.recv(100) == b"before\n"
+        b.cut_link()
+        try:
+            took = ends_within(s, BOUND + 10)
+            assert took < BOUND, f"client saw the end only after {took:.1f}s"
+            assert server.seen[0].ended.wait(BOUND), "server on b never saw the end"
+        finally:
+            b.restore_link()
+        again = alice_connect(a, target(b, "part.sock"))  # no restart needed
+        assert read_line(again).startswith(b"{")
+        again.close()
+    finally:
+        server.close()
+
+
+def test_remote_daemon_killed(hosts: dict[str, Host]) -> None:
+    """kill -9 of b's daemon: the client on a sees EOF promptly; after a restart (its
+    stale socket file cleared safely) b serves new connects."""
+    a, b = hosts["a"], hosts["b"]
+    server = UnixServer(str(b.run_dir / "kill.sock"))
+    try:
+        s = alice_connect(a, target(b, "kill.sock"))
+        read_line(s)
+        b.kill_daemon()
+        assert ends_within(s, 10) < 5
+        assert server.seen[0].ended.wait(5)
+        assert b.socket_path.exists()  # the stale socket a crash leaves behind
+        b.start_daemon()
+        again = alice_connect(a, target(b, "kill.sock"))
+        assert read_line(again).startswith(b"{")
+        again.close()
+    finally:
+        server.close()
+
+
+def test_local_daemon_killed(hosts: dict[str, Host]) -> None:
+    """kill -9 of a's daemon: the server on b sees EOF promptly, the client too."""
+    a, b = hosts["a"], hosts["b"]
+    server = UnixServer(str(b.run_dir / "killa.sock"))
+    try:
+        s = alice_connect(a, target(b, "killa.sock"))
+        read_line(s)
+        a.kill_daemon()
+        assert server.seen[0].ended.wait(5), "server on b kept a dead connection"
+        assert ends_within(s, 10) < 5
+        a.start_daemon()
+    finally:
+        server.close()
+
+
+def test_a_live_daemons_socket_is_never_removed(hosts: dict[str, Host]) -> None:
+    """A second daemon with the same config refuses to start; the first keeps serving."""
+    a = hosts["a"]
+    twistd = str(Path(sys.executable).parent / "twistd")
+    proc = subprocess.run(a.exec_argv([twistd, "-n", "--pidfile=", "nipc", "--config", str(a.config_path)]),
+                          env={**os.environ, **a.env()}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "another process is serving" in proc.stdout + proc.stderr
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(a.socket_path))
+        s.sendall(b"CONNECT relative@x\n")
+        assert s.recv(100).startswith(b"ERR EINVAL")
+
+
+CRASHER = """
+import os, random, signal, socket, sys
+path, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_UNIX); s.bind(path); os.chmod(path, 0o666); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+c.sendall(random.Random(seed).randbytes(size))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_destination_server_crash(hosts: dict[str, Host]) -> None:
+    """The server sends data and dies: the client gets every byte it sent, then EOF."""
+    a, b = hosts["a"], hosts["b"]
+    path = b.run_dir / "crash.sock"
+    path.unlink(missing_ok=True)
+    size = 1 << 20
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(path), str(size), "5"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        s = alice_connect(a, target(b, "crash.sock"))
+        proc.wait(30)
+        s.settimeout(10)
+        got = b""
+        while chunk := s.recv(1 << 16):
+            got += chunk
+        import random
+        assert got == random.Random(5).randbytes(size)
+    finally:
+        proc.kill()
+        path.unlink(missing_ok=True)
+
+
+def test_kdc_outage(hosts: dict[str, Host], sandbox: Sandbox) -> None:
+    """KDC unreachable: a caller without cached tickets fails fast with a clear errno;
+    cached tickets keep serving; once the KDC is back, it works with no restart."""
+    a, b = hosts["a"], hosts["b"]
+    server = UnixServer(str(b.run_dir / "kdc.sock"))
+    port = ["ip", "-n", sandbox.switch_netns, "link", "set", "p-dc"]
+    try:
+        alice_connect(a, target(b, "kdc.sock")).close()  # alice's tickets are now cached
+        subprocess.run(port + ["down"], check=True)
+        try:
+            start = time.monotonic()
+            with pytest.raises(OSError) as refused:
+                as_user("bob", lambda: nipc.connect(target(b, "kdc.sock"), daemon=str(a.socket_path), timeout=60))
+            took = time.monotonic() - start
+            assert refused.value.errno in (113, 110), refused.value  # EHOSTUNREACH, ETIMEDOUT
+            assert "KDC" in str(refused.value.strerror), refused.value
+            assert took < BOUND, took
+            alice_connect(a, target(b, "kdc.sock")).close()
+        finally:
+            subprocess.run(port + ["up"], check=True)
+        as_user("bob", lambda: nipc.connect(target(b, "kdc.sock"), daemon=str(a.socket_path), timeout=60)).close()
+    finally:
+        server.close()
+
+
+def test_clock_skew(hosts: dict[str, Host]) -> None:
+    """b's clock 20 minutes ahead of the realm: a clear error naming clock skew."""
+    a, b = hosts["a"], hosts["b"]
+    lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+    if not os.path.exists(lib):
+        pytest.fail("libfaketime missing: scripts/bootstrap installs the faketime package")
+    b.stop_daemon()
+    twistd = str(Path(sys.executable).parent / "twistd")
+    env = {**os.environ, **b.env(), "LD_PRELOAD": lib, "FAKETIME": "+20m",
+           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    skewed = subprocess.Popen(b.exec_argv([twistd, "-n", "--pidfile=", "nipc", "--config", str(b.config_path)]),
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = UnixServer(str(b.run_dir / "skew.sock"))
+    try:
+        deadline = time.monotonic() + 20
+        while not b.socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        with pytest.raises(OSError) as refused:
+            alice_connect(a, target(b, "skew.sock"))
+        assert refused.value.errno == 129, refused.value  # EKEYREJECTED
+        assert "clock skew" in str(refused.value.strerror)
+    finally:
+        server.close()
+        skewed.send_signal(signal.SIGTERM)
+        skewed.wait(10)
+        b.start_daemon()
+
+
+def test_fd_passing_before_ok_is_einval(hosts: dict[str, Host]) -> None:
+    a, b = hosts["a"], hosts["b"]
+
+    def attempt() -> bytes:
+        with socket.socket(socket.AF_UNIX) as s, open("/dev/null") as f:
+            s.connect(str(a.socket_path))
+            s.sendmsg([f"CONNECT {target(b, 'x.sock')}\n".encode()],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", f.fileno()))])
+            return s.recv(4096)
+
+    assert as_user("alice", attempt).startswith(b"ERR EINVAL ")
+
+
+def audit_lines(host: Host, needle: str) -> list[str]:
+    return [line for line in host.log_path.read_text().splitlines() if needle in line]
+
+
+@pytest.mark.parametrize("sender", ["client", "server"])
+def test_fd_passing_after_ok_tears_down(hosts: dict[str, Host], sender: str) -> None:
+    """SCM_RIGHTS on a routed connection, from either end: both ends are torn down and
+    the event is logged with the caller's identity; nothing silently dropped."""
+    a, b = hosts["a"], hosts["b"]
+    go = threading.Event()
+
+    def misbehave(conn: socket.socket) -> None:
+        conn.sendall(b"hello\n")
+        if sender == "server":
+            go.wait(10)
+            with open("/dev/null") as f:
+                conn.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", f.fileno()))])
+        while conn.recv(65536):
+            pass
+
+    server = UnixServer(str(b.run_dir / f"fd-{sender}.sock"), behaviour="call", call=misbehave)
+    try:
+        s = alice_connect(a, target(b, f"fd-{sender}.sock"))
+        assert read_line(s) == b"hello\n"
+        if sender == "client":
+            with open("/dev/null") as f:
+                s.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", f.fileno()))])
+        go.set()
+        assert ends_within(s, 10) < 5
+        assert server.seen[0].ended.wait(5)
+        logged = a if sender == "client" else b
+        deadline = time.monotonic() + 5
+        while not audit_lines(logged, "SCM_RIGHTS") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines = audit_lines(logged, "SCM_RIGHTS")
+        assert lines and all('"uid"' in line or "uid=" in line for line in lines), lines
+    finally:
+        server.close()
+
+
+def test_slow_reader_bounded_memory(hosts: dict[str, Host]) -> None:
+    """A fast writer and a slow reader: the daemons' memory stays bounded, the writer is
+    slowed to the reader's pace, and no byte is lost or reordered."""
+    a, b = hosts["a"], hosts["b"]
+    size = 48 << 20
+
+    def slow(conn: socket.socket) -> None:
+        h = hashlib.sha256()
+        while data := conn.recv(1 << 16):
+            h.update(data)
+            time.sleep(0.004)  # about 16 MB/s at most
+        conn.sendall(h.hexdigest().encode())
+
+    server = UnixServer(str(b.run_dir / "slow.sock"), behaviour="call", call=slow)
+    pids = [a.daemon_pid(), b.daemon_pid()]
+    assert all(pids)
+    before = [rss_kib(p) for p in pids if p]
+    peak = list(before)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for i, p in enumerate(pids):
+                assert p
+                peak[i] = max(peak[i], rss_kib(p))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        s = alice_connect(a, target(b, "slow.sock"))
+        start = time.monotonic()
+        for part in stream(11, size):
+            s.sendall(part)
+        s.shutdown(socket.SHUT_WR)
+        write_time = time.monotonic() - start
+        s.settimeout(60)
+        answer = s.recv(100).decode()
+        assert answer == digest_of(11, size)
+        # The writer could not run ahead of the reader by more than the buffers.
+        assert write_time > 1.5, write_time
+    finally:
+        done.set()
+        sampler.join()
+        server.close()
+    growth = [p - q for p, q in zip(peak, before)]
+    assert max(growth) < 48 * 1024, f"daemon RSS grew by {growth} KiB"
+
+
+def test_many_connections_while_one_peer_is_partitioned(hosts: dict[str, Host]) -> None:
+    """200 routed connections carrying data at once, while c is cut off: the ones to b
+    are unaffected (digests equal), the ones to c end, and no fd leaks in a's daemon."""
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    size = 256 << 10
+    to_b = UnixServer(str(b.run_dir / "many.sock"), behaviour=f"bulk:{size}:3")
+    to_c = UnixServer(str(c.run_dir / "many.sock"))
+    a_pid = a.daemon_pid()
+    assert a_pid
+    baseline = open_fds(a_pid)
+
+    def to_b_job(_: int) -> str:
+        s = alice_connect(a, target(b, "many.sock"))
+
+        def send() -> None:
+            for part in stream(4, size):
+                s.sendall(part)
+            s.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        h = hashlib.sha256()
+        s.settimeout(60)
+        while chunk := s.recv(1 << 16):
+            h.update(chunk)
+        sender.join()
+        s.close()
+        return h.hexdigest()
+
+    try:
+        c_socks = [alice_connect(a, target(c, "many.sock")) for _ in range(100)]
+        c.cut_link()
+        try:
+            with ThreadPoolExecutor(100) as pool:
+                digests = list(pool.map(to_b_job, range(100)))
+            assert set(digests) == {digest_of(3, size)}
+            assert all(s.received == digest_of(4, size) for s in to_b.seen)
+            for s in c_socks:
+                assert ends_within(s, BOUND + 10) < BOUND
+                s.close()
+        finally:
+            c.restore_link()
+        deadline = time.monotonic() + 10
+        while open_fds(a_pid) > baseline and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert open_fds(a_pid) <= baseline, (open_fds(a_pid), baseline)
+    finally:
+        to_b.close()
+        to_c.close()
