@@ -15,15 +15,25 @@ daemon projects identities onto them and the kernel checks their permissions.
 Everything is idempotent: ``up`` first removes what a previous (possibly crashed) run with
 the same prefix left behind, ``down`` removes all of it.  Needs root.
 
+A prefix (namespace names, state files) belongs to one sandbox at a time: ``up`` takes an
+exclusive lock on ``/run/nipc-sandbox/<prefix>lock`` and holds it until ``down`` (or until its
+process ends), and a second ``up`` or ``down`` with the same prefix fails at once instead of
+deleting a live sandbox's files.  (Without the lock, a second session's clean-up removed the
+first session's root in the middle of ``samba-tool domain provision``, which then failed with
+"Unable to load file <root>/dc/etc/smb.conf".)  ``down`` only ever deletes a root whose marker
+names its own prefix, so sessions with different prefixes never touch each other's files.
+
     python -m nipc.sandbox up [--root DIR]   |   down   |   status
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import grp
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -62,10 +72,19 @@ UNMAPPED_NAME = "carol-nowhere"
 CAROL_RULE = r"RULE:[1:$1@$0](carol@LAN\.TEST)s/.*/" + UNMAPPED_NAME + "/"
 _NAMESPACE_SUFFIXES = ("sw", "dc", "mit", *SAMBA_HOSTS, *MIT_HOSTS)
 _MARKER = ".nipc-sandbox"
+#: What ``up`` creates in a root: in a root given by the caller, ``down`` deletes only these.
+_ROOT_ENTRIES = (_MARKER, "ccache", "pids", "dc", "mit", *SAMBA_HOSTS, *MIT_HOSTS)
+#: Prefixes end in "-" and the namespace suffixes hold none, so two different prefixes can
+#: never produce the same namespace or state-file name.  Short enough for any suffix.
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9-]{0,30}-\Z")
 
 
 class SandboxError(RuntimeError):
     """Building or driving the sandbox failed; the message carries the relevant log tail."""
+
+
+class SandboxBusy(SandboxError):
+    """Another live process owns this prefix's sandbox (see ``Sandbox._lock``)."""
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -510,8 +529,13 @@ class Sandbox:
         mit: bool = True,
         debug: bool = False,
     ) -> None:
+        if not _PREFIX_RE.match(prefix):
+            raise SandboxError(
+                f"bad sandbox prefix {prefix!r}: lower-case letters, digits and '-', ending in '-'"
+            )
         self.prefix = prefix
         self.debug = debug
+        self._lock_fd: int | None = None
         self.samba = samba
         self.mit = mit
         self._given_root = root
@@ -560,6 +584,49 @@ class Sandbox:
     @property
     def _state_file(self) -> Path:
         return STATE_DIR / f"{self.prefix}root"
+
+    @property
+    def _lock_file(self) -> Path:
+        return STATE_DIR / f"{self.prefix}lock"
+
+    def _lock(self) -> None:
+        """Own this prefix until ``_unlock``: fail at once if another live process owns it.
+
+        An ``flock`` dies with its process, so the leftovers of a crashed run are free to be
+        cleaned, while a running session's sandbox can never be removed under its feet.  The
+        descriptor is close-on-exec: the daemons we start do not inherit the lock.
+        """
+        if self._lock_fd is not None:
+            return
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SandboxBusy(
+                f"sandbox prefix {self.prefix!r} is in use by process {owner}: wait for it, or "
+                "use another prefix (--prefix, NIPC_SANDBOX_PREFIX)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock; the file stays, harmlessly
+            self._lock_fd = None
+
+    def _owns(self, root: Path) -> str | None:
+        """``created``/``given`` if ``root`` is a sandbox root of this prefix, else None."""
+        try:
+            kind, _, prefix = (root / _MARKER).read_text().strip().partition(" ")
+        except OSError:
+            return None  # not a sandbox root: never delete it
+        if prefix and prefix != self.prefix:
+            return None  # another prefix's sandbox
+        return kind if kind in ("created", "given") else None
 
     def _recorded_root(self) -> Path | None:
         try:
@@ -616,15 +683,20 @@ class Sandbox:
         if os.geteuid() != 0:
             raise SandboxError("the sandbox needs root (network namespaces, useradd)")
         started = time.monotonic()
+        self._lock()
         self._clean()
         if self._given_root is not None:
             self.root = self._given_root
             self.root.mkdir(parents=True, exist_ok=True)
+            marker = self.root / _MARKER
+            if marker.exists() and self._owns(self.root) is None:
+                raise SandboxError(f"{self.root} belongs to another sandbox: {marker.read_text()}")
         else:
             self.root = Path(tempfile.mkdtemp(prefix=f"{self.prefix}sandbox-"))
         self.root.chmod(0o755)
-        # Whether down may delete the root itself or only what it put there.
-        (self.root / _MARKER).write_text("given\n" if self._given_root else "created\n")
+        # Whether down may delete the root itself or only what it put there, and whose it is.
+        kind = "given" if self._given_root else "created"
+        (self.root / _MARKER).write_text(f"{kind} {self.prefix}\n")
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         self._state_file.write_text(f"{self.root}\n")
         ccache_dir = self.root / "ccache"
@@ -641,7 +713,15 @@ class Sandbox:
             if self.mit:
                 self._timed("mit", self._build_mit)
             if samba is not None:
-                samba.result()
+                try:
+                    samba.result()
+                except SandboxError as e:
+                    if self._owns(self.root) is None:  # the lock makes this a stranger's doing
+                        raise SandboxError(
+                            f"{self.root} was deleted while the sandbox was being built: some "
+                            f"process that ignores the lock on {self._lock_file} removed it\n{e}"
+                        ) from e
+                    raise
         self._timed("ready", self._wait_ready)
         for host in self.hosts.values():
             self._check_config(host)
@@ -656,11 +736,19 @@ class Sandbox:
     def down(self, keep_files: bool = False) -> None:
         """Stop every process, delete every namespace and (unless kept) the files."""
         started = time.monotonic()
-        self._clean(keep_files=keep_files)
+        self._lock()
+        try:
+            self._clean(keep_files=keep_files)
+        finally:
+            self._unlock()
         self.timings["down"] = time.monotonic() - started
 
     def _clean(self, keep_files: bool = False) -> None:
-        old_roots = {r for r in (self._recorded_root(), self.root, self._given_root) if r}
+        """Remove this prefix's processes, namespaces and files; the caller holds the lock."""
+        assert self._lock_fd is not None
+        # Only roots whose marker names this prefix: their pid files and files are ours.
+        candidates = (self._recorded_root(), self.root, self._given_root)
+        old_roots = {r for r in candidates if r is not None and self._owns(r) is not None}
         pids: set[int] = set()
         for root in old_roots:
             if (root / "pids").is_dir():
@@ -683,18 +771,16 @@ class Sandbox:
         if keep_files:
             return
         for root in old_roots:
-            try:
-                created = (root / _MARKER).read_text().strip() == "created"
-            except OSError:
-                continue  # not a sandbox root: never delete it
-            if not created:
-                for child in root.iterdir():
+            kind = self._owns(root)
+            if kind == "created":
+                shutil.rmtree(root, ignore_errors=True)
+            elif kind == "given":  # only what up put there: the rest is the caller's
+                for name in _ROOT_ENTRIES[::-1]:  # the marker last
+                    child = root / name
                     if child.is_dir() and not child.is_symlink():
                         shutil.rmtree(child, ignore_errors=True)
                     else:
                         child.unlink(missing_ok=True)
-            else:
-                shutil.rmtree(root, ignore_errors=True)
         self._state_file.unlink(missing_ok=True)
 
     # -- building --
@@ -910,6 +996,18 @@ class Sandbox:
 
     def _first(self, realm: str) -> Host:
         return next(h for h in self.hosts.values() if h.realm == realm)
+
+    # -- helpers --
+
+    def spawn(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a helper process that ``down`` stops; its output goes to ``output(name)``."""
+        return _spawn(argv, self.output(name), env or {}, self.root / "pids" / f"{name}.pid")
+
+    def output(self, name: str) -> Path:
+        """Where the output of the helper ``name`` started by ``spawn`` goes."""
+        return self.root / "pids" / f"{name}.out"
 
     # -- users' credentials --
 

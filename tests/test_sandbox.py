@@ -7,6 +7,7 @@ The GSS calls run in subprocesses inside each host's namespace, because krb5 rea
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from nipc import config
-from nipc.sandbox import MIT_REALM, SAMBA_REALM, Host, Sandbox
+from nipc.sandbox import (
+    MIT_REALM, SAMBA_REALM, STATE_DIR, Host, Sandbox, SandboxBusy, SandboxError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +194,49 @@ def test_nothing_in_the_root_namespace(sandbox: Sandbox) -> None:
     assert "p-a" not in run("ip", "-o", "link")
     assert f"{sandbox.prefix}sw" in run("ip", "netns", "list")
     assert "10.77.0.11/24" in run("ip", "-n", f"{sandbox.prefix}a", "-o", "addr")
+
+
+def test_a_prefix_has_one_owner(sandbox: Sandbox) -> None:
+    """A second up or down with a live session's prefix fails at once and deletes nothing
+    (without the lock, its clean-up removed the root in the middle of samba provisioning)."""
+    smb_conf = sandbox.dc_dir / "etc" / "smb.conf"
+    for action in (Sandbox(prefix=sandbox.prefix).up, Sandbox(prefix=sandbox.prefix).down):
+        with pytest.raises(SandboxBusy, match=str(os.getpid())):
+            action()
+        assert smb_conf.exists()
+        assert f"{sandbox.prefix}dc" in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+
+
+def test_down_never_deletes_another_prefixs_files(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Even pointed at them (a stale state file), down leaves another prefix's root alone,
+    and in a root it was given deletes only what up put there."""
+    other = f"nipt{os.getpid()}-"
+    state = STATE_DIR / f"{other}root"
+    try:
+        state.write_text(f"{sandbox.root}\n")
+        pids = {p.name: p.read_text() for p in (sandbox.root / "pids").glob("*.pid")}
+        Sandbox(prefix=other).down()
+        assert (sandbox.dc_dir / "etc" / "smb.conf").exists()
+        assert {p.name: p.read_text() for p in (sandbox.root / "pids").glob("*.pid")} == pids
+        for text in pids.values():  # nor its processes (the KDCs)
+            pid, _, start = text.strip().partition(" ")
+            assert Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19] == start
+
+        given = tmp_path / "given"
+        (given / "a").mkdir(parents=True)
+        (given / "mine.txt").write_text("not the sandbox's\n")
+        (given / ".nipc-sandbox").write_text(f"given {other}\n")
+        state.write_text(f"{given}\n")
+        Sandbox(prefix=other).down()
+        assert sorted(p.name for p in given.iterdir()) == ["mine.txt"]
+    finally:
+        state.unlink(missing_ok=True)
+        (STATE_DIR / f"{other}lock").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("prefix", ["nipc", "Nipc-", "nipc/-", "-", "a" * 40 + "-"])
+def test_bad_prefixes(prefix: str) -> None:
+    """Prefixes end in '-', so two of them never make the same namespace name."""
+    with pytest.raises(SandboxError, match="bad sandbox prefix"):
+        Sandbox(prefix=prefix)
