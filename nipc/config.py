@@ -68,6 +68,11 @@ class Config:
     user_timeout: float = 30.0
     max_hops: int = 8
     log_file: Path | None = None
+    max_connections: int = 4096
+    max_per_caller: int = 256
+    handshakes_per_second: int = 200
+    handshake_burst: int = 400
+    max_pending_peers: int = 256
 
     @property
     def service_name(self) -> str:
@@ -77,6 +82,16 @@ class Config:
     def realms(self) -> tuple[str, ...]:
         """Realms whose principals this daemon accepts (its own unless configured)."""
         return self.trusted_realms or (self.realm,)
+
+
+#: [limits] keys and the Config fields they set.
+_LIMITS = {
+    "max_connections": "max_connections",
+    "max_per_caller": "max_per_caller",
+    "handshakes_per_second": "handshakes_per_second",
+    "handshake_burst": "handshake_burst",
+    "max_pending_peers": "max_pending_peers",
+}
 
 
 def _section(doc: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -173,7 +188,7 @@ def load(path: str | Path) -> Config:
 
 
 def from_mapping(doc: Mapping[str, Any]) -> Config:
-    unknown = set(doc) - {"host", "kerberos", "local", "peer", "peers", "timeouts", "log"}
+    unknown = set(doc) - {"host", "kerberos", "local", "peer", "peers", "timeouts", "limits", "log"}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     host = _section(doc, "host", {"name", "realm"})
@@ -193,6 +208,11 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         {"request", "handshake", "connect", "kdc", "keepalive_idle", "user_timeout"},
     )
     log = _section(doc, "log", {"file"})
+    limits = _section(doc, "limits", set(_LIMITS))
+    for key in limits:
+        value = _typed(limits, "limits", key, int)
+        if value <= 0:
+            raise ConfigError(f"limits.{key} must be a positive whole number")
 
     for key in ("name", "realm"):
         if key not in host:
@@ -267,5 +287,6 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         max_hops=max_hops,
         peers=peer_table,
         log_file=Path(log_file) if log_file is not None else None,
+        **{_LIMITS[key]: value for key, value in limits.items()},
         **kw,
     )

@@ -24,6 +24,7 @@ from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
+from nipc.limits import Limits
 from nipc.registry import Registry, Routed, held_by
 from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
 from nipc.router import Router, new_connection_id
@@ -45,11 +46,14 @@ class State(Enum):
 class LocalGate(UnixEnd):
     """One client connection: request line, routing, reply, then one end of a splice."""
 
-    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry) -> None:
+    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
+                 limits: Limits) -> None:
         self._reactor = reactor
         self._config = config
         self._router = router
         self._registry = registry
+        self._limits = limits
+        self._admitted = False
         #: A descriptor sent with the request: the connection ``PEER`` asks about, or the
         #: inbound connection a ``CONNECT`` chains from.
         self._attached: int | None = None
@@ -66,6 +70,12 @@ class LocalGate(UnixEnd):
     def connectionMade(self) -> None:
         self.caller = caller_of(self.transport.getHandle())  # type: ignore[union-attr]
         self._facts.update(pid=self.caller.pid, uid=self.caller.uid)
+        try:
+            self._limits.admit(self.caller.uid)
+        except NipcError as e:
+            self._refuse(e)
+            return
+        self._admitted = True
         self._timer = self._reactor.callLater(self._config.request_timeout, self._expire)
 
     def _expire(self) -> None:
@@ -141,6 +151,7 @@ class LocalGate(UnixEnd):
         self._facts.update(target=request.target)
         log.debug("{conn_id}: uid {uid} asks for {target}", **self._facts)
         try:
+            self._limits.handshake(self.caller.uid)
             explicit = self._take_attached(NipcError(
                 "EINVAL", "file descriptors cannot be passed over NIPC (only an inbound NIPC "
                 "connection may be attached, to chain from it)"))
@@ -237,6 +248,10 @@ class LocalGate(UnixEnd):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._stop_timer()
+        if self._admitted:
+            assert self.caller is not None
+            self._admitted = False
+            self._limits.release(self.caller.uid)
         if self._attached is not None:
             os.close(self._attached)
             self._attached = None
@@ -248,11 +263,13 @@ class LocalGate(UnixEnd):
 
 
 class LocalGateFactory(Factory):
-    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry) -> None:
+    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
+                 limits: Limits) -> None:
         self._reactor = reactor
         self._config = config
         self._router = router
         self._registry = registry
+        self._limits = limits
 
     def buildProtocol(self, addr: Any) -> LocalGate:
-        return LocalGate(self._reactor, self._config, self._router, self._registry)
+        return LocalGate(self._reactor, self._config, self._router, self._registry, self._limits)

@@ -168,9 +168,10 @@ class PeerServer(PeerLink):
     """The receiving daemon's side: one HELLO, answered by :class:`nipc.inbound.Inbound`."""
 
     def __init__(self, tune: Callable[[Any], None], on_hello: Callable[["PeerServer", bytes, wire.Hello], None],
-                 reactor: Any, timeout: float) -> None:
+                 reactor: Any, timeout: float, settled: Callable[[], None]) -> None:
         super().__init__(tune)
         self._on_hello = on_hello
+        self._settled: Callable[[], None] | None = settled
         self._reactor = reactor
         self._timeout = timeout
         self._channel: bytes | None = None
@@ -203,8 +204,15 @@ class PeerServer(PeerLink):
         self._cancel_timer()
         self._on_hello(self, self._channel, message)
 
+    def _settle(self) -> None:
+        """The handshake is over, one way or another: it no longer counts as pending."""
+        settled, self._settled = self._settled, None
+        if settled is not None:
+            settled()
+
     def answer(self, result: wire.Result) -> None:
         """Send the RESULT; an error result closes the link once it is written."""
+        self._settle()
         if self.closed:
             return
         self.answered = True
@@ -220,6 +228,7 @@ class PeerServer(PeerLink):
 
     def lost_before_splice(self, reason: Failure) -> None:
         self._cancel_timer()
+        self._settle()
 
 
 class PeerServerFactory(Factory):
@@ -228,3 +237,24 @@ class PeerServerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> PeerServer:
         return self._build()
+
+
+class Admission(Factory):
+    """In front of the TLS factory: a link is closed at once, before any TLS work, while
+    too many others are still in their handshake (a flood of half-open peers)."""
+
+    def __init__(self, inner: Any, admit: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._admit = admit
+
+    def doStart(self) -> None:
+        self._inner.doStart()
+
+    def doStop(self) -> None:
+        self._inner.doStop()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self._admit():
+            log.warn("refusing peer link from {addr}: too many handshakes in progress", addr=addr)
+            return None
+        return self._inner.buildProtocol(addr)

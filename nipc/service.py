@@ -17,7 +17,8 @@ from nipc.config import Config
 from nipc.gate import LocalGateFactory
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ticket_source
-from nipc.peer import PeerServer, PeerServerFactory
+from nipc.limits import Limits
+from nipc.peer import Admission, PeerServer, PeerServerFactory
 from nipc.registry import Registry
 from nipc.router import Router
 from nipc.tls import server_options, tune_tcp
@@ -71,9 +72,11 @@ class NipcService(Service):
         router = Router(reactor, config, ticket_source(reactor, config), registry)
         inbound = Inbound(reactor, config, Acceptor(reactor, config), registry)
 
+        limits = Limits(config, reactor.seconds)
+
         def peer_server() -> PeerServer:
             return PeerServer(lambda tls: tune_tcp(tls, config), inbound.hello, reactor,
-                              config.handshake_timeout)
+                              config.handshake_timeout, limits.peer_settled)
 
         path = str(config.socket_path)
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -83,11 +86,12 @@ class NipcService(Service):
             server_options(config.host_name), False, PeerServerFactory(peer_server)
         )
         self._ports.append(reactor.listenTCP(
-            config.listen_port, tls_factory, interface=config.listen_address,
+            config.listen_port, Admission(tls_factory, limits.peer_arrived),
+            interface=config.listen_address,
             backlog=LISTEN_BACKLOG,
         ))
         self._ports.append(reactor.listenUNIX(
-            path, LocalGateFactory(reactor, config, router, registry), mode=config.socket_mode,
+            path, LocalGateFactory(reactor, config, router, registry, limits), mode=config.socket_mode,
             wantPID=False, backlog=LISTEN_BACKLOG,
         ))
         os.chown(path, config.socket_owner, config.socket_group)
