@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nipc.errors import NipcError
-from nipc.request import check_host
+from nipc.request import ConnectRequest, check_host, parse_request
 
 DEFAULT_PORT = 7445
 DEFAULT_SOCKET = "/run/nipc/nipc.sock"
@@ -40,6 +40,18 @@ class CredentialMode(Enum):
 class PeerAddress:
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class Import:
+    """A local socket the daemon creates that routes every connection to ``target``."""
+
+    socket: Path
+    path: str
+    host: str
+    owner: int = 0
+    group: int = 0
+    mode: int = 0o666
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class Config:
     user_timeout: float = 30.0
     max_hops: int = 8
     log_file: Path | None = None
+    imports: tuple[Import, ...] = ()
     max_connections: int = 4096
     max_per_caller: int = 256
     handshakes_per_second: int = 200
@@ -173,6 +186,44 @@ def parse_peer_address(text: str, where: str) -> PeerAddress:
     return PeerAddress(host, port)
 
 
+def _mode(text: Any, where: str) -> int:
+    try:
+        mode = int(text, 8) if isinstance(text, str) else text
+    except ValueError:
+        raise ConfigError(f"{where}: not an octal mode: {text!r}") from None
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        raise ConfigError(f"{where}: not a file mode: {text!r}")
+    return mode
+
+
+def _imports(entries: Any) -> tuple[Import, ...]:
+    """``[[imports]]`` tables: socket, target (``/path@host``), optional owner/group/mode."""
+    if not isinstance(entries, list):
+        raise ConfigError("[[imports]] must be an array of tables")
+    result = []
+    for n, entry in enumerate(entries):
+        where = f"imports[{n}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table")
+        unknown = set(entry) - {"socket", "target", "owner", "group", "mode"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        for key in ("socket", "target"):
+            if not isinstance(entry.get(key), str):
+                raise ConfigError(f"{where}.{key} is required (a string)")
+        try:
+            request = parse_request(f"CONNECT {entry['target']}".encode("utf-8"))
+        except NipcError as e:
+            raise ConfigError(f"{where}.target: {e.message}") from None
+        assert isinstance(request, ConnectRequest)
+        result.append(Import(
+            Path(entry["socket"]), request.path, request.host,
+            _uid(entry.get("owner", 0)), _gid(entry.get("group", 0)),
+            _mode(entry.get("mode", "0666"), f"{where}.mode"),
+        ))
+    return tuple(result)
+
+
 def load(path: str | Path) -> Config:
     """Read and check a configuration file."""
     try:
@@ -188,7 +239,8 @@ def load(path: str | Path) -> Config:
 
 
 def from_mapping(doc: Mapping[str, Any]) -> Config:
-    unknown = set(doc) - {"host", "kerberos", "local", "peer", "peers", "timeouts", "limits", "log"}
+    unknown = set(doc) - {"host", "kerberos", "local", "peer", "peers", "timeouts", "limits", "log",
+                          "imports"}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     host = _section(doc, "host", {"name", "realm"})
@@ -226,13 +278,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         raise ConfigError(
             "kerberos.mode: expected 'protocol-transition' or 'own-ccache'"
         ) from None
-    mode_text = _opt(local, "local", "mode", (str, int), "0666")
-    try:
-        socket_mode = int(mode_text, 8) if isinstance(mode_text, str) else mode_text
-    except ValueError:
-        raise ConfigError(f"local.mode: not an octal mode: {mode_text!r}") from None
-    if not 0 <= socket_mode <= 0o7777:
-        raise ConfigError(f"local.mode: not a file mode: {mode_text!r}")
+    socket_mode = _mode(_opt(local, "local", "mode", (str, int), "0666"), "local.mode")
 
     kw: dict[str, Any] = {}
     for key, name, kind in (
@@ -287,6 +333,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         max_hops=max_hops,
         peers=peer_table,
         log_file=Path(log_file) if log_file is not None else None,
+        imports=_imports(doc.get("imports", [])),
         **{_LIMITS[key]: value for key, value in limits.items()},
         **kw,
     )

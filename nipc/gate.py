@@ -184,7 +184,7 @@ class LocalGate(UnixEnd):
             end.abort()
             return
         self.state = State.SPLICED
-        self.transport.write(ok_reply())  # type: ignore[union-attr]
+        self._announce()
 
         def ended(splice: Splice) -> None:
             self._registry.remove(self.conn_id)
@@ -219,6 +219,13 @@ class LocalGate(UnixEnd):
             return
         self.state = State.DONE
         audit(log, "refused", dict(self._facts, errno=error.errno_name, reason=error.message), self._started)
+        self._tell_refusal(error)
+
+    def _announce(self) -> None:
+        """Tell the client its connection is made."""
+        self.transport.write(ok_reply())  # type: ignore[union-attr]
+
+    def _tell_refusal(self, error: NipcError) -> None:
         self.transport.write(error_reply(error))  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -262,14 +269,46 @@ class LocalGate(UnixEnd):
         self._cancel_routing()
 
 
-class LocalGateFactory(Factory):
+class ImportGate(LocalGate):
+    """A local socket that stands for one remote socket (an *import*).
+
+    Every connection is routed to the fixed target with the identity of the process that
+    connected, with no request line and no reply line, so unmodified clients (``psql -h
+    DIR``, ``docker -H unix://...``) can use it. A refusal is a reset connection, the
+    nearest a plain socket has to an error; the audit line says why.
+    """
+
     def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
-                 limits: Limits) -> None:
+                 limits: Limits, request: ConnectRequest) -> None:
+        super().__init__(reactor, config, router, registry, limits)
+        self._request = request
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self._admitted:
+            self._route(self._request)
+
+    def _announce(self) -> None:
+        pass
+
+    def _tell_refusal(self, error: NipcError) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class LocalGateFactory(Factory):
+    """Builds the daemon's request-line gate, or an import's gate for a fixed target."""
+
+    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
+                 limits: Limits, target: ConnectRequest | None = None) -> None:
         self._reactor = reactor
         self._config = config
         self._router = router
         self._registry = registry
         self._limits = limits
+        self._target = target
 
     def buildProtocol(self, addr: Any) -> LocalGate:
+        if self._target is not None:
+            return ImportGate(self._reactor, self._config, self._router, self._registry,
+                              self._limits, self._target)
         return LocalGate(self._reactor, self._config, self._router, self._registry, self._limits)

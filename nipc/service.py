@@ -20,6 +20,7 @@ from nipc.kerberos import Acceptor, ticket_source
 from nipc.limits import Limits
 from nipc.peer import Admission, PeerServer, PeerServerFactory
 from nipc.registry import Registry
+from nipc.request import ConnectRequest
 from nipc.router import Router
 from nipc.tls import server_options, tune_tcp
 
@@ -95,6 +96,17 @@ class NipcService(Service):
             wantPID=False, backlog=LISTEN_BACKLOG,
         ))
         os.chown(path, config.socket_owner, config.socket_group)
+        for imported in config.imports:
+            where = str(imported.socket)
+            os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
+            clear_stale_socket(where)
+            target = ConnectRequest(imported.path, imported.host)
+            self._ports.append(reactor.listenUNIX(
+                where, LocalGateFactory(reactor, config, router, registry, limits, target),
+                mode=imported.mode, wantPID=False, backlog=LISTEN_BACKLOG,
+            ))
+            os.chown(where, imported.owner, imported.group)
+            log.info("import {socket} -> {target}", socket=where, target=target.target)
         log.info("nipcd {host} serving {path} and peers on {addr}:{port} ({mode})",
                  host=config.host_name, path=path, addr=config.listen_address,
                  port=config.listen_port, mode=config.mode.value)

@@ -427,3 +427,16 @@ class TestLoad:
             from_mapping(document)
         except ConfigError:
             pass
+
+
+def test_imports_are_parsed_and_checked() -> None:
+    """[[imports]]: a socket path and a CONNECT target, checked like a request line."""
+    doc = {**MINIMAL, "imports": [{"socket": "/run/nipc/pg/.s.PGSQL.5432",
+                                     "target": "/run/postgresql/.s.PGSQL.5432@B.example.",
+                                     "mode": "0660"}]}
+    (imp,) = from_mapping(doc).imports
+    assert (imp.path, imp.host, imp.mode) == ("/run/postgresql/.s.PGSQL.5432", "b.example", 0o660)
+    for bad in ({"socket": "/s"}, {"socket": "/s", "target": "rel@h"},
+                {"socket": "/s", "target": "/p@h", "colour": 1}, "nope"):
+        with pytest.raises(ConfigError):
+            from_mapping({**MINIMAL, "imports": [bad]})
