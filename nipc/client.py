@@ -37,7 +37,11 @@ def connect(target: str, *, daemon: str | None = None, timeout: float | None = N
     try:
         # A blocking connect waits for room in the daemon's listen queue; with a timeout
         # set, an AF_UNIX connect would fail at once with EAGAIN when the queue is full.
-        sock.connect(daemon or daemon_socket())
+        path = daemon or daemon_socket()
+        try:
+            sock.connect(path)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot reach the NIPC daemon at {path}: {e.strerror}") from None
         sock.settimeout(timeout)
         sock.sendall(f"CONNECT {target}\n".encode("utf-8"))
         error = parse_reply(_read_reply(sock))

@@ -48,6 +48,8 @@ class Seen:
     received: str = ""
     received_bytes: int = 0
     ended: threading.Event = field(default_factory=threading.Event)
+    #: What went wrong in the handler, if anything (shown by failing tests).
+    error: str = ""
 
 
 @dataclass
@@ -108,8 +110,8 @@ class UnixServer:
         self.seen.append(seen)
         try:
             self._behave(conn, seen, uid, gid, groups)
-        except OSError:
-            pass
+        except Exception as e:  # noqa: BLE001 - recorded for the test to report
+            seen.error = repr(e)
         finally:
             conn.close()
             seen.ended.set()

@@ -90,7 +90,8 @@ def c_server(lan: dict[str, Host]) -> Iterator[UnixServer]:
 def greet_through(a: Host, b: Host, service: UnixServer) -> str:
     out = run_client("alice", str(a.socket_path), "raw-all",
                      f"CONNECT {service.path}@{b.fqdn}\\nping\\n")
-    return str(out["reply"])
+    errors = [s.error for s in service.seen if s.error]
+    return str(out["reply"]) + (f"\n[service errors: {errors}]" if errors else "")
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["thread-as-alice", "fd-attached"])

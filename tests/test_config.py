@@ -440,3 +440,13 @@ def test_imports_are_parsed_and_checked() -> None:
                 {"socket": "/s", "target": "/p@h", "colour": 1}, "nope"):
         with pytest.raises(ConfigError):
             from_mapping({**MINIMAL, "imports": [bad]})
+
+
+def test_the_shipped_example_config_loads() -> None:
+    """etc/nipcd.toml documents every key; it must stay a valid configuration."""
+    from pathlib import Path
+
+    from nipc.config import load
+
+    config = load(Path(__file__).resolve().parents[1] / "etc" / "nipcd.toml")
+    assert config.host_name
