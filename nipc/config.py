@@ -86,6 +86,7 @@ class Config:
     handshakes_per_second: int = 200
     handshake_burst: int = 400
     max_pending_peers: int = 256
+    max_pending_per_source: int = 32
 
     @property
     def service_name(self) -> str:
@@ -104,6 +105,7 @@ _LIMITS = {
     "handshakes_per_second": "handshakes_per_second",
     "handshake_burst": "handshake_burst",
     "max_pending_peers": "max_pending_peers",
+    "max_pending_per_source": "max_pending_per_source",
 }
 
 

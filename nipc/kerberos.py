@@ -45,7 +45,8 @@ RENEW_MARGIN = 120.0
 def gss_failure(e: GSSError, doing: str) -> NipcError:
     """Translate a GSS failure into an errno and a message that says what to do."""
     text = " ".join(str(e.gen_message()).split())[:200]
-    code = getattr(e, "min_code", 0) or 0
+    # python-gssapi reports minor codes unsigned; the com_err table is signed.
+    code = ((getattr(e, "min_code", 0) or 0) + (1 << 31)) % (1 << 32) - (1 << 31)
     if isinstance(e, gssapi.exceptions.ExpiredCredentialsError) or code in (
         AP_ERR_TKT_EXPIRED, KDC_ERR_KEY_EXPIRED
     ):

@@ -27,6 +27,7 @@ class Limits:
     active: int = 0
     per_caller: dict[int, int] = field(default_factory=dict)
     pending_peers: int = 0
+    pending_by_source: dict[str, int] = field(default_factory=dict)
     _buckets: dict[int, _Bucket] = field(default_factory=dict)
 
     def admit(self, uid: int) -> None:
@@ -64,12 +65,24 @@ class Limits:
                 "EAGAIN", f"uid {uid} exceeds {self.config.handshakes_per_second} new connections per second")
         bucket.tokens -= 1
 
-    def peer_arrived(self) -> bool:
-        """A peer link opened; False if too many are still in their handshake."""
-        if self.pending_peers >= self.config.max_pending_peers:
+    def peer_arrived(self, source: str) -> bool:
+        """A peer link opened from address ``source``; False if too many links are still
+        in their handshake. Once half the pool is in use, one address may hold no more
+        than its share: one host's flood cannot lock the others out, while a busy host's
+        burst is welcome when there is room."""
+        from_source = self.pending_by_source.get(source, 0)
+        contended = self.pending_peers >= self.config.max_pending_peers // 2
+        if (self.pending_peers >= self.config.max_pending_peers
+                or (contended and from_source >= self.config.max_pending_per_source)):
             return False
         self.pending_peers += 1
+        self.pending_by_source[source] = from_source + 1
         return True
 
-    def peer_settled(self) -> None:
+    def peer_settled(self, source: str) -> None:
         self.pending_peers -= 1
+        left = self.pending_by_source[source] - 1
+        if left:
+            self.pending_by_source[source] = left
+        else:
+            del self.pending_by_source[source]

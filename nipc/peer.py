@@ -231,19 +231,24 @@ class PeerServer(PeerLink):
         self._settle()
 
 
+def source_of(addr: Any) -> str:
+    """The address a peer link comes from, for per-source limits."""
+    return str(getattr(addr, "host", addr))
+
+
 class PeerServerFactory(Factory):
-    def __init__(self, build: Callable[[], PeerServer]) -> None:
+    def __init__(self, build: Callable[[Any], PeerServer]) -> None:
         self._build = build
 
     def buildProtocol(self, addr: Any) -> PeerServer:
-        return self._build()
+        return self._build(addr)
 
 
 class Admission(Factory):
     """In front of the TLS factory: a link is closed at once, before any TLS work, while
     too many others are still in their handshake (a flood of half-open peers)."""
 
-    def __init__(self, inner: Any, admit: Callable[[], bool]) -> None:
+    def __init__(self, inner: Any, admit: Callable[[str], bool]) -> None:
         self._inner = inner
         self._admit = admit
 
@@ -254,7 +259,7 @@ class Admission(Factory):
         self._inner.doStop()
 
     def buildProtocol(self, addr: Any) -> Any:
-        if not self._admit():
+        if not self._admit(source_of(addr)):
             log.warn("refusing peer link from {addr}: too many handshakes in progress", addr=addr)
             return None
         return self._inner.buildProtocol(addr)

@@ -18,7 +18,7 @@ from nipc.gate import LocalGateFactory
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ticket_source
 from nipc.limits import Limits
-from nipc.peer import Admission, PeerServer, PeerServerFactory
+from nipc.peer import Admission, PeerServer, PeerServerFactory, source_of
 from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
@@ -75,9 +75,10 @@ class NipcService(Service):
 
         limits = Limits(config, reactor.seconds)
 
-        def peer_server() -> PeerServer:
+        def peer_server(addr: Any) -> PeerServer:
+            source = source_of(addr)
             return PeerServer(lambda tls: tune_tcp(tls, config), inbound.hello, reactor,
-                              config.handshake_timeout, limits.peer_settled)
+                              config.handshake_timeout, lambda: limits.peer_settled(source))
 
         path = str(config.socket_path)
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)

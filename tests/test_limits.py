@@ -44,11 +44,16 @@ def test_handshake_rate_is_a_token_bucket() -> None:
 
 
 def test_pending_peers() -> None:
-    lim, _ = limits(max_pending_peers=2)
-    assert lim.peer_arrived() and lim.peer_arrived()
-    assert not lim.peer_arrived()
-    lim.peer_settled()
-    assert lim.peer_arrived()
+    """A burst from one source is welcome while there is room; under contention (half the
+    pool used) a source at its share is refused, others are still admitted."""
+    lim, _ = limits(max_pending_peers=6, max_pending_per_source=2)
+    assert all(lim.peer_arrived("10.0.0.1") for _ in range(3))  # no contention yet
+    assert not lim.peer_arrived("10.0.0.1")  # contended, and over its share
+    assert lim.peer_arrived("10.0.0.2") and lim.peer_arrived("10.0.0.2")
+    assert lim.peer_arrived("10.0.0.3")
+    assert not lim.peer_arrived("10.0.0.4")  # the global cap
+    lim.peer_settled("10.0.0.1")
+    assert lim.peer_arrived("10.0.0.4")
 
 
 def test_bad_limits_are_refused() -> None:
