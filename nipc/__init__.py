@@ -4,6 +4,6 @@
 server on the other host sees your projected identity in ``SO_PEERCRED``.
 """
 
-from nipc.client import connect
+from nipc.client import connect, peer_identity
 
-__all__ = ["connect"]
+__all__ = ["connect", "peer_identity"]

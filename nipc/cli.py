@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from types import FrameType
 from typing import NoReturn, TextIO
 
 from nipc.client import connect as nipc_connect
-from nipc.client import daemon_socket
+from nipc.client import daemon_socket, peer_identity
 from nipc.errors import NipcError
 from nipc.request import check_host, check_path
 
@@ -336,6 +337,25 @@ def _own_names() -> set[str]:
     return {n.removesuffix(".") for n in names}
 
 
+# -- peer ---------------------------------------------------------------------------------
+
+
+def cmd_peer(args: argparse.Namespace) -> int:
+    """Print the identity behind an inherited connection (a server's accepted socket)."""
+    try:
+        conn = socket.socket(fileno=os.dup(args.fd))
+    except OSError as e:
+        raise CommandError(errno.errorcode.get(e.errno or 0, "EBADF"),
+                           f"descriptor {args.fd}: {e.strerror}") from None
+    with conn:
+        try:
+            info = peer_identity(conn, daemon=args.daemon, timeout=args.timeout)
+        except OSError as e:
+            raise _error(e) from None
+    print(json.dumps(info, indent=2, sort_keys=True))
+    return 0
+
+
 # -- the demo -----------------------------------------------------------------------------
 
 
@@ -413,6 +433,14 @@ def parser() -> argparse.ArgumentParser:
              "explained with what to fix. Exit status 0 only if every step worked.")
     k.add_argument("host", metavar="HOST")
     k.set_defaults(run=cmd_check)
+
+    p = verb("peer", "show who is behind a connection you accepted (PEER)",
+             "Ask the daemon who is behind the connection on file descriptor FD (for example "
+             "a server's accepted socket handed to a helper): principal, local user, uid, "
+             "groups, SIDs from the PAC, origin host, hop chain. Prints JSON.")
+    p.add_argument("--fd", type=int, required=True, metavar="FD",
+                   help="the connection's file descriptor, inherited by this process")
+    p.set_defaults(run=cmd_peer)
 
     d = verb("demo", "build a throwaway domain and show NIPC at work (root)",
              "Build the sandbox domain (Samba AD DC, hosts a, b, c as network namespaces), "

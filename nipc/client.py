@@ -6,8 +6,12 @@ the default path) and turns ``ERR <ERRNO> msg`` into ``OSError(errno, msg)``.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import socket
+import struct
+from typing import Any
 
 from nipc.config import DEFAULT_SOCKET
 from nipc.request import MAX_LINE, parse_reply
@@ -27,8 +31,38 @@ def _read_reply(sock: socket.socket) -> bytes:
         end = peek.find(b"\n")
         line += sock.recv(end + 1 if end >= 0 else len(peek))
         if len(line) > MAX_LINE:
-            raise OSError(71, "NIPC daemon sent an overlong reply")  # EPROTO
+            raise OSError(errno.EPROTO, "NIPC daemon sent an overlong reply")
     return line[:-1]
+
+
+def peer_identity(conn: socket.socket, *, daemon: str | None = None,
+                  timeout: float | None = 30) -> dict[str, Any]:
+    """Who is behind ``conn``, a connection a server accepted: the daemon's ``PEER`` answer.
+
+    The descriptor travels to the daemon as ``SCM_RIGHTS``; holding it is the proof that
+    may ask. Raises ``OSError`` (``ENOENT`` for a connection the daemon did not make).
+    """
+    path = daemon or daemon_socket()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot reach the NIPC daemon at {path}: {e.strerror}") from None
+        sock.settimeout(timeout)
+        rights = struct.pack("i", conn.fileno())
+        sock.sendmsg([b"PEER\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        line = _read_reply(sock)
+    verdict, _, body = line.partition(b" ")
+    if verdict == b"OK":
+        try:
+            info = json.loads(body)
+        except ValueError:
+            info = None
+        if isinstance(info, dict):
+            return info
+        raise OSError(errno.EPROTO, "NIPC daemon sent a malformed PEER answer")
+    error = parse_reply(line)
+    raise (error.to_oserror() if error else OSError(errno.EPROTO, "unexpected PEER answer"))
 
 
 def connect(target: str, *, daemon: str | None = None, timeout: float | None = None) -> socket.socket:

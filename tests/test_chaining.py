@@ -228,3 +228,43 @@ def test_delegation_is_dropped_when_the_connection_closes(lan: dict[str, Host],
         assert result["reply"].startswith("ERR ENOKEY "), result
     finally:
         keeper.close()
+
+
+def test_peer_identity_library_call_and_cli(lan: dict[str, Host], sandbox: Sandbox) -> None:
+    """``nipc.peer_identity(conn)`` and ``nipc peer --fd N`` give a server the same
+    answer as the raw PEER request: alice, from a, with her SID."""
+    import subprocess
+
+    import nipc
+
+    a, c = lan["a"], lan["c"]
+    answers: dict[str, dict[str, object]] = {}
+
+    def both(conn: socket.socket) -> None:
+        answers["library"] = nipc.peer_identity(conn, daemon=str(c.socket_path))
+        cli = subprocess.run([sys.executable, "-m", "nipc.cli", "peer", "--fd", str(conn.fileno()),
+                              "--daemon", str(c.socket_path)],
+                             pass_fds=[conn.fileno()], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        answers["cli"] = json.loads(cli.stdout)
+        conn.sendall(b"done\n")
+
+    server = UnixServer(str(c.run_dir / "ask.sock"), behaviour="call", call=both)
+    try:
+        out = run_client("alice", str(a.socket_path), "raw-all",
+                         f"CONNECT {server.path}@{c.fqdn}\\n")
+        assert out["reply"] == "OK\ndone\n", (out, [s.error for s in server.seen])
+    finally:
+        server.close()
+    for answer in answers.values():
+        assert answer["principal"] == "alice@LAN.TEST" and answer["hops"] == ["a.lan.test"]
+        assert answer["uid"] == sandbox.users["alice"].uid
+        assert str(answer["user_sid"]).startswith("S-1-5-21-")
+    with socket.socket(socket.AF_UNIX) as plain, socket.socket(socket.AF_UNIX) as other:
+        plain.bind(str(c.run_dir / "plain-peer.sock"))
+        plain.listen()
+        other.connect(str(c.run_dir / "plain-peer.sock"))
+        conn, _ = plain.accept()
+        with conn, pytest.raises(FileNotFoundError):
+            nipc.peer_identity(conn, daemon=str(c.socket_path))
+        (c.run_dir / "plain-peer.sock").unlink()
