@@ -851,8 +851,10 @@ class Sandbox:
             "winbindd socket directory": dc / "winbindd",
             "ntp signd socket directory": dc / "ntp_signd",
             "log file": dc / "log" / "samba.log",
-            # Only the KDC: samba-tool edits the database directly, nothing else is used.
-            "server services": "kdc",
+            # The KDC, plus the internal DNS server (and the RPC service through which
+            # `samba-tool dns add` edits it) for peer discovery by DNS. samba-tool edits
+            # the rest of the database directly.
+            "server services": "kdc, dns, rpc",
             "dns forwarder": "",
         }
         _run(
