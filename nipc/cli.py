@@ -356,6 +356,106 @@ def cmd_peer(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- status -------------------------------------------------------------------------------
+
+
+def admin_socket() -> str:
+    """The daemon's admin socket: $NIPC_ADMIN_SOCKET, else ``admin.sock`` next to the gate
+    socket (the daemon's default)."""
+    return os.environ.get("NIPC_ADMIN_SOCKET") or os.path.join(
+        os.path.dirname(daemon_socket()), "admin.sock")
+
+
+def ask_status(path: str, timeout: float) -> dict[str, object]:
+    """Send ``STATUS`` to the admin socket; the answer, or a command error."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            try:
+                sock.sendall(b"STATUS\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused at once: the reason is in what the daemon wrote first
+            data = b""
+            while not data.endswith(b"\n") and (chunk := sock.recv(1 << 16)):
+                data += chunk
+        except OSError as e:
+            name = errno.errorcode.get(e.errno or 0, "ETIMEDOUT")
+            hint = (" (root or the daemon's [admin] group only)" if name == "EACCES" else
+                    " (is nipcd running, with its admin socket on?)" if name in ("ENOENT", "ECONNREFUSED")
+                    else "")
+            raise CommandError(name, f"admin socket {path}: {e.strerror or e}{hint}") from None
+    if not data:
+        raise CommandError("ECONNRESET", f"admin socket {path}: closed without an answer")
+    verdict, _, body = data.decode("utf-8", "replace").rstrip("\n").partition(" ")
+    if verdict == "OK":
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict):
+            return answer
+    if verdict == "ERR":
+        name, _, message = body.partition(" ")
+        raise CommandError(name, message)
+    raise CommandError("EPROTO", f"unexpected answer from {path}: {data[:200]!r}")
+
+
+def _size(n: object) -> str:
+    value = float(n) if isinstance(n, (int, float)) else 0.0
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _age(seconds: object) -> str:
+    s = int(seconds) if isinstance(seconds, (int, float)) else 0
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def status_table(status: dict[str, object]) -> str:
+    """The ``STATUS`` answer as a table an operator reads."""
+    conns = status.get("connections")
+    rows = [c for c in conns if isinstance(c, dict)] if isinstance(conns, list) else []
+    lines = [f"nipcd {status.get('host')} (pid {status.get('pid')}, up {_age(status.get('uptime'))}): "
+             f"{len(rows)} connection(s), {status.get('local_clients', 0)} local client(s), "
+             f"{status.get('pending_peer_handshakes', 0)} peer handshake(s) pending"]
+    if not rows:
+        return lines[0]
+    table = [("CONN", "DIR", "USER", "PRINCIPAL", "FROM", "TARGET", "IN", "OUT", "AGE")]
+    for c in rows:
+        user = f"{c.get('user') or '?'}({c.get('uid')})"
+        hops = c.get("hops")
+        origin = ">".join(map(str, hops)) if isinstance(hops, list) and hops else f"pid {c.get('pid')}"
+        table.append((str(c.get("conn_id")), str(c.get("direction")), user,
+                      str(c.get("principal") or "-"), origin, str(c.get("target")),
+                      _size(c.get("bytes_in")), _size(c.get("bytes_out")), _age(c.get("age"))))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        cells = [cell.rjust(w) if i in (6, 7, 8) else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    lines.append("IN: bytes from the caller towards the target; OUT: back to the caller.")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = ask_status(args.admin or admin_socket(), args.timeout)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(status_table(status))
+    return 0
+
+
 # -- the demo -----------------------------------------------------------------------------
 
 
@@ -402,9 +502,10 @@ def parser() -> argparse.ArgumentParser:
 
     def verb(name: str, help: str, description: str) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help, description=description)
-        if name != "demo":
+        if name not in ("demo", "status"):
             sub.add_argument("--daemon", metavar="SOCKET",
                              help="the daemon's socket (default: $NIPC_SOCKET or /run/nipc/nipc.sock)")
+        if name != "demo":
             sub.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
                              help="how long the daemon may take to answer (default: 30)")
         return sub
@@ -441,6 +542,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fd", type=int, required=True, metavar="FD",
                    help="the connection's file descriptor, inherited by this process")
     p.set_defaults(run=cmd_peer)
+
+    s = verb("status", "list the daemon's live connections (root or the [admin] group)",
+             "Ask the daemon, through its admin socket, for every connection it is routing: "
+             "conn id, direction (outgoing to a peer, local to this host, incoming from a "
+             "peer), caller's user and uid (the projected one for incoming), principal when "
+             "known, where it came from (caller pid, or the hosts it passed), target, bytes "
+             "each way and age. Only root and members of the daemon's [admin] group may ask.")
+    s.add_argument("--admin", metavar="SOCKET",
+                   help="the daemon's admin socket (default: $NIPC_ADMIN_SOCKET, else "
+                        "admin.sock next to the daemon's socket, i.e. /run/nipc/admin.sock)")
+    s.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    s.set_defaults(run=cmd_status)
 
     d = verb("demo", "build a throwaway domain and show NIPC at work (root)",
              "Build the sandbox domain (Samba AD DC, hosts a, b, c as network namespaces), "

@@ -8,6 +8,7 @@ its Kerberos identity; unknown keys are an error, so a typo never silently means
 from __future__ import annotations
 
 import grp
+import ipaddress
 import math
 import pwd
 import tomllib
@@ -87,11 +88,24 @@ class Config:
     handshake_burst: int = 400
     max_pending_peers: int = 256
     max_pending_per_source: int = 32
+    #: [admin] socket: relative means next to the gate socket; "" turns it off.
+    admin_socket: str = "admin.sock"
+    admin_group: int | None = None
+    #: [metrics] listen: where the Prometheus endpoint is served; None (default) is off.
+    metrics_listen: PeerAddress | None = None
+    #: [dns] servers as (IPv4 address, port); empty: /etc/hosts and /etc/resolv.conf.
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    dns_timeout: float = 5.0
 
     @property
     def service_name(self) -> str:
         """The GSS host-based service name peers use to reach this daemon."""
         return f"nipc@{self.host_name}"
+
+    @property
+    def admin_socket_path(self) -> Path | None:
+        """The admin socket (``nipc status``), or None when it is turned off."""
+        return self.socket_path.parent / self.admin_socket if self.admin_socket else None
 
     def realms(self) -> tuple[str, ...]:
         """Realms whose principals this daemon accepts (its own unless configured)."""
@@ -226,6 +240,58 @@ def _imports(entries: Any) -> tuple[Import, ...]:
     return tuple(result)
 
 
+METRICS_PORT = 9745
+
+
+def _admin_and_metrics(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """[admin] socket/group and [metrics] listen, as Config keyword arguments."""
+    admin = _section(doc, "admin", {"socket", "group"})
+    metrics = _section(doc, "metrics", {"listen"})
+    kw: dict[str, Any] = {"admin_socket": _opt(admin, "admin", "socket", str, "admin.sock")}
+    if "\0" in kw["admin_socket"]:
+        raise ConfigError("admin.socket: a path cannot hold NUL")
+    if "group" in admin:
+        group = _typed(admin, "admin", "group", (str, int))
+        try:
+            kw["admin_group"] = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+            if kw["admin_group"] < 0:
+                raise KeyError(group)
+        except KeyError:
+            raise ConfigError(f"admin.group: no such group {group!r}") from None
+    if "listen" in metrics:
+        text = _typed(metrics, "metrics", "listen", str)
+        if not text.startswith("[") and text.count(":") > 1:
+            text = f"[{text}]"  # a bare IPv6 address
+        if text.endswith("]") or ":" not in text:
+            text += f":{METRICS_PORT}"
+        kw["metrics_listen"] = parse_peer_address(text, "metrics.listen")
+    return kw
+
+
+def _dns(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """[dns] servers ("address" or "address:port", IPv4) and timeout, as Config arguments."""
+    sect = _section(doc, "dns", {"servers", "timeout"})
+    kw: dict[str, Any] = {}
+    servers = _opt(sect, "dns", "servers", list, [])
+    parsed = []
+    for text in servers:
+        if not isinstance(text, str):
+            raise ConfigError("dns.servers: expected a list of \"address\" or \"address:port\"")
+        address = parse_peer_address(text if ":" in text else f"{text}:53", "dns.servers")
+        try:
+            ipaddress.IPv4Address(address.host)
+        except ValueError:
+            raise ConfigError(f"dns.servers: not an IPv4 address: {text!r}") from None
+        parsed.append((address.host, address.port))
+    kw["dns_servers"] = tuple(parsed)
+    if "timeout" in sect:
+        timeout = _typed(sect, "dns", "timeout", (int, float))
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ConfigError("dns.timeout must be positive")
+        kw["dns_timeout"] = timeout
+    return kw
+
+
 def load(path: str | Path) -> Config:
     """Read and check a configuration file."""
     try:
@@ -242,7 +308,7 @@ def load(path: str | Path) -> Config:
 
 def from_mapping(doc: Mapping[str, Any]) -> Config:
     unknown = set(doc) - {"host", "kerberos", "local", "peer", "peers", "timeouts", "limits", "log",
-                          "imports"}
+                          "imports", "admin", "metrics", "dns"}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     host = _section(doc, "host", {"name", "realm"})
@@ -336,6 +402,8 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         peers=peer_table,
         log_file=Path(log_file) if log_file is not None else None,
         imports=_imports(doc.get("imports", [])),
+        **_admin_and_metrics(doc),
+        **_dns(doc),
         **{_LIMITS[key]: value for key, value in limits.items()},
         **kw,
     )

@@ -20,6 +20,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nipc.admin import Connections
 from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
@@ -47,12 +48,13 @@ class LocalGate(UnixEnd):
     """One client connection: request line, routing, reply, then one end of a splice."""
 
     def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
-                 limits: Limits) -> None:
+                 limits: Limits, live: Connections) -> None:
         self._reactor = reactor
         self._config = config
         self._router = router
         self._registry = registry
         self._limits = limits
+        self._live = live
         self._admitted = False
         #: A descriptor sent with the request: the connection ``PEER`` asks about, or the
         #: inbound connection a ``CONNECT`` chains from.
@@ -63,8 +65,8 @@ class LocalGate(UnixEnd):
         self._early_eof = False
         self._routing: Deferred[End] | None = None
         self._timer: Any = None
-        self._started = time.monotonic()
-        self._facts: dict[str, Any] = {"conn_id": self.conn_id}
+        self._started = self._requested = time.monotonic()
+        self._facts: dict[str, Any] = {"conn_id": self.conn_id, "direction": "outgoing"}
         self.caller: Caller | None = None
 
     def connectionMade(self) -> None:
@@ -148,8 +150,9 @@ class LocalGate(UnixEnd):
         assert self.caller is not None
         self.state = State.ROUTING
         self._stop_timer()
-        self._facts.update(target=request.target)
-        log.debug("{conn_id}: uid {uid} asks for {target}", **self._facts)
+        self._requested = time.monotonic()
+        self._facts.update(target=request.target,
+                           direction="local" if self._router.is_local(request.host) else "outgoing")
         try:
             self._limits.handshake(self.caller.uid)
             explicit = self._take_attached(NipcError(
@@ -184,13 +187,15 @@ class LocalGate(UnixEnd):
             end.abort()
             return
         self.state = State.SPLICED
+        self._facts["handshake"] = round(time.monotonic() - self._requested, 6)
         self._announce()
 
         def ended(splice: Splice) -> None:
             self._registry.remove(self.conn_id)
+            self._live.remove(self.conn_id)
             audit(log, "routed", self._facts, self._started, splice, self, end)
 
-        Splice(self, end, ended)
+        self._live.add(self._facts, Splice(self, end, ended), self, end)
 
     def start(self) -> None:
         """Deliver what the client sent ahead of ``OK``, then read again."""
@@ -279,8 +284,8 @@ class ImportGate(LocalGate):
     """
 
     def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
-                 limits: Limits, request: ConnectRequest) -> None:
-        super().__init__(reactor, config, router, registry, limits)
+                 limits: Limits, live: Connections, request: ConnectRequest) -> None:
+        super().__init__(reactor, config, router, registry, limits, live)
         self._request = request
 
     def connectionMade(self) -> None:
@@ -299,16 +304,18 @@ class LocalGateFactory(Factory):
     """Builds the daemon's request-line gate, or an import's gate for a fixed target."""
 
     def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
-                 limits: Limits, target: ConnectRequest | None = None) -> None:
+                 limits: Limits, live: Connections, target: ConnectRequest | None = None) -> None:
         self._reactor = reactor
         self._config = config
         self._router = router
         self._registry = registry
         self._limits = limits
+        self._live = live
         self._target = target
 
     def buildProtocol(self, addr: Any) -> LocalGate:
         if self._target is not None:
             return ImportGate(self._reactor, self._config, self._router, self._registry,
-                              self._limits, self._target)
-        return LocalGate(self._reactor, self._config, self._router, self._registry, self._limits)
+                              self._limits, self._live, self._target)
+        return LocalGate(self._reactor, self._config, self._router, self._registry, self._limits,
+                         self._live)

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nipc import wire
+from nipc.admin import Connections
 from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
@@ -36,11 +37,13 @@ log = Logger()
 class Inbound:
     """Handles the HELLO of every peer link this daemon accepts."""
 
-    def __init__(self, reactor: Any, config: Config, acceptor: Acceptor, registry: Registry) -> None:
+    def __init__(self, reactor: Any, config: Config, acceptor: Acceptor, registry: Registry,
+                 live: Connections) -> None:
         self._reactor = reactor
         self._config = config
         self._acceptor = acceptor
         self._registry = registry
+        self._live = live
 
     def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
         """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
@@ -76,6 +79,7 @@ class Inbound:
         facts: dict[str, Any] = {
             "conn_id": conn_id, "origin_conn_id": hello.conn_id, "target": hello.path,
             "hops": list(hello.hops), "peer": str(link.transport.getPeer()),  # type: ignore[union-attr]
+            "direction": "incoming",
         }
         state: dict[str, Any] = {}
 
@@ -104,9 +108,11 @@ class Inbound:
 
             def ended(splice: Splice) -> None:
                 self._registry.remove(conn_id)
+                self._live.remove(conn_id)
                 audit(log, "routed", facts, started, splice, link, end)
 
-            Splice(link, end, ended)
+            facts["handshake"] = round(time.monotonic() - started, 6)
+            self._live.add(facts, Splice(link, end, ended), link, end)
             token = acc.token
             link.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 

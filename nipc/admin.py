@@ -1,0 +1,218 @@
+"""The operators' view of the daemon: the table of live connections and the admin socket.
+
+The admin socket is separate from the gate, so the public local protocol (SPEC section 2)
+stays exactly as it is. It speaks one request line, ``STATUS``, answered by one line:
+``OK <json>`` or ``ERR <ERRNO-NAME> <message>``. Who may ask is decided twice: by the
+socket file's owner, group and mode, and by the kernel's word for the caller
+(``SO_PEERCRED``, ``SO_PEERGROUPS``): root, the daemon's own uid, or a member of
+``[admin] group``. A mode widened by hand, or an ACL, still shows nobody else who is
+connected to what.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from nipc.errors import NipcError
+from nipc.identity import Caller, caller_of
+from nipc.request import error_reply
+from nipc.splice import End, Splice
+
+log = Logger()
+
+#: The three kinds of routed connection: a local caller's to another host, a local
+#: caller's to this host (no Kerberos), and a peer's caller's to a socket on this host.
+DIRECTIONS = ("outgoing", "local", "incoming")
+#: The longest admin request line we read ("STATUS" and room to spare).
+MAX_ADMIN_LINE = 64
+
+
+@dataclass
+class Live:
+    """One spliced connection: its audit facts and the splice that counts its bytes."""
+
+    facts: dict[str, Any]
+    splice: Splice
+    #: The end the caller's bytes arrive on, and the end the target's arrive on.
+    caller_end: End
+    target_end: End
+    opened: float = field(default_factory=time.monotonic)
+    since: float = field(default_factory=time.time)
+
+    @property
+    def conn_id(self) -> str:
+        return str(self.facts["conn_id"])
+
+    @property
+    def direction(self) -> str:
+        return str(self.facts.get("direction", "outgoing"))
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes from the caller towards the target so far."""
+        return self.splice.received[id(self.caller_end)]
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes from the target back to the caller so far."""
+        return self.splice.received[id(self.target_end)]
+
+    def describe(self, now: float) -> dict[str, Any]:
+        facts = self.facts
+        info: dict[str, Any] = {
+            "conn_id": self.conn_id,
+            "direction": self.direction,
+            "uid": facts.get("uid"),
+            "user": facts.get("user"),
+            "pid": facts.get("pid"),
+            "principal": facts.get("principal"),
+            "target": facts.get("target"),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "age": round(now - self.opened, 3),
+            "since": round(self.since, 3),
+            "handshake": facts.get("handshake"),
+        }
+        for key in ("peer", "hops", "origin_conn_id", "chained_from"):
+            if key in facts:
+                info[key] = facts[key]
+        return info
+
+
+class Connections:
+    """The daemon's live routed connections, in the order they were made.
+
+    The local gate and the receiving side add a connection when they splice it and
+    remove it when the splice ends; whoever wants to know when one opens (the metrics)
+    subscribes to ``listeners``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._live: dict[str, Live] = {}
+        self.listeners: list[Callable[[Live], None]] = []
+
+    def add(self, facts: dict[str, Any], splice: Splice, caller_end: End, target_end: End) -> None:
+        live = Live(facts, splice, caller_end, target_end, opened=self._clock())
+        self._live[live.conn_id] = live
+        for listener in self.listeners:
+            try:
+                listener(live)
+            except Exception:  # a broken observer must not break a connection
+                log.failure("connection listener failed")
+
+    def remove(self, conn_id: str) -> None:
+        self._live.pop(conn_id, None)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __iter__(self) -> Iterator[Live]:
+        return iter(list(self._live.values()))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every live connection as plain data, user names filled in from NSS."""
+        now = self._clock()
+        names: dict[int, str | None] = {}
+        result = []
+        for live in self:
+            info = live.describe(now)
+            uid = info["uid"]
+            if info["user"] is None and isinstance(uid, int):
+                if uid not in names:
+                    try:
+                        names[uid] = pwd.getpwuid(uid).pw_name
+                    except KeyError:
+                        names[uid] = None
+                info["user"] = names[uid]
+            result.append(info)
+        return result
+
+
+def may_administer(caller: Caller, group: int | None) -> bool:
+    """Root, the daemon's own uid, or a member of the admin group (primary or not)."""
+    if caller.uid in (0, os.geteuid()):
+        return True
+    return group is not None and (caller.gid == group or group in caller.groups)
+
+
+class AdminProtocol(Protocol):
+    """One admin connection: authorisation at accept, one request, one answer line."""
+
+    def __init__(self, reactor: Any, group: int | None, status: Callable[[], dict[str, Any]],
+                 timeout: float) -> None:
+        self._reactor = reactor
+        self._group = group
+        self._status = status
+        self._timeout = timeout
+        self._buffer = b""
+        self._timer: Any = None
+        self._done = False
+
+    def connectionMade(self) -> None:
+        caller = caller_of(self.transport.getHandle())  # type: ignore[union-attr]
+        if not may_administer(caller, self._group):
+            log.info("admin socket: uid {uid} (pid {pid}) is not an administrator; refused",
+                     uid=caller.uid, pid=caller.pid)
+            self._answer(error_reply(NipcError(
+                "EACCES", "only root or a member of the daemon's [admin] group may ask")))
+            return
+        self._timer = self._reactor.callLater(self._timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._answer(error_reply(NipcError("ETIMEDOUT", "no complete request line in time")))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self._buffer += data
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) > MAX_ADMIN_LINE:
+                self._answer(error_reply(NipcError("EINVAL", "admin request line too long")))
+            return
+        request = self._buffer[:end].rstrip(b"\r")
+        if request == b"STATUS":
+            answer = json.dumps(self._status(), separators=(",", ":"), sort_keys=True)
+            self._answer(f"OK {answer}\n".encode("utf-8"))
+        else:
+            self._answer(error_reply(NipcError("EINVAL", "unknown admin request (expected STATUS)")))
+
+    def _answer(self, line: bytes) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.transport.write(line)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class AdminFactory(Factory):
+    noisy = False
+
+    def __init__(self, reactor: Any, group: int | None, status: Callable[[], dict[str, Any]],
+                 timeout: float) -> None:
+        self._reactor = reactor
+        self._group = group
+        self._status = status
+        self._timeout = timeout
+
+    def buildProtocol(self, addr: Any) -> AdminProtocol:
+        return AdminProtocol(self._reactor, self._group, self._status, self._timeout)

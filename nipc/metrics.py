@@ -1,0 +1,156 @@
+"""Counters and latencies for monitoring: a Prometheus text endpoint (``[metrics] listen``).
+
+Fed from the places that already see every connection, not from counters sprinkled
+through the code: the audit line (:func:`nipc.audit.audit`: refusals with their errno,
+bytes of finished connections, violations) and the live table (:class:`Connections`: a
+connection was routed, and how long its handshake took). Gauges and the byte totals of
+open connections are read from the daemon's own state at scrape time. Labels carry no
+user, path or host, so the endpoint reveals nothing about who connects where.
+
+Served by ``twisted.web`` on the reactor thread: a scrape reads the same state the reactor
+changes, without locks and without taking a thread from the pool that Kerberos and the
+impersonated connects need.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from nipc.admin import DIRECTIONS, Connections, Live
+from nipc.limits import Limits
+
+#: Handshake latency buckets (seconds): local connects take well under a millisecond, a
+#: Kerberos handshake with a peer a few to a few hundred, a slow KDC seconds.
+HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                     1.0, 2.5, 5.0, 10.0, 20.0)
+
+
+class Metrics:
+    """The daemon's metrics in their own registry (embedding never mixes two daemons')."""
+
+    def __init__(self, live: Connections, limits: Limits) -> None:
+        self.live = live
+        self.limits = limits
+        self.registry = CollectorRegistry()
+        self.routed = Counter(
+            "nipc_routed_connections", "Connections routed (OK sent), by direction: outgoing "
+            "(to a peer), local (to this host), incoming (from a peer)", ["direction"],
+            registry=self.registry)
+        self.refused = Counter(
+            "nipc_refused_connections", "Connections refused, by direction and errno name",
+            ["direction", "errno"], registry=self.registry)
+        self.violations = Counter(
+            "nipc_violations", "Routed connections torn down for a protocol violation (fd passing)",
+            ["direction"], registry=self.registry)
+        self.handshake = Histogram(
+            "nipc_handshake_seconds", "Time from the request (local CONNECT, or a peer's HELLO) "
+            "to OK", ["direction"], buckets=HANDSHAKE_BUCKETS, registry=self.registry)
+        for direction in DIRECTIONS:
+            self.routed.labels(direction)
+            self.violations.labels(direction)
+            self.handshake.labels(direction)
+        #: Bytes of connections that have ended, by (direction, way); open ones are added
+        #: at scrape time from their splices.
+        self._ended_bytes = {(d, w): 0 for d in DIRECTIONS for w in ("in", "out")}
+        self.registry.register(_Now(self))
+        ProcessCollector(registry=self.registry)
+        live.listeners.append(self.opened)
+
+    def opened(self, live: Live) -> None:
+        """A connection was spliced (the live table's listener)."""
+        direction = live.direction
+        self.routed.labels(direction).inc()
+        handshake = live.facts.get("handshake")
+        if isinstance(handshake, (int, float)):
+            self.handshake.labels(direction).observe(handshake)
+
+    def audited(self, fields: dict[str, Any]) -> None:
+        """One audit line's facts (the audit observer)."""
+        direction = str(fields.get("direction", "outgoing"))
+        if fields.get("result") == "refused":
+            self.refused.labels(direction, str(fields.get("errno", "EPROTO"))).inc()
+            return
+        for way in ("in", "out"):
+            key = (direction, way)
+            self._ended_bytes[key] = self._ended_bytes.get(key, 0) + int(fields.get(f"bytes_{way}", 0))
+        if fields.get("violation"):
+            self.violations.labels(direction).inc()
+
+    def byte_totals(self) -> dict[tuple[str, str], int]:
+        totals = dict(self._ended_bytes)
+        for live in self.live:
+            totals[(live.direction, "in")] = totals.get((live.direction, "in"), 0) + live.bytes_in
+            totals[(live.direction, "out")] = totals.get((live.direction, "out"), 0) + live.bytes_out
+        return totals
+
+    def text(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class _Now:
+    """What is read from the daemon's state when scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        open_now = GaugeMetricFamily("nipc_open_connections", "Routed connections open now",
+                                     labels=["direction"])
+        counts = {d: 0 for d in DIRECTIONS}
+        for live in m.live:
+            counts[live.direction] = counts.get(live.direction, 0) + 1
+        for direction, n in sorted(counts.items()):
+            open_now.add_metric([direction], n)
+        yield open_now
+        moved = CounterMetricFamily(
+            "nipc_bytes", "Bytes spliced; way=in: from the caller towards the target, "
+            "way=out: back to the caller (open connections included)", labels=["direction", "way"])
+        for (direction, way), n in sorted(m.byte_totals().items()):
+            moved.add_metric([direction, way], n)
+        yield moved
+        yield GaugeMetricFamily("nipc_pending_peer_handshakes",
+                                "Peer links accepted and still in their handshake",
+                                value=m.limits.pending_peers)
+        yield GaugeMetricFamily("nipc_local_clients",
+                                "Local client connections held (waiting, routing or spliced)",
+                                value=m.limits.active)
+
+
+class MetricsPage(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self._metrics.text()
+
+
+class _QuietSite(Site):
+    """No access-log line per scrape."""
+
+    noisy = False
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)  # type: ignore[no-untyped-call]
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+def metrics_site(metrics: Metrics) -> Site:
+    """``/metrics`` (the path Prometheus asks by default); anything else is 404."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsPage(metrics))
+    return _QuietSite(root)

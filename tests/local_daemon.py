@@ -1,0 +1,105 @@
+"""A real nipcd on this host only (twistd, no peers, no Kerberos): local connects
+(``PATH@localhost``) are made as the caller, so the admin socket and the metrics endpoint
+can be tested against a daemon doing real work, in a second or so."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LocalDaemon:
+    """nipcd in ``root`` (a directory), with ``extra`` TOML appended to its config."""
+
+    def __init__(self, root: Path, extra: str = "") -> None:
+        self.root = root
+        root.chmod(0o755)
+        self.socket = root / "nipc.sock"
+        self.admin = root / "admin.sock"
+        self.metrics_port = free_port()
+        self.config = root / "nipcd.toml"
+        self.config.write_text(f"""
+[host]
+name = "solo.test"
+realm = "SOLO.TEST"
+[kerberos]
+keytab = "{root / 'none.keytab'}"
+principal = "nipc/solo.test"
+[local]
+socket = "{self.socket}"
+[peer]
+listen = "127.0.0.1"
+port = {free_port()}
+[metrics]
+listen = "127.0.0.1:{self.metrics_port}"
+{extra}
+""")
+        twistd = str(Path(sys.executable).parent / "twistd")
+        self.out = open(root / "nipcd.out", "wb")
+        self.proc = subprocess.Popen([twistd, "-n", "--pidfile=", "nipc", "--config", str(self.config)],
+                                     stdout=self.out, stderr=subprocess.STDOUT, cwd="/")
+        deadline = time.monotonic() + 20
+        while not self._accepts():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("nipcd did not start:\n" + (root / "nipcd.out").read_text()[-3000:])
+            time.sleep(0.05)
+
+    def _accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(self.socket))
+            except OSError:
+                return False
+        return self.admin.exists()
+
+    def scrape(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text: str = answer.read().decode()
+            return text
+
+    def log(self) -> str:
+        return (self.root / "nipcd.out").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus text exposition (None if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, value = line.rsplit(" ", 1)
+        sample, _, rest = key.partition("{")
+        if sample != name:
+            continue
+        got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if got == want:
+            return float(value)
+    return None
+
+
+def environ_for_cli() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
