@@ -151,7 +151,10 @@ class UnixEnd(Protocol):
 
 
 class Adopted(Factory):
-    """Hands an already-built protocol to ``adoptStreamConnection``."""
+    """Hands one already-built protocol to ``adoptStreamConnection`` or an endpoint,
+    quietly (a factory per connection must not log a start and a stop line each)."""
+
+    noisy = False
 
     def __init__(self, protocol: Protocol) -> None:
         self.protocol_instance = protocol

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 from twisted.application.service import IServiceMaker
-from twisted.logger import globalLogPublisher, jsonFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+    jsonFileLogObserver,
+)
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
@@ -37,7 +43,11 @@ class ServiceMaker:
         except configuration.ConfigError as e:
             raise SystemExit(f"nipc: {e}") from None
         if cfg.log_file is not None:
-            globalLogPublisher.addObserver(jsonFileLogObserver(open(cfg.log_file, "a")))
+            # Info and up: the audit lines and what an operator acts on, not debug chatter.
+            globalLogPublisher.addObserver(FilteringLogObserver(
+                jsonFileLogObserver(open(cfg.log_file, "a")),
+                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
+            ))
         return NipcService(cfg)
 
 

@@ -196,3 +196,39 @@ def test_forged_handshakes_are_refused(lan: dict[str, Host], dns_server: UnixSer
     assert results == ["EKEYREJECTED"], proc.stdout
     # Only the replay's first, legitimate use of the ticket may reach the server.
     assert len(dns_server.seen) - before == (1 if attack == "replay" else 0)
+
+
+def test_connects_do_not_grow_the_sending_daemon(lan: dict[str, Host]) -> None:
+    """Regression: every remote CONNECT used to build a TLS context of its own, ~35 KB
+    the sending daemon never gave back. 300 handshakes (answered ENOENT by b, after
+    validating the ticket) must leave a's memory about where it was."""
+    import threading
+
+    import nipc
+    from nipc.identity import identity_of_user
+    from nipc.impersonate import become
+
+    a = lan["a"]
+    pid = a.daemon_pid()
+    assert pid
+
+    def rss() -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+
+    def connects(n: int) -> None:
+        def job() -> None:
+            become(identity_of_user("alice"), permanent=False)
+            for _ in range(n):
+                with pytest.raises(FileNotFoundError):
+                    nipc.connect(f"/nonexistent@{lan['b'].fqdn}", daemon=str(a.socket_path), timeout=30)
+
+        t = threading.Thread(target=job)
+        t.start()
+        t.join(300)
+
+    connects(50)  # warm: tickets cached, pools and caches filled
+    before = rss()
+    connects(300)
+    growth = rss() - before
+    assert growth < 3 * 1024, f"a's RSS grew {growth} KiB over 300 connects"
