@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -44,17 +45,28 @@ class State(Enum):
     DONE = "done"
 
 
+@dataclass(frozen=True)
+class GateServices:
+    """What every local gate of one daemon shares."""
+
+    reactor: Any
+    config: Config
+    router: Router
+    registry: Registry
+    limits: Limits
+    live: Connections
+
+
 class LocalGate(UnixEnd):
     """One client connection: request line, routing, reply, then one end of a splice."""
 
-    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
-                 limits: Limits, live: Connections) -> None:
-        self._reactor = reactor
-        self._config = config
-        self._router = router
-        self._registry = registry
-        self._limits = limits
-        self._live = live
+    def __init__(self, services: GateServices) -> None:
+        self._reactor = services.reactor
+        self._config = services.config
+        self._router = services.router
+        self._registry = services.registry
+        self._limits = services.limits
+        self._live = services.live
         self._admitted = False
         #: A descriptor sent with the request: the connection ``PEER`` asks about, or the
         #: inbound connection a ``CONNECT`` chains from.
@@ -283,9 +295,8 @@ class ImportGate(LocalGate):
     nearest a plain socket has to an error; the audit line says why.
     """
 
-    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
-                 limits: Limits, live: Connections, request: ConnectRequest) -> None:
-        super().__init__(reactor, config, router, registry, limits, live)
+    def __init__(self, services: GateServices, request: ConnectRequest) -> None:
+        super().__init__(services)
         self._request = request
 
     def connectionMade(self) -> None:
@@ -303,19 +314,11 @@ class ImportGate(LocalGate):
 class LocalGateFactory(Factory):
     """Builds the daemon's request-line gate, or an import's gate for a fixed target."""
 
-    def __init__(self, reactor: Any, config: Config, router: Router, registry: Registry,
-                 limits: Limits, live: Connections, target: ConnectRequest | None = None) -> None:
-        self._reactor = reactor
-        self._config = config
-        self._router = router
-        self._registry = registry
-        self._limits = limits
-        self._live = live
+    def __init__(self, services: GateServices, target: ConnectRequest | None = None) -> None:
+        self._services = services
         self._target = target
 
     def buildProtocol(self, addr: Any) -> LocalGate:
         if self._target is not None:
-            return ImportGate(self._reactor, self._config, self._router, self._registry,
-                              self._limits, self._live, self._target)
-        return LocalGate(self._reactor, self._config, self._router, self._registry, self._limits,
-                         self._live)
+            return ImportGate(self._services, self._target)
+        return LocalGate(self._services)

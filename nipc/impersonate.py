@@ -68,6 +68,32 @@ def become(identity: LocalIdentity, *, permanent: bool) -> None:
         raise OSError(errno.EPERM, "identity switch did not take effect")
 
 
+def switch_to(identity: LocalIdentity, *, permanent: bool = False) -> None:
+    """:func:`become`, its failure a refusal (``EPERM``) for the caller."""
+    try:
+        become(identity, permanent=permanent)
+    except OSError as e:
+        raise NipcError("EPERM", f"cannot switch to {identity.describe()}: {e.strerror}") from None
+
+
+def on_fresh_thread(reactor: IReactorFromThreads, job: Callable[[], T], name: str) -> "Deferred[T]":
+    """Run ``job`` on a new thread that ends with it: a job may change the thread's
+    identity, which must never outlive it (a pool thread would keep it)."""
+    done: Deferred[T] = Deferred()
+
+    def main() -> None:
+        try:
+            result = job()
+        except BaseException:
+            failure = Failure()
+            reactor.callFromThread(done.errback, failure)
+        else:
+            reactor.callFromThread(done.callback, result)
+
+    threading.Thread(target=main, name=name, daemon=True).start()
+    return done
+
+
 def run_as(
     reactor: IReactorFromThreads,
     identity: LocalIdentity,
@@ -76,25 +102,12 @@ def run_as(
     permanent: bool = False,
 ) -> "Deferred[T]":
     """Run ``job`` on a fresh thread that has become ``identity``; the thread then ends."""
-    done: Deferred[T] = Deferred()
 
-    def main() -> None:
-        try:
-            try:
-                become(identity, permanent=permanent)
-            except OSError as e:
-                raise NipcError(
-                    "EPERM", f"cannot switch to {identity.describe()}: {e.strerror}"
-                ) from None
-            result = job()
-        except BaseException:
-            failure = Failure()
-            reactor.callFromThread(done.errback, failure)
-        else:
-            reactor.callFromThread(done.callback, result)
+    def as_identity() -> T:
+        switch_to(identity, permanent=permanent)
+        return job()
 
-    threading.Thread(target=main, name=f"nipc-as-{identity.uid}", daemon=True).start()
-    return done
+    return on_fresh_thread(reactor, as_identity, f"nipc-as-{identity.uid}")
 
 
 def connect_unix(path: str, conn_id: str, timeout: float, who: str) -> socket.socket:

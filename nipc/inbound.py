@@ -8,11 +8,11 @@ account and connects, so the kernel's own permission check decides.
 
 from __future__ import annotations
 
+import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -22,7 +22,7 @@ from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.impersonate import connect_unix, run_as
+from nipc.impersonate import connect_unix, on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
 from nipc.peer import PeerServer
 from nipc.pac import PacError, decode_logon_info
@@ -32,6 +32,17 @@ from nipc.router import adopt_unix, new_connection_id
 from nipc.splice import Splice
 
 log = Logger()
+
+
+@dataclass
+class _Admission:
+    """How far one inbound handshake got: each step's result, or the refusal."""
+
+    accepted: Accepted | None = None
+    who: LocalIdentity | None = None
+    pac: dict[str, Any] | None = None
+    sock: socket.socket | None = None
+    error: NipcError | None = None
 
 
 class Inbound:
@@ -81,30 +92,43 @@ class Inbound:
             "hops": list(hello.hops), "peer": str(link.transport.getPeer()),  # type: ignore[union-attr]
             "direction": "incoming",
         }
-        state: dict[str, Any] = {}
+        timeout = self._config.connect_timeout
 
-        def accepted(acc: Accepted) -> "Deferred[tuple[LocalIdentity, dict[str, Any] | None]]":
-            state["accepted"] = acc
-            facts["principal"] = acc.principal
-            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._project, acc)
+        def admit() -> _Admission:
+            """On one fresh thread: validate, project, become the caller, connect. The
+            thread ends afterwards, taking the identity with it."""
+            admission = _Admission()
+            try:
+                admission.accepted = acc = self._acceptor.accept(hello.token, channel)
+                who, admission.pac = self._project(acc)
+                admission.who = who
+                switch_to(who)
+                admission.sock = connect_unix(hello.path, conn_id, timeout, who.describe())
+            except NipcError as e:
+                admission.error = e
+            return admission
 
-        def projected(found: tuple[LocalIdentity, dict[str, Any] | None]) -> "Deferred[Any]":
-            who, state["pac"] = found
-            state["who"] = who
-            facts.update(user=who.user, uid=who.uid)
-            timeout = self._config.connect_timeout
-            return run_as(self._reactor, who,
-                          lambda: connect_unix(hello.path, conn_id, timeout, who.describe()))
+        def admitted(admission: _Admission) -> None:
+            acc, who = admission.accepted, admission.who
+            if acc is not None:
+                facts["principal"] = acc.principal
+            if who is not None:
+                facts.update(user=who.user, uid=who.uid)
+            if admission.error is not None:
+                refused(admission.error, acc)
+                return
+            assert acc is not None and who is not None and admission.sock is not None
+            connected(admission.sock, acc, who, admission.pac)
 
-        def connected(sock: Any) -> None:
+        def connected(sock: Any, acc: Accepted, who: LocalIdentity,
+                      pac: dict[str, Any] | None) -> None:
             end = adopt_unix(self._reactor, sock)
             if link.closed:
                 end.close()
-                raise NipcError("ECONNRESET", "peer link closed before the connection was made")
-            acc: Accepted = state["accepted"]
-            self._registry.add(Routed(conn_id, state["who"], acc.principal, hello.hops,
-                                      hello.hops[0] if hello.hops else "", pac=state["pac"],
-                                      delegation=acc.delegation))
+                refused(NipcError("ECONNRESET", "peer link closed before the connection was made"), acc)
+                return
+            self._registry.add(Routed(conn_id, who, acc.principal, hello.hops, hello.hops[0],
+                                      pac=pac, delegation=acc.delegation))
 
             def ended(splice: Splice) -> None:
                 self._registry.remove(conn_id)
@@ -116,23 +140,17 @@ class Inbound:
             token = acc.token
             link.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 
-        def refused(failure: Failure) -> None:
-            if failure.check(NipcError):
-                error: NipcError = failure.value  # type: ignore[assignment]
-            else:
-                log.failure("inbound connection {conn_id} failed", failure, conn_id=conn_id)
-                error = NipcError("EPROTO", "internal error on the receiving daemon (logged there)")
-            acc = state.get("accepted")
+        def refused(error: NipcError, acc: Accepted | None = None) -> None:
             link.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
             audit(log, "refused", dict(facts, errno=error.errno_name, reason=error.message), started)
+
+        def failed(failure: Failure) -> None:
+            log.failure("inbound connection {conn_id} failed", failure, conn_id=conn_id)
+            refused(NipcError("EPROTO", "internal error on the receiving daemon (logged there)"))
 
         try:
             self._check_route(hello)
         except NipcError as e:
-            refused(Failure(e))
+            refused(e)
             return
-        d: Deferred[Any] = self._acceptor.accept(hello.token, channel)
-        d.addCallback(accepted)
-        d.addCallback(projected)
-        d.addCallback(connected)
-        d.addErrback(refused)
+        on_fresh_thread(self._reactor, admit, f"nipc-in-{conn_id}").addCallback(admitted).addErrback(failed)

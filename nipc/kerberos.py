@@ -272,8 +272,7 @@ def _logon_info(name: Any) -> bytes | None:
 class Acceptor:
     """Validates peers' tickets with this host's keytab, bound to the TLS channel."""
 
-    def __init__(self, reactor: Any, config: Config) -> None:
-        self._reactor = reactor
+    def __init__(self, config: Config) -> None:
         self._config = config
         self._creds: Any = None
         self._lock = threading.Lock()
@@ -291,7 +290,8 @@ class Acceptor:
                 self._creds = gssapi.Credentials(usage="both", store=store)
             return self._creds
 
-    def _accept(self, token: bytes, channel: bytes) -> Accepted:
+    def accept(self, token: bytes, channel: bytes) -> Accepted:
+        """Validate a peer's first token; blocking (the replay cache is a file)."""
         doing = "validating the peer's ticket"
         try:
             ctx = gssapi.SecurityContext(
@@ -307,8 +307,3 @@ class Acceptor:
             raise NipcError("EKEYREJECTED", f"{doing}: the exchange did not complete")
         name = ctx.initiator_name
         return Accepted(str(name), out or b"", ctx.delegated_creds, _logon_info(name))
-
-    def accept(self, token: bytes, channel: bytes) -> "Deferred[Accepted]":
-        return deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), self._accept, token, channel
-        )

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from nipc import audit
 from nipc.admin import AdminFactory, Connections
 from nipc.config import Config
-from nipc.gate import LocalGateFactory
+from nipc.gate import GateServices, LocalGateFactory
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ticket_source
 from nipc.limits import Limits
@@ -76,9 +76,10 @@ class NipcService(Service):
         self.registry = registry = Registry()
         self.live = live = Connections()
         router = Router(reactor, config, ticket_source(reactor, config), registry)
-        inbound = Inbound(reactor, config, Acceptor(reactor, config), registry, live)
+        inbound = Inbound(reactor, config, Acceptor(config), registry, live)
 
         self.limits = limits = Limits(config, reactor.seconds)
+        gates = GateServices(reactor, config, router, registry, limits, live)
 
         def peer_server(addr: Any) -> PeerServer:
             source = source_of(addr)
@@ -100,7 +101,7 @@ class NipcService(Service):
         self._start_admin()
         self._start_metrics()
         self._ports.append(reactor.listenUNIX(
-            path, LocalGateFactory(reactor, config, router, registry, limits, live), mode=config.socket_mode,
+            path, LocalGateFactory(gates), mode=config.socket_mode,
             wantPID=False, backlog=LISTEN_BACKLOG,
         ))
         os.chown(path, config.socket_owner, config.socket_group)
@@ -110,7 +111,7 @@ class NipcService(Service):
             clear_stale_socket(where)
             target = ConnectRequest(imported.path, imported.host)
             self._ports.append(reactor.listenUNIX(
-                where, LocalGateFactory(reactor, config, router, registry, limits, live, target),
+                where, LocalGateFactory(gates, target),
                 mode=imported.mode, wantPID=False, backlog=LISTEN_BACKLOG,
             ))
             os.chown(where, imported.owner, imported.group)
