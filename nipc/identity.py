@@ -6,8 +6,11 @@ was when it connected, which is what the local gate's permission check saw too.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import threading
+import time
 import pwd
 import socket
 import struct
@@ -68,6 +71,31 @@ def identity_of_caller(caller: Caller) -> LocalIdentity:
     except KeyError:
         raise NipcError("EPERM", f"uid {caller.uid} has no account name on this host") from None
     return LocalIdentity(name, caller.uid, caller.gid, caller.groups)
+
+
+class _Spwd(ctypes.Structure):
+    _fields_ = [
+        ("sp_namp", ctypes.c_char_p), ("sp_pwdp", ctypes.c_char_p), ("sp_lstchg", ctypes.c_long),
+        ("sp_min", ctypes.c_long), ("sp_max", ctypes.c_long), ("sp_warn", ctypes.c_long),
+        ("sp_inact", ctypes.c_long), ("sp_expire", ctypes.c_long), ("sp_flag", ctypes.c_ulong),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.getspnam.restype = ctypes.POINTER(_Spwd)
+_libc.getspnam.argtypes = [ctypes.c_char_p]
+_shadow_lock = threading.Lock()
+
+
+def account_expired(name: str) -> bool:
+    """True if the shadow entry (through NSS) says the account has expired (``chage -E``):
+    a disabled account must not be acted for. No shadow entry means no expiry."""
+    with _shadow_lock:  # getspnam returns a static buffer
+        entry = _libc.getspnam(name.encode("utf-8"))
+        if not entry:
+            return False
+        expire: int = entry.contents.sp_expire
+    return expire >= 0 and expire <= int(time.time() // 86400)
 
 
 def identity_of_user(name: str) -> LocalIdentity:

@@ -11,7 +11,7 @@ import ctypes.util
 import threading
 
 from nipc.errors import NipcError
-from nipc.identity import LocalIdentity, identity_of_user
+from nipc.identity import LocalIdentity, account_expired, identity_of_user
 
 _krb5 = ctypes.CDLL(ctypes.util.find_library("krb5") or "libkrb5.so.3")
 _krb5.krb5_init_context.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
@@ -64,6 +64,8 @@ def project(principal: str, realms: tuple[str, ...], allow_root: bool) -> LocalI
     if name is None:
         raise NipcError("EPERM", f"{principal} maps to no local account on this host")
     identity = identity_of_user(name)
+    if account_expired(name):
+        raise NipcError("EPERM", f"{principal} maps to {name}, whose account has expired on this host")
     if identity.uid == 0 and not allow_root:
         raise NipcError("EPERM", f"{principal} maps to root, which this host refuses")
     return identity
