@@ -17,11 +17,21 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
 from nipc.errors import NipcError
 from nipc.request import ConnectRequest, check_host, parse_request
 
 DEFAULT_PORT = 7445
 DEFAULT_SOCKET = "/run/nipc/nipc.sock"
+#: Private key types a TLS certificate of [peer] may have.
+TLS_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
+                 ed448.Ed448PrivateKey)
+TLSKey = (rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+          | ed448.Ed448PrivateKey)
 
 
 class ConfigError(ValueError):
@@ -96,6 +106,12 @@ class Config:
     #: [dns] servers as (IPv4 address, port); empty: /etc/hosts and /etc/resolv.conf.
     dns_servers: tuple[tuple[str, int], ...] = ()
     dns_timeout: float = 5.0
+    #: [peer] certificate, private_key: PEM files presented instead of an ephemeral
+    #: self-signed certificate; ca_bundle: PEM CA certificates peers' certificates must
+    #: chain to (both directions). All None by default: Kerberos alone.
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_ca_bundle: Path | None = None
 
     @property
     def service_name(self) -> str:
@@ -292,6 +308,71 @@ def _dns(doc: Mapping[str, Any]) -> dict[str, Any]:
     return kw
 
 
+def _read_pem(path: str, where: str) -> bytes:
+    if not path:
+        raise ConfigError(f"{where}: expected a file name")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+
+
+def pem_certificates(path: str, where: str) -> list[x509.Certificate]:
+    """Every certificate of a PEM file (at least one), or ConfigError naming ``where``."""
+    data = _read_pem(path, where)
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(f"{where}: no PEM certificate in {path}") from None
+
+
+def pem_private_key(path: str, where: str) -> TLSKey:
+    """An unencrypted PEM private key of a type TLS can use, or ConfigError."""
+    data = _read_pem(path, where)
+    try:
+        key = serialization.load_pem_private_key(data, None)
+    except TypeError:
+        raise ConfigError(f"{where}: {path} is encrypted; give an unencrypted key, readable "
+                          "by root only") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(f"{where}: no usable PEM private key in {path}") from None
+    if not isinstance(key, TLS_KEY_TYPES):
+        raise ConfigError(f"{where}: {path}: unsupported key type {type(key).__name__} "
+                          "(use RSA, ECDSA or Ed25519)")
+    return key
+
+
+def _public(key: Any) -> bytes:
+    data: bytes = key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    return data
+
+
+def _tls(peer: Mapping[str, Any]) -> dict[str, Any]:
+    """[peer] certificate, private_key and ca_bundle, checked, as Config keyword arguments."""
+    cert = _opt(peer, "peer", "certificate", str, None)
+    key = _opt(peer, "peer", "private_key", str, None)
+    ca = _opt(peer, "peer", "ca_bundle", str, None)
+    if (cert is None) != (key is None):
+        raise ConfigError("peer.certificate and peer.private_key go together: set both or neither")
+    if ca is not None and cert is None:
+        raise ConfigError("peer.ca_bundle needs peer.certificate and peer.private_key: peers "
+                          "that verify ask this daemon for a certificate from the CA too")
+    kw: dict[str, Any] = {}
+    if cert is not None and key is not None:
+        leaf = pem_certificates(cert, "peer.certificate")[0]
+        private = pem_private_key(key, "peer.private_key")
+        if _public(private.public_key()) != _public(leaf.public_key()):
+            raise ConfigError(f"peer.private_key: {key} does not match the certificate "
+                              f"in peer.certificate ({cert})")
+        kw.update(tls_certificate=Path(cert), tls_private_key=Path(key))
+    if ca is not None:
+        pem_certificates(ca, "peer.ca_bundle")
+        kw["tls_ca_bundle"] = Path(ca)
+    return kw
+
+
 def load(path: str | Path) -> Config:
     """Read and check a configuration file."""
     try:
@@ -319,7 +400,8 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
          "allow_root"},
     )
     local = _section(doc, "local", {"socket", "owner", "group", "mode"})
-    peer = _section(doc, "peer", {"listen", "port", "max_hops"})
+    peer = _section(doc, "peer", {"listen", "port", "max_hops", "certificate", "private_key",
+                                  "ca_bundle"})
     peers = doc.get("peers", {})
     if not isinstance(peers, dict):
         raise ConfigError("[peers] must be a table of host = \"address:port\"")
@@ -404,6 +486,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         imports=_imports(doc.get("imports", [])),
         **_admin_and_metrics(doc),
         **_dns(doc),
+        **_tls(peer),
         **{_LIMITS[key]: value for key, value in limits.items()},
         **kw,
     )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -20,7 +21,7 @@ from zope.interface import implementer
 from nipc import wire
 from nipc.errors import NipcError
 from nipc.splice import Splice
-from nipc.tls import channel_binding, tune_tcp
+from nipc.tls import channel_binding, is_certificate_failure, ssl_detail, tune_tcp
 
 log = Logger()
 
@@ -131,11 +132,16 @@ class PeerClient(PeerLink):
         super().__init__(tune)
         self.ready: Deferred[bytes] = Deferred()
         self._result: Deferred[wire.Result] | None = None
+        #: Why the link ended before the splice, for an exchange started after that
+        #: (a TLS 1.3 peer refuses our certificate only after our side of the handshake).
+        self._lost: Failure | None = None
 
     def tls_ready(self, channel: bytes) -> None:
         self.ready.callback(channel)
 
     def exchange(self, hello: wire.Hello) -> "Deferred[wire.Result]":
+        if self._lost is not None:
+            return fail(self._lost)
         self._result = Deferred(lambda d: self.abort())
         self.send_message(hello)
         return self._result
@@ -154,9 +160,12 @@ class PeerClient(PeerLink):
         self._fire_error(error)
 
     def lost_before_splice(self, reason: Failure) -> None:
-        self._fire_error(NipcError("EHOSTUNREACH", "peer daemon closed the connection during the handshake"))
+        # A TLS failure goes up as it is: the dialler names the host and the reason.
+        self._lost = reason if reason.check(SSL.Error) else Failure(NipcError(
+            "EHOSTUNREACH", "peer daemon closed the connection during the handshake"))
+        self._fire_error(self._lost)
 
-    def _fire_error(self, error: NipcError) -> None:
+    def _fire_error(self, error: NipcError | Failure) -> None:
         if not self.ready.called:
             self.ready.errback(error)
         elif self._result is not None:
@@ -229,6 +238,10 @@ class PeerServer(PeerLink):
     def lost_before_splice(self, reason: Failure) -> None:
         self._cancel_timer()
         self._settle()
+        if reason.check(SSL.Error) and is_certificate_failure(ssl_detail(reason.value)):
+            log.warn("peer {peer}: TLS certificate refused: {detail}",
+                     peer=self.transport.getPeer(),  # type: ignore[union-attr]
+                     detail=ssl_detail(reason.value))
 
 
 def source_of(addr: Any) -> str:

@@ -9,8 +9,11 @@ import stat
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.systemd import ListenFDs  # see inherited_listeners
 
 from nipc import audit
 from nipc.admin import AdminFactory, Connections
@@ -54,6 +57,54 @@ def clear_stale_socket(path: str) -> None:
         probe.close()
 
 
+_activation_taken = False
+
+
+def inherited_listeners(peer_port: int) -> dict[str, socket.socket]:
+    """Listening sockets systemd passed to this process (socket activation; none otherwise,
+    and none the second time): Unix sockets under their path; as ``peer`` the TCP socket
+    named so (``FileDescriptorName=peer``) or bound to ``peer_port``; others as ``host:port``."""
+    global _activation_taken
+    if _activation_taken:
+        return {}
+    _activation_taken = True
+    # Twisted's ``systemd:`` endpoint parser reads the environment (and removes LISTEN_PID
+    # and LISTEN_FDS from it) when twisted.internet.endpoints is imported, long before any
+    # service starts: ask it, it is the only one left who knows.
+    from twisted.internet.endpoints import _SystemdParser
+
+    fds: ListenFDs = _SystemdParser._sddaemon
+    os.environ.pop("LISTEN_FDNAMES", None)  # nor should children see the names
+    named_peer = fds.inheritedNamedDescriptors().get("peer")
+    found: dict[str, socket.socket] = {}
+    for fd in fds.inheritedDescriptors():
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET,
+                                                                  socket.SO_ACCEPTCONN):
+            raise RuntimeError(f"socket activation: fd {fd} is not a listening stream socket")
+        sock.setblocking(False)
+        where = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            key = str(where)
+        elif fd == named_peer or where[1] == peer_port:
+            key = "peer"
+        else:
+            key = f"{where[0]}:{where[1]}"
+        if key in found:
+            raise RuntimeError(f"socket activation: more than one socket for {key}")
+        found[key] = sock
+    return found
+
+
+class AdoptedUNIXPort(unix.Port):
+    """A Unix socket systemd listens on for the daemon (socket activation). The file is the
+    socket unit's: it keeps the owner, group and mode systemd gave it and outlives the daemon,
+    so clients queue on it across restarts."""
+
+    def connectionLost(self, reason: Failure) -> None:
+        tcp.Port.connectionLost(self, reason)  # not unix.Port's, which unlinks the file
+
+
 class NipcService(Service):
     """Both endpoints of a NIPC daemon: the local gate and the peer listener."""
 
@@ -87,39 +138,78 @@ class NipcService(Service):
                               config.handshake_timeout, lambda: limits.peer_settled(source))
 
         path = str(config.socket_path)
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        clear_stale_socket(path)  # before anything else: never race a live daemon
+        self._inherited = inherited = inherited_listeners(config.listen_port)
+        unknown = set(inherited) - {path, "peer", *(str(i.socket) for i in config.imports)}
+        if unknown:
+            raise RuntimeError(f"socket activation: no use for {', '.join(sorted(unknown))}: "
+                               "expected [local] socket, an import's socket, or the peer port")
+        if path not in inherited:  # systemd's socket is neither stale nor ours to remove
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            clear_stale_socket(path)  # before anything else: never race a live daemon
         # Peers next: the local socket accepting is the sign that the daemon is ready.
         tls_factory = UnbufferedTLSFactory(
-            server_options(config.host_name), False, PeerServerFactory(peer_server)
+            server_options(config), False, PeerServerFactory(peer_server)
         )
-        self._ports.append(reactor.listenTCP(
-            config.listen_port, Admission(tls_factory, limits.peer_arrived),
-            interface=config.listen_address,
-            backlog=LISTEN_BACKLOG,
-        ))
+        peer_factory = Admission(tls_factory, limits.peer_arrived)
+        peer_socket = inherited.pop("peer", None)
+        if peer_socket is None:
+            peer_port = reactor.listenTCP(config.listen_port, peer_factory,
+                                          interface=config.listen_address,
+                                          backlog=LISTEN_BACKLOG)
+        else:
+            peer_port = reactor.adoptStreamPort(peer_socket.fileno(), peer_socket.family,
+                                                peer_factory)
+            peer_socket.close()  # the port holds its own duplicate
+            peer_port.socket.listen(LISTEN_BACKLOG)
+            bound = peer_port.getHost()
+            log.info("socket activation: adopted the peer port {addr}:{port} from systemd",
+                     addr=bound.host, port=bound.port)
+        self._ports.append(peer_port)
         self._start_admin()
         self._start_metrics()
-        self._ports.append(reactor.listenUNIX(
-            path, LocalGateFactory(gates), mode=config.socket_mode,
-            wantPID=False, backlog=LISTEN_BACKLOG,
-        ))
-        os.chown(path, config.socket_owner, config.socket_group)
+        if not self._adopt_unix(path, LocalGateFactory(gates)):
+            self._ports.append(reactor.listenUNIX(
+                path, LocalGateFactory(gates), mode=config.socket_mode,
+                wantPID=False, backlog=LISTEN_BACKLOG,
+            ))
+            os.chown(path, config.socket_owner, config.socket_group)
         for imported in config.imports:
             where = str(imported.socket)
-            os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
-            clear_stale_socket(where)
             target = ConnectRequest(imported.path, imported.host)
-            self._ports.append(reactor.listenUNIX(
-                where, LocalGateFactory(gates, target),
-                mode=imported.mode, wantPID=False, backlog=LISTEN_BACKLOG,
-            ))
-            os.chown(where, imported.owner, imported.group)
+            if not self._adopt_unix(where, LocalGateFactory(gates, target)):
+                os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
+                clear_stale_socket(where)
+                self._ports.append(reactor.listenUNIX(
+                    where, LocalGateFactory(gates, target),
+                    mode=imported.mode, wantPID=False, backlog=LISTEN_BACKLOG,
+                ))
+                os.chown(where, imported.owner, imported.group)
             log.info("import {socket} -> {target}", socket=where, target=target.target)
+        peer_addr = peer_port.getHost()
         log.info("nipcd {host} serving {path} and peers on {addr}:{port} ({mode})",
-                 host=config.host_name, path=path, addr=config.listen_address,
-                 port=config.listen_port, mode=config.mode.value)
+                 host=config.host_name, path=path, addr=peer_addr.host,
+                 port=peer_addr.port, mode=config.mode.value)
         super().startService()  # type: ignore[no-untyped-call]
+
+    def _adopt_unix(self, where: str, factory: LocalGateFactory) -> bool:
+        """Serve ``where`` on the socket systemd passed for it, if it did (socket activation):
+        its owner, group and mode are the socket unit's, not the config's."""
+        sock = self._inherited.pop(where, None)
+        if sock is None:
+            return False
+        # What reactor.adoptStreamPort does, with the subclass that leaves the file alone.
+        port = AdoptedUNIXPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
+            self.reactor, sock.fileno(), factory)
+        sock.close()  # the port holds its own duplicate
+        st = os.stat(where)
+        port.mode = stat.S_IMODE(st.st_mode)  # Twisted chmods it: keep systemd's
+        port.backlog = LISTEN_BACKLOG
+        port.startListening()
+        self._ports.append(port)
+        log.info("socket activation: adopted {path} from systemd (mode {mode:04o}, uid {uid}, "
+                 "gid {gid}: the socket unit's, not the config's)",
+                 path=where, mode=port.mode, uid=st.st_uid, gid=st.st_gid)
+        return True
 
     def _start_admin(self) -> None:
         """The admin socket (``nipc status``): root's alone, or root:group 0660."""

@@ -4,6 +4,11 @@ Each daemon presents an ephemeral self-signed certificate; the peer does not nee
 verify it because the GSS exchange is bound to this very TLS session (RFC 9266
 ``tls-exporter`` channel bindings): a relay terminating TLS gets different keying
 material and the receiving daemon refuses its ticket.
+
+Optionally (``[peer] certificate``, ``private_key``, ``ca_bundle``) a daemon presents a
+certificate from an operator's CA and, with a CA bundle, verifies its peers' chains both
+ways and, when dialling, the peer's name (``<host>`` as written, the name Kerberos uses)
+with service-identity: defence in depth on top of Kerberos, never instead of it.
 """
 
 from __future__ import annotations
@@ -17,10 +22,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import ssl
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
-from nipc.config import Config
+from nipc.config import Config, pem_certificates, pem_private_key
+from nipc.errors import NipcError
+
+log = Logger()
 
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 
@@ -51,15 +63,103 @@ def _lean(options: ssl.CertificateOptions) -> ssl.CertificateOptions:
     return options
 
 
-def server_options(host: str) -> ssl.CertificateOptions:
-    key, cert = ephemeral_certificate(host)
-    return _lean(ssl.CertificateOptions(
-        privateKey=key, certificate=cert, raiseMinimumTo=ssl.TLSVersion.TLSv1_3
-    ))
+def _configured(config: Config) -> dict[str, Any]:
+    """CertificateOptions keywords for the configured certificate (with its chain) and CA
+    bundle; config loading already checked the files."""
+    kw: dict[str, Any] = {}
+    if config.tls_certificate is not None and config.tls_private_key is not None:
+        chain = [crypto.X509.from_cryptography(c)
+                 for c in pem_certificates(str(config.tls_certificate), "peer.certificate")]
+        kw.update(certificate=chain[0], extraCertChain=chain[1:],
+                  privateKey=crypto.PKey.from_cryptography_key(
+                      pem_private_key(str(config.tls_private_key), "peer.private_key")))
+    if config.tls_ca_bundle is not None:
+        kw["trustRoot"] = ssl.trustRootFromCertificates([
+            ssl.Certificate(crypto.X509.from_cryptography(c))
+            for c in pem_certificates(str(config.tls_ca_bundle), "peer.ca_bundle")])
+    return kw
 
 
-def client_options() -> ssl.CertificateOptions:
-    return _lean(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3))
+def server_options(config: Config) -> ssl.CertificateOptions:
+    """The listening side: the configured certificate, else an ephemeral self-signed one;
+    with a CA bundle, a client certificate from that CA is required (Twisted's
+    ``trustRoot`` means VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT)."""
+    kw = _configured(config)
+    if "certificate" not in kw:
+        kw["privateKey"], kw["certificate"] = ephemeral_certificate(config.host_name)
+    else:
+        try:
+            verify_certificate_hostname(kw["certificate"].to_cryptography(), config.host_name)
+        except (VerificationError, CertificateError):
+            log.warn("peer.certificate {path} does not name {host}: peers that verify it "
+                     "will refuse this daemon (name mismatch)",
+                     path=str(config.tls_certificate), host=config.host_name)
+    return _lean(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3, **kw))
+
+
+def client_options(config: Config) -> ssl.CertificateOptions:
+    """The dialling side, one context for every peer: the configured certificate as the
+    client certificate, if any; with a CA bundle, the peer's chain is verified during the
+    handshake and its name by :func:`check_peer_name` right after it."""
+    return _lean(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
+                                        **_configured(config)))
+
+
+def _names(cert: x509.Certificate) -> str:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        names = []
+    return ", ".join(names) or f"no DNS name ({cert.subject.rfc4514_string()})"
+
+
+def check_peer_name(tls_transport: Any, host: str) -> None:
+    """The peer's (CA-verified) certificate must name ``host`` as the caller wrote it: the
+    service-identity check of ``optionsForClientTLS``, made once the handshake is over and
+    before the HELLO (the ticket) is sent, so that one TLS context serves every peer."""
+    peer = tls_transport.getPeerCertificate()
+    cert = peer.to_cryptography() if peer is not None else None
+    try:
+        if cert is None:
+            raise CertificateError("no certificate")
+        verify_certificate_hostname(cert, host)
+    except (VerificationError, CertificateError) as e:
+        log.warn("TLS certificate of {host} names {names}, not {host}: {error}", host=host,
+                 names=_names(cert) if cert is not None else "nothing", error=repr(e))
+        raise NipcError("EPROTO", f"TLS certificate of {host}: name mismatch "
+                                  f"(it does not name {host})") from None
+
+
+def ssl_detail(error: BaseException | None) -> str:
+    """OpenSSL's reasons in an ``SSL.Error``, e.g. ``certificate verify failed``."""
+    args = error.args[0] if error is not None and error.args else None
+    if isinstance(args, list) and all(isinstance(a, tuple) and len(a) == 3 for a in args):
+        return "; ".join(str(a[2]) for a in args) or "unknown"
+    return str(error) or type(error).__name__
+
+
+def is_certificate_failure(detail: str) -> bool:
+    """Our verification of the peer failed, or the peer's alert says it refused ours."""
+    return "certificate" in detail or "unknown ca" in detail
+
+
+def tls_failure(reason: Failure, host: str, where: str) -> NipcError | None:
+    """A TLS failure of the link to ``host`` as the caller's errno (None: not TLS)."""
+    if not reason.check(SSL.Error):
+        return None
+    detail = ssl_detail(reason.value)
+    if "certificate verify failed" in detail:
+        log.warn("TLS certificate of {host} ({where}) not trusted by peer.ca_bundle: {detail}",
+                 host=host, where=where, detail=detail)
+        return NipcError("EPROTO",
+                         f"TLS certificate of {host} not trusted by the configured CA bundle")
+    if "alert" in detail and is_certificate_failure(detail):
+        log.warn("{where} refused this daemon's TLS certificate: {detail}",
+                 where=where, detail=detail)
+        return NipcError("EPROTO", f"{where} refused this daemon's TLS certificate "
+                                   f"(is peer.certificate from the CA it trusts?)")
+    return NipcError("EHOSTUNREACH", f"{where}: TLS handshake failed ({detail})")
 
 
 class UnbufferedTLSFactory(TLSMemoryBIOFactory):
