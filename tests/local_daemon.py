@@ -20,6 +20,24 @@ def free_port() -> int:
         return port
 
 
+def solo_config(root: Path, socket: Path, port: int, extra: str = "") -> str:
+    """A one-host daemon config for root-only tests of the local path (no Kerberos)."""
+    return f"""
+[host]
+name = "solo.test"
+realm = "SOLO.TEST"
+[kerberos]
+keytab = "{root / 'none.keytab'}"
+principal = "nipc/solo.test"
+[local]
+socket = "{socket}"
+[peer]
+listen = "127.0.0.1"
+port = {port}
+{extra}
+"""
+
+
 class LocalDaemon:
     """nipcd in ``root`` (a directory), with ``extra`` TOML appended to its config."""
 
@@ -30,22 +48,10 @@ class LocalDaemon:
         self.admin = root / "admin.sock"
         self.metrics_port = free_port()
         self.config = root / "nipcd.toml"
-        self.config.write_text(f"""
-[host]
-name = "solo.test"
-realm = "SOLO.TEST"
-[kerberos]
-keytab = "{root / 'none.keytab'}"
-principal = "nipc/solo.test"
-[local]
-socket = "{self.socket}"
-[peer]
-listen = "127.0.0.1"
-port = {free_port()}
+        self.config.write_text(solo_config(root, self.socket, free_port(), f"""
 [metrics]
 listen = "127.0.0.1:{self.metrics_port}"
-{extra}
-""")
+{extra}"""))
         twistd = str(Path(sys.executable).parent / "twistd")
         self.out = open(root / "nipcd.out", "wb")
         self.proc = subprocess.Popen([twistd, "-n", "--pidfile=", "nipc", "--config", str(self.config)],

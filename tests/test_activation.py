@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from local_daemon import free_port
+from local_daemon import free_port, solo_config
 from nipc.client import connect
 from support import UnixServer
 
@@ -65,19 +65,8 @@ class Activated:
         self.socket = root / "nipc.sock"
         self.peer_port = free_port()
         self.config = root / "nipcd.toml"
-        self.config.write_text(f"""
-[host]
-name = "solo.test"
-realm = "SOLO.TEST"
-[kerberos]
-keytab = "{root / 'none.keytab'}"
-principal = "nipc/solo.test"
-[local]
-socket = "{self.socket}"
-[peer]
-listen = "127.0.0.1"
-port = {self.peer_port if peer_by_port else free_port()}
-""")
+        self.config.write_text(solo_config(
+            root, self.socket, self.peer_port if peer_by_port else free_port()))
         listeners = [("nipcd.socket", str(self.socket)),
                      ("nipcd.socket" if peer_by_port else "peer", f"127.0.0.1:{self.peer_port}")]
         if extra_listener:
