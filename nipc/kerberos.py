@@ -166,6 +166,9 @@ class ProtocolTransition:
         creds = daemon.impersonate(principal_name(principal), usage="initiate")
         lifetime = creds.lifetime or 0
         with self._lock:
+            # Drop what has expired, so the cache holds only live credentials.
+            for stale in [p for p, (_, until) in self._cache.items() if until <= now]:
+                del self._cache[stale]
             self._cache[principal] = (creds, now + max(0.0, lifetime - RENEW_MARGIN))
         return creds
 
