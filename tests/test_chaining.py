@@ -268,3 +268,43 @@ def test_peer_identity_library_call_and_cli(lan: dict[str, Host], sandbox: Sandb
         with conn, pytest.raises(FileNotFoundError):
             nipc.peer_identity(conn, daemon=str(c.socket_path))
         (c.run_dir / "plain-peer.sock").unlink()
+
+
+def test_chaining_works_with_only_the_needed_capabilities(lan: dict[str, Host], c_server: UnixServer,
+                                                          sandbox: Sandbox) -> None:
+    """b's daemon under setpriv with only CAP_SETUID, CAP_SETGID, CAP_CHOWN and
+    CAP_SYS_PTRACE (the systemd unit's set) still finds the caller's inbound connection
+    (pidfd_getfd) and chains onward as alice."""
+    import os
+    import subprocess
+    import time
+
+    a, b, c = lan["a"], lan["b"], lan["c"]
+    b.stop_daemon()
+    twistd = str(Path(sys.executable).parent / "twistd")
+    argv = b.exec_argv(["setpriv", "--inh-caps=-all", "--bounding-set=-all,+setuid,+setgid,+chown,+sys_ptrace",
+                        twistd, "-n", "--pidfile=", "nipc", "--config", str(b.config_path)])
+    proc = subprocess.Popen(argv, env={**os.environ, **b.env()}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    service = None
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(b.socket_path))
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "daemon did not start"
+                time.sleep(0.1)
+        service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=False)
+        reply = greet_through(a, b, service)
+        lines = reply.split("\n")
+        assert lines[0] == "OK" and lines[1] == "OK", reply
+        assert json.loads(lines[2])["uid"] == sandbox.users["alice"].uid
+    finally:
+        if service is not None:
+            service.close()
+        proc.terminate()
+        proc.wait(10)
+        b.start_daemon()
