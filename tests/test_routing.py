@@ -249,3 +249,19 @@ def test_an_expired_local_account_is_not_acted_for(lan: dict[str, Host], dns_ser
         server.close()
     assert out.get("error") == "EPERM" and "expired" in out.get("message", ""), out
     assert not server.seen
+
+
+def test_bytes_sent_before_ok_are_delivered(lan: dict[str, Host], sandbox: Sandbox) -> None:
+    """The request line, the first bytes and EOF in one write: the server gets the bytes
+    after the connection is made, then EOF; nothing is lost (SPEC 2)."""
+    server = UnixServer(str(lan["b"].run_dir / "early.sock"), behaviour="eof-reply")
+    try:
+        early = "hello before OK\\n" * 1000
+        out = run_client("alice", str(lan["a"].socket_path), "raw-all",
+                         f"CONNECT {target(lan['b'], 'early.sock')}\\n{early}")
+    finally:
+        server.close()
+    import hashlib
+
+    body = ("hello before OK\n" * 1000).encode()
+    assert out["reply"] == f"OK\n{hashlib.sha256(body).hexdigest()} {len(body)}\n", out
