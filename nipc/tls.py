@@ -38,7 +38,8 @@ EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 
 
 def ephemeral_certificate(host: str) -> tuple[Any, Any]:
-    """A fresh key and self-signed certificate naming ``host`` (pyOpenSSL objects)."""
+    """A fresh key and self-signed certificate naming ``host`` (cryptography objects,
+    which pyOpenSSL takes directly; its own X509/PKey wrappers are deprecated)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -53,7 +54,7 @@ def ephemeral_certificate(host: str) -> tuple[Any, Any]:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    return crypto.PKey.from_cryptography_key(key), crypto.X509.from_cryptography(cert)
+    return key, cert
 
 
 def _lean(options: ssl.CertificateOptions) -> ssl.CertificateOptions:
@@ -68,11 +69,9 @@ def _configured(config: Config) -> dict[str, Any]:
     bundle; config loading already checked the files."""
     kw: dict[str, Any] = {}
     if config.tls_certificate is not None and config.tls_private_key is not None:
-        chain = [crypto.X509.from_cryptography(c)
-                 for c in pem_certificates(str(config.tls_certificate), "peer.certificate")]
+        chain = pem_certificates(str(config.tls_certificate), "peer.certificate")
         kw.update(certificate=chain[0], extraCertChain=chain[1:],
-                  privateKey=crypto.PKey.from_cryptography_key(
-                      pem_private_key(str(config.tls_private_key), "peer.private_key")))
+                  privateKey=pem_private_key(str(config.tls_private_key), "peer.private_key"))
     if config.tls_ca_bundle is not None:
         kw["trustRoot"] = ssl.trustRootFromCertificates([
             ssl.Certificate(crypto.X509.from_cryptography(c))
@@ -89,7 +88,7 @@ def server_options(config: Config) -> ssl.CertificateOptions:
         kw["privateKey"], kw["certificate"] = ephemeral_certificate(config.host_name)
     else:
         try:
-            verify_certificate_hostname(kw["certificate"].to_cryptography(), config.host_name)
+            verify_certificate_hostname(kw["certificate"], config.host_name)
         except (VerificationError, CertificateError):
             log.warn("peer.certificate {path} does not name {host}: peers that verify it "
                      "will refuse this daemon (name mismatch)",
