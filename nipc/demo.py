@@ -17,7 +17,6 @@ CONNECT by hand and how to tear down.
 from __future__ import annotations
 
 import argparse
-import errno
 import grp
 import json
 import os

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from nipc import wire
 from nipc.errors import NipcError
 from nipc.splice import Splice
-from nipc.tls import channel_binding, is_certificate_failure, ssl_detail, tune_tcp
+from nipc.tls import channel_binding, is_certificate_failure, ssl_detail
 
 log = Logger()
 

@@ -47,7 +47,6 @@ def tls(address: str, port: int) -> SSL.Connection:
 
 def exchange(conn: SSL.Connection, hello: wire.Hello) -> str:
     conn.sendall(wire.encode(hello))
-    data = b""
     decoder = wire.FrameDecoder()
     while True:
         try:

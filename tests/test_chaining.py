@@ -275,28 +275,14 @@ def test_chaining_works_with_only_the_needed_capabilities(lan: dict[str, Host], 
     """b's daemon under setpriv with only CAP_SETUID, CAP_SETGID, CAP_CHOWN and
     CAP_SYS_PTRACE (the systemd unit's set) still finds the caller's inbound connection
     (pidfd_getfd) and chains onward as alice."""
-    import os
-    import subprocess
-    import time
+    from acting import launch_daemon
 
     a, b, c = lan["a"], lan["b"], lan["c"]
     b.stop_daemon()
-    twistd = str(Path(sys.executable).parent / "twistd")
-    argv = b.exec_argv(["setpriv", "--inh-caps=-all", "--bounding-set=-all,+setuid,+setgid,+chown,+sys_ptrace",
-                        twistd, "-n", "--pidfile=", "nipc", "--config", str(b.config_path)])
-    proc = subprocess.Popen(argv, env={**os.environ, **b.env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = launch_daemon(b, ["setpriv", "--inh-caps=-all",
+                             "--bounding-set=-all,+setuid,+setgid,+chown,+sys_ptrace"])
     service = None
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(str(b.socket_path))
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "daemon did not start"
-                time.sleep(0.1)
         service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=False)
         reply = greet_through(a, b, service)
         lines = reply.split("\n")

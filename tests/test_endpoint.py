@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path

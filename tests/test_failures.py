@@ -12,21 +12,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 import nipc
-from nipc.identity import identity_of_user
-from nipc.impersonate import become
+from acting import as_user, launch_daemon
 from nipc.sandbox import Host, Sandbox
 from support import UnixServer, digest_of, stream
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 
 #: Dead-peer detection configured for these tests (seconds): keepalive after 2 s idle,
 #: TCP_USER_TIMEOUT 4 s. The bound the tests hold the daemons to is generous on top.
@@ -46,26 +43,6 @@ def hosts(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
         host.restore_link()
         host.stop_daemon()
         host.config_path.write_text(originals[host.name])
-
-
-def as_user(name: str, job: Callable[[], T]) -> T:
-    """Run ``job`` on a fresh thread that has become local user ``name``."""
-    who = identity_of_user(name)
-    box: dict[str, object] = {}
-
-    def main() -> None:
-        try:
-            become(who, permanent=False)
-            box["result"] = job()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            box["error"] = e
-
-    t = threading.Thread(target=main)
-    t.start()
-    t.join(120)
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]  # type: ignore[return-value]
 
 
 def alice_connect(a: Host, target: str) -> socket.socket:
@@ -248,17 +225,10 @@ def test_clock_skew(hosts: dict[str, Host]) -> None:
     if not os.path.exists(lib):
         pytest.fail("libfaketime missing: scripts/bootstrap installs the faketime package")
     b.stop_daemon()
-    twistd = str(Path(sys.executable).parent / "twistd")
-    env = {**os.environ, **b.env(), "LD_PRELOAD": lib, "FAKETIME": "+20m",
-           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-    skewed = subprocess.Popen(b.exec_argv([twistd, "-n", "--pidfile=", "nipc", "--config", str(b.config_path)]),
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    skewed = launch_daemon(b, env={"LD_PRELOAD": lib, "FAKETIME": "+20m",
+                                   "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
     server = UnixServer(str(b.run_dir / "skew.sock"))
     try:
-        deadline = time.monotonic() + 20
-        while not b.socket_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)
         with pytest.raises(OSError) as refused:
             alice_connect(a, target(b, "skew.sock"))
         assert refused.value.errno == 129, refused.value  # EKEYREJECTED

@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +34,7 @@ import nipc
 from conftest import require_root
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, identity_of_user
-from nipc.impersonate import become
+from acting import as_user, launch_daemon
 from nipc.sandbox import MIT_REALM, Host, Sandbox
 from support import UnixServer
 
@@ -123,26 +122,6 @@ def lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFactory) 
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def as_user(name: str, job: Callable[[], T]) -> T:
-    """Run ``job`` on a fresh thread that has become local user ``name``."""
-    who = identity_of_user(name)
-    box: dict[str, Any] = {}
-
-    def main() -> None:
-        try:
-            become(who, permanent=False)
-            box["result"] = job()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            box["error"] = e
-
-    t = threading.Thread(target=main)
-    t.start()
-    t.join(300)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
 
 
 def open_fds(pid: int) -> int:
@@ -638,23 +617,10 @@ def test_routing_works_with_only_the_needed_capabilities(lan: Lan, sandbox: Sand
 
     b = lan.b
     b.stop_daemon()
-    twistd = str(Path(sys.executable).parent / "twistd")
-    argv = b.exec_argv(["setpriv", "--inh-caps=-all",
-                        "--bounding-set=-all," + ",".join(f"+{c}" for c in CAPS),
-                        twistd, "-n", "--pidfile=", "nipc", "--config", str(b.config_path)])
-    proc = subprocess.Popen(argv, env={**os.environ, **b.env()}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = launch_daemon(b, ["setpriv", "--inh-caps=-all",
+                             "--bounding-set=-all," + ",".join(f"+{c}" for c in CAPS)])
     only_dnsops = UnixServer(str(b.run_dir / "caps.sock"), mode=0o660, group=grp.getgrnam("dnsops").gr_gid)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(str(b.socket_path))
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "daemon did not start"
-                time.sleep(0.1)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         eff = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
         assert eff == sum(1 << bit for bit in CAPS.values()), hex(eff)

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from nipc import wire
 from nipc.errors import ERRNO_NAMES, NipcError
 from nipc.wire import (
     EOF_FRAME,

@@ -1,0 +1,62 @@
+"""Test helpers that act on the running system as the daemons do: a thread that becomes
+a local user, and a daemon started under a wrapper (setpriv, a preloaded library)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nipc.identity import identity_of_user
+from nipc.impersonate import become
+from nipc.sandbox import Host
+
+T = TypeVar("T")
+
+
+def as_user(name: str, job: Callable[[], T]) -> T:
+    """Run ``job`` on a fresh thread that has become local user ``name``."""
+    who = identity_of_user(name)
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            become(who, permanent=False)
+            box["result"] = job()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=main)
+    t.start()
+    t.join(300)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def launch_daemon(host: Host, wrapper: Sequence[str] = (), env: dict[str, str] | None = None,
+                  timeout: float = 20) -> subprocess.Popen[bytes]:
+    """Start ``host``'s daemon under ``wrapper`` (e.g. setpriv ...) instead of
+    ``Host.start_daemon``, and return once its local socket accepts connections."""
+    twistd = str(Path(sys.executable).parent / "twistd")
+    argv = host.exec_argv([*wrapper, twistd, "-n", "--pidfile=", "nipc", "--config",
+                           str(host.config_path)])
+    proc = subprocess.Popen(argv, env={**os.environ, **host.env(), **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(host.socket_path))
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{host.name}: daemon did not start under {list(wrapper)}") from None
+            time.sleep(0.1)
