@@ -18,6 +18,7 @@ import gssapi.raw
 from gssapi.raw.misc import GSSError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
 
 from nipc.config import Config, CredentialMode
@@ -40,6 +41,8 @@ AP_ERR_SKEW = _KRB5_BASE + 37
 AP_ERR_MODIFIED = _KRB5_BASE + 41
 #: Time before expiry at which a cached impersonation credential is acquired anew.
 RENEW_MARGIN = 120.0
+#: Threads that may wait on the KDC at once for credentials not yet cached.
+KDC_THREADS = 16
 
 
 def gss_failure(e: GSSError, doing: str) -> NipcError:
@@ -139,8 +142,23 @@ class ProtocolTransition:
         self._reactor = reactor
         self._config = config
         self._lock = threading.Lock()
+        self._daemon_lock = threading.Lock()
         self._daemon: Any = None
         self._cache: dict[str, tuple[Any, float]] = {}
+        # Cache misses wait on the KDC in a pool of their own: while the KDC hangs, they
+        # cannot occupy the threads that callers with cached credentials need.
+        self._kdc_pool = ThreadPool(minthreads=0, maxthreads=KDC_THREADS, name="nipc-kdc")
+        if reactor is not None:
+            reactor.callWhenRunning(self._kdc_pool.start)
+
+    def stop(self) -> None:
+        if self._kdc_pool.started:
+            self._kdc_pool.stop()
+
+    def _cached(self, principal: str) -> Any:
+        """On the reactor thread, so it never waits for a lock (a dict read is atomic)."""
+        cached = self._cache.get(principal)
+        return cached[0] if cached and cached[1] > time.monotonic() else None
 
     def _daemon_creds(self) -> Any:
         store: dict[bytes | str, bytes | str] = {
@@ -148,7 +166,11 @@ class ProtocolTransition:
             "keytab": str(self._config.keytab),
             "ccache": f"MEMORY:nipc-daemon-{os.getpid()}",
         }
-        if self._daemon is None or (self._daemon.lifetime or 0) < RENEW_MARGIN:
+        # Never ask this credential its lifetime: python-gssapi's inquire_cred keeps the
+        # GIL, and for a client-keytab credential MIT may go to the KDC to refresh it,
+        # which froze the whole daemon while the KDC was unreachable. MIT refreshes it
+        # from the keytab by itself when S4U2Self needs it (with the GIL released).
+        if self._daemon is None:
             self._daemon = gssapi.Credentials(
                 name=principal_name(self._config.principal), usage="both", store=store
             )
@@ -156,13 +178,13 @@ class ProtocolTransition:
 
     def _impersonated(self, principal: str) -> Any:
         now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(principal)
-            if cached and cached[1] > now:
-                return cached[0]
+        cached = self._cache.get(principal)
+        if cached and cached[1] > now:
+            return cached[0]
+        # Acquiring (or just inquiring) the daemon's own credential may talk to the KDC:
+        # its lock is one only cache misses wait on, never the cache itself.
+        with self._daemon_lock:
             daemon = self._daemon_creds()
-        # The KDC round trip happens outside the lock: one caller waiting on a slow or
-        # unreachable KDC must not hold up callers whose tickets are cached.
         creds = daemon.impersonate(principal_name(principal), usage="initiate")
         lifetime = creds.lifetime or 0
         with self._lock:
@@ -182,10 +204,13 @@ class ProtocolTransition:
 
     def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
         principal = f"{who.user}@{self._config.realm}"
-        return deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), self._initiate, principal,
-            target_host, channel,
-        )
+        creds = self._cached(principal)
+        if creds is not None:
+            doing = f"protocol transition for {principal} to nipc/{target_host}"
+            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _start, creds,
+                                     target_host, channel, principal, doing)
+        return deferToThreadPool(self._reactor, self._kdc_pool, self._initiate, principal,
+                                 target_host, channel)
 
 
 class OwnCredentialCache:

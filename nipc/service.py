@@ -22,7 +22,7 @@ from nipc.admin import AdminFactory, Connections
 from nipc.config import Config
 from nipc.gate import GateServices, LocalGateFactory
 from nipc.inbound import Inbound
-from nipc.kerberos import Acceptor, ticket_source
+from nipc.kerberos import Acceptor, ProtocolTransition, TicketSource, ticket_source
 from nipc.limits import Limits
 from nipc.peer import Admission, PeerServer, PeerServerFactory, source_of
 from nipc.registry import Registry
@@ -144,6 +144,7 @@ class NipcService(Service):
         self.reactor = reactor
         self._ports: list[Any] = []
         self._trim: LoopingCall | None = None
+        self._tickets: TicketSource | None = None
         self._observers: list[Any] = []
         self._started = 0.0
 
@@ -155,7 +156,8 @@ class NipcService(Service):
         self._started = reactor.seconds()
         self.registry = registry = Registry()
         self.live = live = Connections()
-        router = Router(reactor, config, ticket_source(reactor, config), registry)
+        self._tickets = tickets = ticket_source(reactor, config)
+        router = Router(reactor, config, tickets, registry)
         inbound = Inbound(reactor, config, Acceptor(config), registry, live)
 
         self.limits = limits = Limits(config, reactor.seconds)
@@ -289,6 +291,8 @@ class NipcService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         if self._trim is not None and self._trim.running:
             self._trim.stop()
+        if isinstance(self._tickets, ProtocolTransition):
+            self._tickets.stop()
         for observer in self._observers:
             audit.observers.remove(observer)
         self._observers = []

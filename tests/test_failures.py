@@ -391,3 +391,37 @@ def test_many_connections_while_one_peer_is_partitioned(hosts: dict[str, Host]) 
     finally:
         to_b.close()
         to_c.close()
+
+
+def test_kdc_outage_does_not_starve_cached_callers(hosts: dict[str, Host], sandbox: Sandbox) -> None:
+    """40 callers without cached tickets wait on an unreachable KDC at once; alice, whose
+    tickets are cached, still connects at once (their KDC waits have a pool of their own)."""
+    import pwd
+
+    a, b = hosts["a"], hosts["b"]
+    server = UnixServer(str(b.run_dir / "starve.sock"))
+    port = ["ip", "-n", sandbox.switch_netns, "link", "set", "p-dc"]
+    strangers = [p.pw_name for p in pwd.getpwall() if 0 < p.pw_uid < 1000][:40]
+    assert len(strangers) >= 10
+
+    def stranger(name: str) -> str:
+        try:
+            as_user(name, lambda: nipc.connect(target(b, "starve.sock"), daemon=str(a.socket_path), timeout=60)).close()
+            return "OK"
+        except OSError as e:
+            return str(e.errno)
+
+    try:
+        alice_connect(a, target(b, "starve.sock")).close()  # cached from here on
+        subprocess.run(port + ["down"], check=True)
+        with ThreadPoolExecutor(48) as pool:
+            waiting = [pool.submit(stranger, name) for name in strangers * (48 // len(strangers))]
+            time.sleep(1.0)  # every KDC thread is now stuck
+            start = time.monotonic()
+            alice_connect(a, target(b, "starve.sock")).close()
+            assert time.monotonic() - start < 2.0
+            results = [f.result(timeout=120) for f in waiting]
+        assert "OK" not in results
+    finally:
+        subprocess.run(port + ["up"], check=True)
+        server.close()

@@ -22,7 +22,7 @@ class FakeCreds:
 class FakeDaemon:
     """The daemon's own credential: counts S4U2Self round trips."""
 
-    lifetime = 10**6
+
 
     def __init__(self, ticket_life: int) -> None:
         self.calls: list[str] = []
