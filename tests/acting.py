@@ -60,3 +60,16 @@ def launch_daemon(host: Host, wrapper: Sequence[str] = (), env: dict[str, str] |
                 proc.kill()
                 raise AssertionError(f"{host.name}: daemon did not start under {list(wrapper)}") from None
             time.sleep(0.1)
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors process ``pid`` holds."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid``, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")

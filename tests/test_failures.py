@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import nipc
-from acting import as_user, launch_daemon
+from acting import as_user, launch_daemon, open_fds, rss_kib
 from nipc.sandbox import Host, Sandbox
 from support import UnixServer, digest_of, stream
 
@@ -73,17 +73,6 @@ def ends_within(s: socket.socket, seconds: float) -> float:
     except (ConnectionResetError, BrokenPipeError):
         pass
     return time.monotonic() - start
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_partition_mid_stream(hosts: dict[str, Host]) -> None:

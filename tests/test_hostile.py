@@ -34,7 +34,7 @@ import nipc
 from conftest import require_root
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, identity_of_user
-from acting import as_user, launch_daemon
+from acting import as_user, launch_daemon, open_fds, rss_kib
 from nipc.sandbox import MIT_REALM, Host, Sandbox
 from support import UnixServer
 
@@ -122,17 +122,6 @@ def lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFactory) 
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def read_reply(s: socket.socket, timeout: float) -> bytes:

@@ -212,9 +212,7 @@ def test_connects_do_not_grow_the_sending_daemon(lan: dict[str, Host]) -> None:
     pid = a.daemon_pid()
     assert pid
 
-    def rss() -> int:
-        status = Path(f"/proc/{pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+    from acting import rss_kib
 
     def connects(n: int) -> None:
         def job() -> None:
@@ -228,9 +226,9 @@ def test_connects_do_not_grow_the_sending_daemon(lan: dict[str, Host]) -> None:
         t.join(300)
 
     connects(50)  # warm: tickets cached, pools and caches filled
-    before = rss()
+    before = rss_kib(pid)
     connects(300)
-    growth = rss() - before
+    growth = rss_kib(pid) - before
     assert growth < 3 * 1024, f"a's RSS grew {growth} KiB over 300 connects"
 
 
