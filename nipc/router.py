@@ -21,6 +21,7 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -85,10 +86,13 @@ class Router:
               evidence: Routed | None = None) -> "Deferred[End]":
         """Connect for ``caller``; with ``evidence`` (an inbound connection the caller
         holds), onward in that connection's original caller's name."""
-        try:
-            who = identity_of_caller(caller)
-        except NipcError as e:
-            return fail(e)
+        # The caller's account name comes from NSS, which may ask a directory (sssd,
+        # LDAP): never on the reactor thread, where a slow directory would stall everyone.
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), identity_of_caller, caller)
+        return d.addCallback(self._route_as, request, conn_id, evidence)
+
+    def _route_as(self, who: LocalIdentity, request: ConnectRequest, conn_id: str,
+                  evidence: Routed | None) -> "Deferred[End]":
         if self.is_local(request.host):
             return self.connect_as(who, request.path, conn_id)
         tickets = self._tickets
