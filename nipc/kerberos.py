@@ -155,6 +155,31 @@ class ProtocolTransition:
         if self._kdc_pool.started:
             self._kdc_pool.stop()
 
+    def warm(self) -> "Deferred[None]":
+        """Fetch the daemon's own TGT at start (a ticket to itself): the first caller
+        does not pay for it, and a bad keytab or an unreachable KDC shows in the log
+        at once. Only calls that release the GIL (see ``_daemon_creds``)."""
+
+        def fetch() -> None:
+            with self._daemon_lock:
+                daemon = self._daemon_creds()
+            ctx = gssapi.SecurityContext(name=service_name(self._config.host_name), creds=daemon,
+                                         usage="initiate")
+            ctx.step()
+
+        def done(_: None) -> None:
+            log.info("Kerberos ready: {principal} has its ticket-granting ticket",
+                     principal=self._config.principal)
+
+        def failed(failure: Any) -> None:
+            error = failure.value
+            text = gss_failure(error, "fetching this daemon's own ticket").message \
+                if isinstance(error, GSSError) else str(error)
+            log.warn("Kerberos not ready at start (callers will retry): {error}", error=text)
+
+        d = deferToThreadPool(self._reactor, self._kdc_pool, fetch)
+        return d.addCallbacks(done, failed)
+
     def _cached(self, principal: str) -> Any:
         """On the reactor thread, so it never waits for a lock (a dict read is atomic)."""
         cached = self._cache.get(principal)
@@ -304,6 +329,10 @@ class Acceptor:
         self._config = config
         self._creds: Any = None
         self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Load the keytab at start, off the reactor (acquiring releases the GIL)."""
+        self._acceptor_creds()
 
     def _acceptor_creds(self) -> Any:
         with self._lock:

@@ -13,6 +13,7 @@ from twisted.application.service import Service
 from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.systemd import ListenFDs  # see inherited_listeners
@@ -157,11 +158,13 @@ class NipcService(Service):
         self.registry = registry = Registry()
         self.live = live = Connections()
         self._tickets = tickets = ticket_source(reactor, config)
+        acceptor = Acceptor(config)
         router = Router(reactor, config, tickets, registry)
-        inbound = Inbound(reactor, config, Acceptor(config), registry, live)
+        inbound = Inbound(reactor, config, acceptor, registry, live)
 
         self.limits = limits = Limits(config, reactor.seconds)
         gates = GateServices(reactor, config, router, registry, limits, live)
+        reactor.callWhenRunning(self._warm, tickets, acceptor)
         self._trim = LoopingCall(HeapTrim(live))
         self._trim.clock = reactor
         self._trim.start(HeapTrim.INTERVAL, now=False)
@@ -286,6 +289,14 @@ class NipcService(Service):
             "local_clients": self.limits.active,
             "pending_peer_handshakes": self.limits.pending_peers,
         }
+
+    def _warm(self, tickets: TicketSource, acceptor: Acceptor) -> None:
+        """Kerberos work the first caller should not wait for, done as the daemon starts."""
+        if isinstance(tickets, ProtocolTransition):
+            tickets.warm()
+        deferToThreadPool(self.reactor, self.reactor.getThreadPool(), acceptor.warm).addErrback(
+            lambda f: log.warn("cannot load the keytab {keytab}: {error}",
+                               keytab=str(self.config.keytab), error=f.getErrorMessage()))
 
     def stopService(self) -> "Deferred[Any]":
         super().stopService()  # type: ignore[no-untyped-call]
