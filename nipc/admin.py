@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
 from nipc.request import error_reply
@@ -149,12 +150,11 @@ class AdminProtocol(Protocol):
 
     def __init__(self, reactor: Any, group: int | None, status: Callable[[], dict[str, Any]],
                  timeout: float) -> None:
-        self._reactor = reactor
         self._group = group
         self._status = status
         self._timeout = timeout
         self._buffer = b""
-        self._timer: Any = None
+        self._deadline = Deadline(reactor)
         self._done = False
 
     def connectionMade(self) -> None:
@@ -165,10 +165,9 @@ class AdminProtocol(Protocol):
             self._answer(error_reply(NipcError(
                 "EACCES", "only root or a member of the daemon's [admin] group may ask")))
             return
-        self._timer = self._reactor.callLater(self._timeout, self._expire)
+        self._deadline.arm(self._timeout, self._expire)
 
     def _expire(self) -> None:
-        self._timer = None
         self._answer(error_reply(NipcError("ETIMEDOUT", "no complete request line in time")))
 
     def dataReceived(self, data: bytes) -> None:
@@ -191,17 +190,13 @@ class AdminProtocol(Protocol):
         if self._done:
             return
         self._done = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._deadline.cancel()
         self.transport.write(line)  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:
         self._done = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._deadline.cancel()
 
 
 class AdminFactory(Factory):

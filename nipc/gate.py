@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from nipc.admin import Connections
 from nipc.audit import audit
 from nipc.config import Config
+from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
 from nipc.limits import Limits
@@ -76,7 +77,7 @@ class LocalGate(UnixEnd):
         self._buffer = b""
         self._early_eof = False
         self._routing: Deferred[End] | None = None
-        self._timer: Any = None
+        self._deadline = Deadline(self._reactor)
         self._started = self._requested = time.monotonic()
         self._facts: dict[str, Any] = {"conn_id": self.conn_id, "direction": "outgoing"}
         self.caller: Caller | None = None
@@ -90,17 +91,11 @@ class LocalGate(UnixEnd):
             self._refuse(e)
             return
         self._admitted = True
-        self._timer = self._reactor.callLater(self._config.request_timeout, self._expire)
+        self._deadline.arm(self._config.request_timeout, self._expire)
 
     def _expire(self) -> None:
-        self._timer = None
         if self.state is State.REQUEST:
             self._refuse(NipcError("ETIMEDOUT", f"no complete request line within {self._config.request_timeout:g}s"))
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.SPLICED:
@@ -152,7 +147,7 @@ class LocalGate(UnixEnd):
             self._refuse(e)
             return
         assert routed is not None
-        self._stop_timer()
+        self._deadline.cancel()
         self.state = State.DONE
         answer = json.dumps(routed.describe(), separators=(",", ":"))
         self.transport.write(f"OK {answer}\n".encode("utf-8"))  # type: ignore[union-attr]
@@ -161,7 +156,7 @@ class LocalGate(UnixEnd):
     def _route(self, request: ConnectRequest) -> None:
         assert self.caller is not None
         self.state = State.ROUTING
-        self._stop_timer()
+        self._deadline.cancel()
         self._requested = time.monotonic()
         self._facts.update(target=request.target,
                            direction="local" if self._router.is_local(request.host) else "outgoing")
@@ -231,7 +226,7 @@ class LocalGate(UnixEnd):
         self._refuse(error)
 
     def _refuse(self, error: NipcError) -> None:
-        self._stop_timer()
+        self._deadline.cancel()
         if self.state is State.DONE:
             return
         self.state = State.DONE
@@ -271,7 +266,7 @@ class LocalGate(UnixEnd):
             routing.cancel()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self._stop_timer()
+        self._deadline.cancel()
         if self._admitted:
             assert self.caller is not None
             self._admitted = False

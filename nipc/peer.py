@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
+from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.splice import Splice
 from nipc.tls import channel_binding, is_certificate_failure, ssl_detail
@@ -181,36 +182,29 @@ class PeerServer(PeerLink):
         super().__init__(tune)
         self._on_hello = on_hello
         self._settled: Callable[[], None] | None = settled
-        self._reactor = reactor
         self._timeout = timeout
         self._channel: bytes | None = None
-        self._timer: Any = None
+        self._deadline = Deadline(reactor)
         self.answered = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         # One deadline covers TLS and the HELLO: a slow or silent peer costs little.
-        self._timer = self._reactor.callLater(self._timeout, self._expire)
+        self._deadline.arm(self._timeout, self._expire)
 
     def _expire(self) -> None:
-        self._timer = None
         log.info("peer {peer} sent no complete handshake in {timeout}s; closing",
                  peer=self.transport.getPeer(), timeout=self._timeout)  # type: ignore[union-attr]
         self.abort()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
     def tls_ready(self, channel: bytes) -> None:
         self._channel = channel
 
     def message(self, message: wire.Message) -> None:
-        if not isinstance(message, wire.Hello) or self._channel is None or self._timer is None:
+        if not isinstance(message, wire.Hello) or self._channel is None or not self._deadline.armed:
             self.fail(NipcError("EPROTO", "peer handshake: expected one HELLO"))
             return
-        self._cancel_timer()
+        self._deadline.cancel()
         self._on_hello(self, self._channel, message)
 
     def _settle(self) -> None:
@@ -236,7 +230,7 @@ class PeerServer(PeerLink):
         self.abort()
 
     def lost_before_splice(self, reason: Failure) -> None:
-        self._cancel_timer()
+        self._deadline.cancel()
         self._settle()
         if reason.check(SSL.Error) and is_certificate_failure(ssl_detail(reason.value)):
             log.warn("peer {peer}: TLS certificate refused: {detail}",
