@@ -86,14 +86,24 @@ def _socket_from(fd: int) -> socket.socket | None:
 class Registry:
     def __init__(self) -> None:
         self._routed: dict[str, Routed] = {}
+        #: Connections carrying delegation evidence, by projected uid: every outgoing
+        #: CONNECT asks for its caller's, so this must not mean a scan of them all.
+        self._delegations: dict[int, dict[str, Routed]] = {}
 
     def add(self, routed: Routed) -> None:
         self._routed[routed.conn_id] = routed
+        if routed.delegation is not None:
+            self._delegations.setdefault(routed.identity.uid, {})[routed.conn_id] = routed
 
     def remove(self, conn_id: str) -> None:
         routed = self._routed.pop(conn_id, None)
         if routed is not None:
             routed.delegation = None  # releases the evidence ticket (and its MEMORY ccache)
+            held = self._delegations.get(routed.identity.uid)
+            if held is not None:
+                held.pop(conn_id, None)
+                if not held:
+                    del self._delegations[routed.identity.uid]
 
     def __len__(self) -> int:
         return len(self._routed)
@@ -109,8 +119,7 @@ class Registry:
 
     def delegations_for(self, uid: int) -> dict[str, Routed]:
         """Inbound connections made for ``uid`` that carry delegation evidence."""
-        return {r.conn_id: r for r in self._routed.values()
-                if r.identity.uid == uid and r.delegation is not None}
+        return dict(self._delegations.get(uid, {}))
 
 
 def held_by(pid: int, candidates: dict[str, Routed]) -> Routed | None:
