@@ -24,7 +24,7 @@ from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 from nipc.impersonate import connect_unix, on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
-from nipc.peer import PeerServer
+from nipc.peer import Channel
 from nipc.pac import PacError, decode_logon_info
 from nipc.projection import project
 from nipc.registry import Registry, Routed
@@ -46,7 +46,7 @@ class _Admission:
 
 
 class Inbound:
-    """Handles the HELLO of every peer link this daemon accepts."""
+    """Handles the HELLO of every channel peers open on their links to this daemon."""
 
     def __init__(self, reactor: Any, config: Config, acceptor: Acceptor, registry: Registry,
                  live: Connections) -> None:
@@ -84,12 +84,12 @@ class Inbound:
         if len(hello.hops) > self._config.max_hops:
             raise NipcError("ELOOP", f"chain longer than {self._config.max_hops} hops")
 
-    def hello(self, link: PeerServer, channel: bytes, hello: wire.Hello) -> None:
+    def hello(self, channel: Channel, binding: bytes, hello: wire.Hello) -> None:
         conn_id = new_connection_id()
         started = time.monotonic()
         facts: dict[str, Any] = {
             "conn_id": conn_id, "origin_conn_id": hello.conn_id, "target": hello.path,
-            "hops": list(hello.hops), "peer": str(link.transport.getPeer()),  # type: ignore[union-attr]
+            "hops": list(hello.hops), "peer": channel.peer,
             "direction": "incoming",
         }
         timeout = self._config.connect_timeout
@@ -99,7 +99,7 @@ class Inbound:
             thread ends afterwards, taking the identity with it."""
             admission = _Admission()
             try:
-                admission.accepted = acc = self._acceptor.accept(hello.token, channel)
+                admission.accepted = acc = self._acceptor.accept(hello.token, binding)
                 who, admission.pac = self._project(acc)
                 admission.who = who
                 switch_to(who)
@@ -123,9 +123,9 @@ class Inbound:
         def connected(sock: Any, acc: Accepted, who: LocalIdentity,
                       pac: dict[str, Any] | None) -> None:
             end = adopt_unix(self._reactor, sock)
-            if link.closed:
+            if channel.closed:
                 end.close()
-                refused(NipcError("ECONNRESET", "peer link closed before the connection was made"), acc)
+                refused(NipcError("ECONNRESET", "peer closed the channel before the connection was made"), acc)
                 return
             self._registry.add(Routed(conn_id, who, acc.principal, hello.hops, hello.hops[0],
                                       pac=pac, delegation=acc.delegation))
@@ -133,15 +133,15 @@ class Inbound:
             def ended(splice: Splice) -> None:
                 self._registry.remove(conn_id)
                 self._live.remove(conn_id)
-                audit(log, "routed", facts, started, splice, link, end)
+                audit(log, "routed", facts, started, splice, channel, end)
 
             facts["handshake"] = round(time.monotonic() - started, 6)
-            self._live.add(facts, Splice(link, end, ended), link, end)
+            self._live.add(facts, Splice(channel, end, ended), channel, end)
             token = acc.token
-            link.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
+            channel.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 
         def refused(error: NipcError, acc: Accepted | None = None) -> None:
-            link.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
+            channel.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
             audit(log, "refused", dict(facts, errno=error.errno_name, reason=error.message), started)
 
         def failed(failure: Failure) -> None:

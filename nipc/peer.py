@@ -1,9 +1,16 @@
-"""The peer link: one TLS connection between two daemons per routed connection.
+"""The peer link: one long-lived TLS connection between two daemons, carrying channels.
 
-A ``PeerLink`` speaks the framed protocol of :mod:`nipc.wire`. Until the handshake
-completes it passes messages to its owner (the sending :class:`PeerClient` or the
-receiving :class:`PeerServer`); once spliced, DATA and EOF frames become bytes and
-half-close on the other end of the splice.
+A dialling daemon keeps one :class:`ClientLink` per peer daemon (:mod:`nipc.links`) and
+opens a :class:`Channel` on it for each routed connection; the receiving daemon's
+:class:`ServerLink` hands each channel's HELLO to :class:`nipc.inbound.Inbound`. No TLS
+handshake and no OpenSSL state per connection: the link's TLS session is shared, while
+every channel still carries its own caller's ticket, bound to the link and to the channel
+number (:func:`nipc.wire.binding`), and is authenticated on its own, both ways.
+
+Flow control is per channel (credit windows): a channel stops reading its local socket
+while the peer has granted no room, and grants room only while its own local socket keeps
+up. One slow reader stalls only its own channel; the link as a whole pauses the channels
+that write to it while TCP cannot take more.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,216 +34,568 @@ from nipc.tls import channel_binding, is_certificate_failure, ssl_detail
 
 log = Logger()
 
+#: Bytes a channel's sender may have unacknowledged: enough to keep a local link busy,
+#: small enough that a stalled reader holds little.
+WINDOW = 256 * 1024
+#: Room is granted back in slices of this size (one CREDIT frame per slice).
+GRANT_AT = WINDOW // 4
+#: An idle dialled link is closed after this long; a receiving daemon waits longer, so
+#: that the dialler, which knows when it is about to reuse a link, normally closes first.
+CLIENT_IDLE = 30.0
+SERVER_IDLE = 4 * CLIENT_IDLE
+#: How many channel numbers may be skipped (handshakes overtaking one another) at once.
+MAX_SKIPPED = 4096
 
-@implementer(IHandshakeListener)
-class PeerLink(Protocol):
-    """Frame decoding and the splice-end behaviour shared by both sides."""
+
+@implementer(IPushProducer)
+class Channel:
+    """One routed connection on a link: an end of a splice.
+
+    It is its own ``transport`` for the splice: the local socket's transport is registered
+    as its producer (paused while the peer has granted no room) and it is registered as
+    the producer of the local socket's transport (paused while that socket's buffer is
+    full, which withholds the peer's credit).
+    """
 
     splice: Splice | None = None
-    #: Stream frames that arrived after the handshake but before the splice existed.
-    _held: list[tuple[int, bytes]] | None = None
-    closed = False
 
-    def __init__(self, tune: Callable[[Any], None]) -> None:
+    def __init__(self, link: "Link", number: int) -> None:
+        self.link = link
+        self.number = number
+        self.transport = self
+        self.closed = False
+        self.producerPaused = False
+        #: Server side: called once when the handshake is over, whichever way.
+        self.on_settle: Callable[[], None] | None = None
+        self._producer: Any = None
+        self._credit = WINDOW  # bytes we may still send
+        self._room = WINDOW  # bytes the peer may still send before our next grant
+        self._owed = 0  # bytes delivered locally, not yet granted back
+        self._granting = True
+        self._pending = bytearray()  # read locally, waiting for credit
+        self._eof_pending = False
+        self._close_pending = False
+        #: What arrives before the splice exists (bounded by the window): data, then
+        #: whether EOF and CLOSE came.
+        self._holding = True
+        self._held = bytearray()
+        self._held_eof = False
+        self._held_close = False
+        self._eof_received = False
+        #: The handshake is over (RESULT OK sent or received): a CLOSE before that ends
+        #: the channel at once, since no splice will come to take it.
+        self.established = False
+        self._reason: Failure | None = None
+        self._result: Deferred[wire.Result] | None = None
+
+    @property
+    def peer(self) -> str:
+        return self.link.peer
+
+    # -- frames from the link
+    def received(self, kind: int, payload: bytes) -> None:
+        if kind == wire.Kind.CREDIT:
+            self._credit += wire.decode_credit(payload)
+            if self._credit > WINDOW:
+                raise NipcError("EPROTO", f"channel {self.number}: credit beyond the window")
+            self._flush()
+            return
+        if kind == wire.Kind.CLOSE:
+            if not self.established:
+                self.finish(Failure(ConnectionDone("the peer closed the channel during its handshake")))
+            elif self._holding:
+                self._held_close = True
+            else:
+                self.finish(Failure(ConnectionDone("the peer closed the channel")))
+            return
+        if self._eof_received:
+            raise NipcError("EPROTO", f"channel {self.number}: frame of type {kind} after EOF")
+        if kind == wire.Kind.EOF:
+            self._eof_received = True
+            if self._holding:
+                self._held_eof = True
+            else:
+                self.splice.eof(self)  # type: ignore[union-attr]
+            return
+        # DATA: never empty (an empty frame would cost us without counting against the window)
+        if not payload or len(payload) > self._room:
+            raise NipcError("EPROTO", f"channel {self.number}: empty data, or beyond the granted window")
+        self._room -= len(payload)
+        if self._holding:
+            self._held += payload
+        else:
+            self._deliver(payload)
+
+    def _deliver(self, data: bytes) -> None:
+        assert self.splice is not None
+        self.splice.data(self, data)
+        self._owed += len(data)
+        self._grant()
+
+    def _grant(self) -> None:
+        if self._granting and self._owed >= GRANT_AT and not self.closed:
+            self.link.write(wire.credit_frame(self.number, self._owed))
+            self._room += self._owed
+            self._owed = 0
+
+    # -- the handshake (dialling side)
+    def exchange(self, hello: wire.Hello) -> "Deferred[wire.Result]":
+        """Send the HELLO; the peer's RESULT fires the Deferred. Cancelling it closes the
+        channel (the peer drops whatever it was doing for it)."""
+
+        def cancel(_: Deferred[wire.Result]) -> None:
+            self._result = None
+            self.abort()
+
+        result: Deferred[wire.Result] = Deferred(cancel)
+        self._result = result
+        if self.closed:  # its link was lost since the channel was opened
+            assert self._reason is not None
+            self._handshake_failed(self._reason)
+        else:
+            self.link.write(wire.encode(hello, self.number))
+        return result
+
+    def answered(self, result: wire.Result) -> None:
+        if self._result is None:
+            raise NipcError("EPROTO", f"channel {self.number}: unexpected RESULT")
+        d, self._result = self._result, None
+        if result.ok:
+            self.established = True
+        else:
+            self._drop()
+        d.callback(result)
+
+    # -- the handshake (receiving side)
+    def answer(self, result: wire.Result) -> None:
+        """Send the RESULT; a refusal ends the channel (the link stays)."""
+        self._settle()
+        if self.closed:
+            return
+        self.link.write(wire.encode(result, self.number))
+        if result.ok:
+            self.established = True
+        else:
+            self._drop()
+
+    def _settle(self) -> None:
+        settle, self.on_settle = self.on_settle, None
+        if settle is not None:
+            settle()
+
+    # -- producer and consumer, for the splice
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+        self.producerPaused = False
+        self.throttle()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self.producerPaused = False
+
+    def pauseProducing(self) -> None:
+        self._granting = False
+
+    def resumeProducing(self) -> None:
+        self._granting = True
+        self._grant()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def throttle(self) -> None:
+        """Read the local socket only while the peer has room and the link keeps up."""
+        if self._producer is None or self.closed:
+            return
+        if self.link.paused:
+            self.link.blocked.add(self)
+        hold = bool(self._pending) or self._credit <= 0 or self.link.paused
+        if hold != self.producerPaused:
+            self.producerPaused = hold
+            if hold:
+                self._producer.pauseProducing()
+            else:
+                self._producer.resumeProducing()
+
+    # -- the splice's End
+    def start(self) -> None:
+        assert self.splice is not None
+        self._holding = False
+        held, self._held = bytes(self._held), bytearray()
+        if held and not self.closed:
+            self._deliver(held)
+        if self._held_eof and not self.closed:
+            self.splice.eof(self)
+        if self._held_close:
+            self.finish(Failure(ConnectionDone("the peer closed the channel")))
+        elif self.closed and self._reason is not None:
+            self.splice.lost(self, self._reason)  # lost while the splice was being made
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self._pending and len(data) <= self._credit:
+            self._credit -= len(data)
+            self.link.send_data(self.number, data)
+            if self._credit <= 0 or self.link.paused:
+                self.throttle()
+        else:
+            self._pending += data
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._pending and self._credit > 0 and not self.closed:
+            size = min(len(self._pending), self._credit, wire.MAX_DATA)
+            self.link.send_data(self.number, bytes(self._pending[:size]))
+            del self._pending[:size]
+            self._credit -= size
+        if self.closed:
+            return
+        if not self._pending:
+            if self._eof_pending:
+                self._eof_pending = False
+                self.link.write(wire.frame(wire.Kind.EOF, self.number))
+            if self._close_pending:
+                self._end()
+                return
+        self.throttle()
+
+    def send_eof(self) -> None:
+        if not self.closed:
+            self._eof_pending = True
+            self._flush()
+
+    def close(self) -> None:
+        """Close once what is pending has been sent (as TCP's close does)."""
+        if not self.closed:
+            self._close_pending = True
+            self._flush()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self._pending.clear()
+            self._end()
+
+    def _end(self) -> None:
+        """Tell the peer this channel is over, and end it here."""
+        if not self.link.closed:
+            self.link.write(wire.frame(wire.Kind.CLOSE, self.number))
+        self.finish(Failure(ConnectionDone("channel closed")))
+
+    def _drop(self) -> None:
+        """End a channel the peer knows is over (a refused handshake): nothing to say."""
+        self.closed = True
+        self.link.forget(self)
+
+    def finish(self, reason: Failure) -> None:
+        """The channel is over: closed by either side, or its link lost."""
+        if self.closed:
+            return
+        self.closed = True
+        self._reason = reason
+        self._pending.clear()
+        self.link.forget(self)
+        self._settle()
+        if self.splice is not None:
+            if not self._holding:
+                self.splice.lost(self, reason)
+        else:
+            self._handshake_failed(reason)
+
+    def _handshake_failed(self, reason: Failure) -> None:
+        if self._result is not None:
+            d, self._result = self._result, None
+            d.errback(reason if reason.check(SSL.Error, NipcError) else Failure(NipcError(
+                "EHOSTUNREACH", "peer daemon closed the connection during the handshake")))
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class Link(Protocol):
+    """Frame decoding, channel table and link-wide flow control, for both sides."""
+
+    closed = False
+    #: Closing: frames still arriving are ignored.
+    stopped = False
+    #: True while the TLS transport cannot take more: channels stop reading.
+    paused = False
+    exporter: bytes | None = None
+    lost_reason: Failure | None = None
+    idle_after = CLIENT_IDLE
+
+    def __init__(self, reactor: Any, tune: Callable[[Any], None]) -> None:
+        self._reactor = reactor
         self._decoder = wire.FrameDecoder()
         self._tune = tune
+        self.channels: dict[int, Channel] = {}
+        #: Channels that stopped reading because the link was paused.
+        self.blocked: set[Channel] = set()
+        #: The highest channel number opened so far (numbers are never reused).
+        self.highest = 0
+        self.peer = "?"
+        self._idle: Any = None
 
     def connectionMade(self) -> None:
         self._tune(self.transport)
+        self.peer = str(self.transport.getPeer())  # type: ignore[union-attr]
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
 
     def handshakeCompleted(self) -> None:
-        self.tls_ready(channel_binding(self.transport))
+        self.exporter = channel_binding(self.transport)
+        self.tls_ready()
+        self._idle_check()
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            frames = self._decoder.feed(data)
+            for kind, number, payload in self._decoder.feed(data):
+                if self.stopped:
+                    return
+                self.frame(kind, number, payload)
         except NipcError as e:
-            self.fail(e)
-            return
-        self._dispatch(frames)
+            self.violation(e)
 
-    def hold(self) -> None:
-        """The handshake is over: keep stream frames until :meth:`start` (bounded by
-        pausing the transport, so a fast sender cannot make us buffer more)."""
-        self._held = []
+    def frame(self, kind: int, number: int, payload: bytes) -> None:
+        channel = self.channels.get(number)
+        if channel is not None:
+            channel.received(kind, payload)
+        else:
+            self.unknown(kind, number)
 
-    def start(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            self._dispatch(held)
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+    def unknown(self, kind: int, number: int) -> None:
+        """A frame for a channel not open here. One that is over: what the peer sent
+        before it knew is dropped."""
+        if number > self.highest:
+            raise NipcError("EPROTO", f"frame for channel {number}, which was never opened")
 
-    def _dispatch(self, frames: list[tuple[int, bytes]]) -> None:
-        for index, (kind, payload) in enumerate(frames):
-            if self._held is not None:
-                self._held.extend(frames[index:])
-                self.transport.pauseProducing()  # type: ignore[union-attr]
-                return
-            if self.splice is not None:
-                if kind == wire.Kind.DATA:
-                    self.splice.data(self, payload)
-                elif kind == wire.Kind.EOF:
-                    self.splice.eof(self)
-                else:
-                    self.splice.refuse(self, f"peer sent a handshake frame ({kind}) mid-stream")
-                    return
-            else:
-                try:
-                    self.message(wire.decode(kind, payload))
-                except NipcError as e:
-                    self.fail(e)
-                    return
+    def add(self, channel: Channel) -> Channel:
+        self.channels[channel.number] = channel
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        return channel
 
-    def send(self, data: bytes) -> None:
+    def forget(self, channel: Channel) -> None:
+        self.channels.pop(channel.number, None)
+        self.blocked.discard(channel)
+        self._idle_check()
+
+    def _idle_check(self) -> None:
+        if not self.channels and self._idle is None and not self.closed:
+            self._idle = self._reactor.callLater(self.idle_after, self.idle)
+
+    def idle(self) -> None:
+        """No channel for a while: close the link."""
+        self._idle = None
+        self.close()
+
+    def send_data(self, number: int, data: bytes) -> None:
         for start in range(0, len(data), wire.MAX_DATA):
             chunk = data[start : start + wire.MAX_DATA]
-            self.transport.writeSequence([wire.data_header(len(chunk)), chunk])  # type: ignore[union-attr]
+            self.transport.writeSequence([wire.data_header(number, len(chunk)), chunk])  # type: ignore[union-attr]
 
-    def send_eof(self) -> None:
-        self.transport.write(wire.EOF_FRAME)  # type: ignore[union-attr]
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
 
-    def send_message(self, message: wire.Message) -> None:
-        self.transport.write(wire.encode(message))  # type: ignore[union-attr]
+    # -- the TLS transport's producer: pause and resume the channels that write to it
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        blocked, self.blocked = self.blocked, set()
+        for channel in blocked:
+            channel.throttle()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def violation(self, error: NipcError) -> None:
+        log.warn("peer link {peer}: {error}; closing it and its {n} channels",
+                 peer=self.peer, error=error.message, n=len(self.channels))
+        self.abort()
 
     def close(self) -> None:
+        self.stopped = True
         if not self.closed:
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:
+        self.stopped = True
         if not self.closed:
             self.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.closed = True
-        if self.splice is not None:
-            self.splice.lost(self, reason)
-        else:
-            self.lost_before_splice(reason)
+        self.lost_reason = reason
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        channels, self.channels = list(self.channels.values()), {}
+        for channel in channels:
+            channel.finish(reason)
+        self.link_lost(reason)
 
     # Hooks for the two sides.
-    def tls_ready(self, channel: bytes) -> None:
-        raise NotImplementedError
+    def tls_ready(self) -> None:
+        pass
 
-    def message(self, message: wire.Message) -> None:
-        raise NotImplementedError
-
-    def fail(self, error: NipcError) -> None:
-        raise NotImplementedError
-
-    def lost_before_splice(self, reason: Failure) -> None:
-        raise NotImplementedError
+    def link_lost(self, reason: Failure) -> None:
+        pass
 
 
-class PeerClient(PeerLink):
-    """The sending daemon's side: waits for TLS, sends HELLO, waits for the RESULT."""
+class ClientLink(Link):
+    """The dialling daemon's side: opens channels, one per routed connection."""
 
-    def __init__(self, tune: Callable[[Any], None]) -> None:
-        super().__init__(tune)
-        self.ready: Deferred[bytes] = Deferred()
-        self._result: Deferred[wire.Result] | None = None
-        #: Why the link ended before the splice, for an exchange started after that
-        #: (a TLS 1.3 peer refuses our certificate only after our side of the handshake).
-        self._lost: Failure | None = None
+    def __init__(self, reactor: Any, tune: Callable[[Any], None]) -> None:
+        super().__init__(reactor, tune)
+        self.ready: Deferred[ClientLink] = Deferred()
+        #: No new channels (a handshake on it timed out): closed once its last one ends.
+        self.retired = False
+        self.on_lost: Callable[[ClientLink], None] | None = None
 
-    def tls_ready(self, channel: bytes) -> None:
-        self.ready.callback(channel)
+    def tls_ready(self) -> None:
+        self.ready.callback(self)
 
-    def exchange(self, hello: wire.Hello) -> "Deferred[wire.Result]":
-        if self._lost is not None:
-            return fail(self._lost)
-        self._result = Deferred(lambda d: self.abort())
-        self.send_message(hello)
-        return self._result
+    def open(self) -> Channel:
+        self.highest += 1
+        return self.add(Channel(self, self.highest))
 
-    def message(self, message: wire.Message) -> None:
-        if isinstance(message, wire.Result) and self._result is not None:
-            result, self._result = self._result, None
-            if message.ok:
-                self.hold()
-            result.callback(message)
+    def retire(self) -> None:
+        self.retired = True
+        if self.on_lost is not None:
+            self.on_lost(self)
+        if not self.channels:
+            self.close()
+
+    def _idle_check(self) -> None:
+        if self.retired and not self.channels:
+            self.close()
         else:
-            self.fail(NipcError("EPROTO", "peer handshake: unexpected message"))
+            super()._idle_check()
 
-    def fail(self, error: NipcError) -> None:
-        self.abort()
-        self._fire_error(error)
+    def frame(self, kind: int, number: int, payload: bytes) -> None:
+        if kind == wire.Kind.HELLO:
+            raise NipcError("EPROTO", "peer daemon sent a HELLO")
+        if kind != wire.Kind.RESULT:
+            super().frame(kind, number, payload)
+            return
+        channel = self.channels.get(number)
+        if channel is None:
+            if number > self.highest:
+                raise NipcError("EPROTO", f"RESULT for channel {number}, which was never opened")
+            return  # we gave up on that channel (cancelled); the peer answered anyway
+        message = wire.decode(kind, payload)
+        assert isinstance(message, wire.Result)
+        channel.answered(message)
 
-    def lost_before_splice(self, reason: Failure) -> None:
-        # A TLS failure goes up as it is: the dialler names the host and the reason.
-        self._lost = reason if reason.check(SSL.Error) else Failure(NipcError(
-            "EHOSTUNREACH", "peer daemon closed the connection during the handshake"))
-        self._fire_error(self._lost)
-
-    def _fire_error(self, error: NipcError | Failure) -> None:
+    def link_lost(self, reason: Failure) -> None:
+        if self.on_lost is not None:
+            self.on_lost(self)
         if not self.ready.called:
-            self.ready.errback(error)
-        elif self._result is not None:
-            result, self._result = self._result, None
-            result.errback(error)
+            # A TLS failure goes up as it is: the dialler names the host and the reason.
+            self.ready.errback(reason if reason.check(SSL.Error) else Failure(NipcError(
+                "EHOSTUNREACH", "peer daemon closed the connection during the TLS handshake")))
 
 
-class PeerServer(PeerLink):
-    """The receiving daemon's side: one HELLO, answered by :class:`nipc.inbound.Inbound`."""
+class ServerLink(Link):
+    """The receiving daemon's side: each HELLO opens a channel, answered by
+    :class:`nipc.inbound.Inbound`."""
 
-    def __init__(self, tune: Callable[[Any], None], on_hello: Callable[["PeerServer", bytes, wire.Hello], None],
-                 reactor: Any, timeout: float, settled: Callable[[], None]) -> None:
-        super().__init__(tune)
+    idle_after = SERVER_IDLE
+
+    def __init__(self, reactor: Any, tune: Callable[[Any], None],
+                 on_hello: Callable[[Channel, bytes, wire.Hello], None],
+                 timeout: float, settled: Callable[[], None],
+                 admit: Callable[[], Callable[[], None] | None]) -> None:
+        super().__init__(reactor, tune)
         self._on_hello = on_hello
         self._settled: Callable[[], None] | None = settled
+        self._admit = admit
         self._timeout = timeout
-        self._channel: bytes | None = None
         self._deadline = Deadline(reactor)
-        self.answered = False
+        #: Channel numbers below ``highest`` not used yet (see _claim).
+        self.skipped: set[int] = set()
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        # One deadline covers TLS and the HELLO: a slow or silent peer costs little.
+        # One deadline covers TLS and the first HELLO: a slow or silent peer costs little.
         self._deadline.arm(self._timeout, self._expire)
 
     def _expire(self) -> None:
         log.info("peer {peer} sent no complete handshake in {timeout}s; closing",
-                 peer=self.transport.getPeer(), timeout=self._timeout)  # type: ignore[union-attr]
+                 peer=self.peer, timeout=self._timeout)
         self.abort()
 
-    def tls_ready(self, channel: bytes) -> None:
-        self._channel = channel
-
-    def message(self, message: wire.Message) -> None:
-        if not isinstance(message, wire.Hello) or self._channel is None or not self._deadline.armed:
-            self.fail(NipcError("EPROTO", "peer handshake: expected one HELLO"))
-            return
-        self._deadline.cancel()
-        self._on_hello(self, self._channel, message)
+    def _idle_check(self) -> None:
+        if self._deadline.armed:
+            return  # before the first HELLO, the handshake deadline is what counts
+        super()._idle_check()
 
     def _settle(self) -> None:
-        """The handshake is over, one way or another: it no longer counts as pending."""
+        """The link's own handshake is over: it no longer counts as pending."""
         settled, self._settled = self._settled, None
         if settled is not None:
             settled()
 
-    def answer(self, result: wire.Result) -> None:
-        """Send the RESULT; an error result closes the link once it is written."""
-        self._settle()
-        if self.closed:
+    def frame(self, kind: int, number: int, payload: bytes) -> None:
+        if kind == wire.Kind.RESULT:
+            raise NipcError("EPROTO", "peer sent a RESULT")
+        if kind != wire.Kind.HELLO:
+            super().frame(kind, number, payload)
             return
-        self.answered = True
-        self.send_message(result)
-        if not result.ok:
+        if self.exporter is None:
+            raise NipcError("EPROTO", "HELLO before the TLS handshake completed")
+        self._claim(number)
+        channel = self.add(Channel(self, number))
+        if self._deadline.armed:
+            self._deadline.cancel()
+            self._settle()
+        try:
+            hello = wire.decode(kind, payload)
+            if not isinstance(hello, wire.Hello):
+                raise NipcError("EPROTO", "peer handshake: expected a HELLO")
+        except NipcError as e:
+            log.info("peer {peer}: {error}", peer=self.peer, error=e.message)
+            channel.answer(wire.Result(e.errno_name, e.message))
             self.close()
+            return
+        settle = self._admit()
+        if settle is None:
+            channel.answer(wire.Result("EAGAIN", "receiving daemon has too many handshakes in progress"))
+            return
+        channel.on_settle = settle
+        self._on_hello(channel, wire.binding(self.exporter, number), hello)
 
-    def fail(self, error: NipcError) -> None:
-        log.info("peer {peer}: {error}", peer=self.transport.getPeer(), error=str(error))  # type: ignore[union-attr]
-        if not self.answered:
-            self.answer(wire.Result(error.errno_name, error.message))
+    def _claim(self, number: int) -> None:
+        """Use channel ``number`` once. The dialler numbers channels in order but sends
+        their HELLOs as each one's Kerberos work ends, so a lower number may come later:
+        the numbers skipped so far are remembered (a bounded set) until they are used, or
+        given up with a CLOSE."""
+        if number > self.highest:
+            if number - self.highest + len(self.skipped) > MAX_SKIPPED:
+                raise NipcError("EPROTO", f"channel {number} skips too many numbers")
+            self.skipped.update(range(self.highest + 1, number))
+            self.highest = number
+        elif number in self.skipped:
+            self.skipped.remove(number)
+        else:
+            raise NipcError("EPROTO", f"HELLO reuses channel number {number}")
+
+    def unknown(self, kind: int, number: int) -> None:
+        if number > self.highest or number in self.skipped:
+            if kind != wire.Kind.CLOSE:
+                raise NipcError("EPROTO", f"frame for channel {number}, which was never opened")
+            self._claim(number)  # given up before its HELLO was sent
+
+    def violation(self, error: NipcError) -> None:
+        log.info("peer {peer}: {error}", peer=self.peer, error=error.message)
         self.abort()
 
-    def lost_before_splice(self, reason: Failure) -> None:
+    def link_lost(self, reason: Failure) -> None:
         self._deadline.cancel()
         self._settle()
         if reason.check(SSL.Error) and is_certificate_failure(ssl_detail(reason.value)):
             log.warn("peer {peer}: TLS certificate refused: {detail}",
-                     peer=self.transport.getPeer(),  # type: ignore[union-attr]
-                     detail=ssl_detail(reason.value))
+                     peer=self.peer, detail=ssl_detail(reason.value))
 
 
 def source_of(addr: Any) -> str:
@@ -243,11 +603,11 @@ def source_of(addr: Any) -> str:
     return str(getattr(addr, "host", addr))
 
 
-class PeerServerFactory(Factory):
-    def __init__(self, build: Callable[[Any], PeerServer]) -> None:
+class ServerLinkFactory(Factory):
+    def __init__(self, build: Callable[[Any], ServerLink]) -> None:
         self._build = build
 
-    def buildProtocol(self, addr: Any) -> PeerServer:
+    def buildProtocol(self, addr: Any) -> ServerLink:
         return self._build(addr)
 
 

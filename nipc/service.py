@@ -7,7 +7,7 @@ import errno
 import os
 import socket
 import stat
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import tcp, unix
@@ -25,7 +25,7 @@ from nipc.gate import GateServices, LocalGateFactory
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ProtocolTransition, TicketSource, ticket_source
 from nipc.limits import Limits
-from nipc.peer import Admission, PeerServer, PeerServerFactory, source_of
+from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
 from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
@@ -146,6 +146,7 @@ class NipcService(Service):
         self._ports: list[Any] = []
         self._trim: LoopingCall | None = None
         self._tickets: TicketSource | None = None
+        self._router: Router | None = None
         self._observers: list[Any] = []
         self._started = 0.0
 
@@ -159,7 +160,7 @@ class NipcService(Service):
         self.live = live = Connections()
         self._tickets = tickets = ticket_source(reactor, config)
         acceptor = Acceptor(config)
-        router = Router(reactor, config, tickets, registry)
+        self._router = router = Router(reactor, config, tickets, registry)
         inbound = Inbound(reactor, config, acceptor, registry, live)
 
         self.limits = limits = Limits(config, reactor.seconds)
@@ -169,10 +170,18 @@ class NipcService(Service):
         self._trim.clock = reactor
         self._trim.start(HeapTrim.INTERVAL, now=False)
 
-        def peer_server(addr: Any) -> PeerServer:
+        def peer_server(addr: Any) -> ServerLink:
             source = source_of(addr)
-            return PeerServer(lambda tls: tune_tcp(tls, config), inbound.hello, reactor,
-                              config.handshake_timeout, lambda: limits.peer_settled(source))
+
+            def admit_channel() -> Callable[[], None] | None:
+                """Each channel's handshake counts as pending too (it costs a thread)."""
+                if not limits.peer_arrived(source):
+                    return None
+                return lambda: limits.peer_settled(source)
+
+            return ServerLink(reactor, lambda tls: tune_tcp(tls, config), inbound.hello,
+                              config.handshake_timeout, lambda: limits.peer_settled(source),
+                              admit_channel)
 
         path = str(config.socket_path)
         self._inherited = inherited = inherited_listeners(config.listen_port)
@@ -185,7 +194,7 @@ class NipcService(Service):
             clear_stale_socket(path)  # before anything else: never race a live daemon
         # Peers next: the local socket accepting is the sign that the daemon is ready.
         tls_factory = UnbufferedTLSFactory(
-            server_options(config), False, PeerServerFactory(peer_server)
+            server_options(config), False, ServerLinkFactory(peer_server)
         )
         peer_factory = Admission(tls_factory, limits.peer_arrived)
         peer_socket = inherited.pop("peer", None)
@@ -304,6 +313,8 @@ class NipcService(Service):
             self._trim.stop()
         if isinstance(self._tickets, ProtocolTransition):
             self._tickets.stop()
+        if self._router is not None:
+            self._router.links.close()
         for observer in self._observers:
             audit.observers.remove(observer)
         self._observers = []

@@ -1,9 +1,14 @@
-"""The daemon-to-daemon wire format, inside TLS: typed, length-prefixed frames.
+"""The daemon-to-daemon wire format, inside TLS: typed, length-prefixed, multiplexed frames.
 
-Pure encoding and decoding, no I/O. A frame is ``type (1 byte) | length (4 bytes, big
-endian) | payload``. The handshake frames carry a JSON object whose fields are checked
-here; after a successful handshake only DATA and EOF frames flow. EOF is what carries
-half-close across TLS, which Twisted's TLS transport cannot express (KERBEROS.md).
+Pure encoding and decoding, no I/O. A frame is ``type (1 byte) | channel (4 bytes) |
+length (4 bytes)`` (big endian) then the payload. One TLS link between two daemons
+carries many routed connections, each a channel: HELLO opens one (JSON, with the
+caller's ticket bound to the link and to the channel number, :func:`binding`) and RESULT
+answers it; then DATA, EOF (half-close, which TLS cannot express), CREDIT (the receiver
+lets the sender send that many more bytes: per-channel flow control, so one slow reader
+never stalls its neighbours) and CLOSE. Channel numbers are chosen by the dialling side in
+increasing order and never reused, so a replayed or duplicated HELLO is refused by number
+before any Kerberos work.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 from nipc.errors import ERRNO_NAMES, NipcError
 from nipc.request import check_host, check_path
 
-VERSION = 1
-HEADER = struct.Struct(">BI")
+VERSION = 2
+HEADER = struct.Struct(">BII")
+CREDIT = struct.Struct(">I")
 MAX_HANDSHAKE = 64 * 1024
 MAX_DATA = 1024 * 1024
 MAX_HOPS_ON_WIRE = 64
@@ -31,6 +37,8 @@ class Kind(IntEnum):
     RESULT = 3
     DATA = 16
     EOF = 17
+    CLOSE = 18
+    CREDIT = 19
 
 
 @dataclass(frozen=True)
@@ -69,23 +77,39 @@ def _proto(message: str) -> NipcError:
     return NipcError("EPROTO", f"peer handshake: {message}")
 
 
-def frame(kind: Kind, payload: bytes) -> bytes:
-    return HEADER.pack(kind, len(payload)) + payload
+#: A frame as decoded: kind, channel, payload.
+Frame = tuple[int, int, bytes]
 
 
-def data_header(length: int) -> bytes:
+def frame(kind: Kind, channel: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, channel, len(payload)) + payload
+
+
+def data_header(channel: int, length: int) -> bytes:
     """Header of a DATA frame; sent beside the payload to avoid copying it."""
-    return HEADER.pack(Kind.DATA, length)
+    return HEADER.pack(Kind.DATA, channel, length)
 
 
-EOF_FRAME = HEADER.pack(Kind.EOF, 0)
+def credit_frame(channel: int, amount: int) -> bytes:
+    return frame(Kind.CREDIT, channel, CREDIT.pack(amount))
+
+
+def decode_credit(payload: bytes) -> int:
+    (amount,) = CREDIT.unpack(payload)  # the decoder checked the length
+    return int(amount)
+
+
+def binding(exporter: bytes, channel: int) -> bytes:
+    """What a channel's ticket is bound to: the link's TLS keying material and the
+    channel number, so a ticket is good for one channel of one link only."""
+    return exporter + b"/channel/" + CREDIT.pack(channel)
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Message, channel: int) -> bytes:
     body: dict[str, Any]
     if isinstance(message, Hello):
         kind = Kind.HELLO
@@ -104,7 +128,7 @@ def encode(message: Message) -> bytes:
     payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
     if len(payload) > MAX_HANDSHAKE:
         raise _proto("message too large")
-    return frame(kind, payload)
+    return frame(kind, channel, payload)
 
 
 def _field(body: dict[str, Any], name: str, kind: type) -> Any:
@@ -157,32 +181,39 @@ def decode(kind: int, payload: bytes) -> Message:
     raise _proto(f"unexpected frame type {kind}")
 
 
+_EMPTY = frozenset({Kind.EOF, Kind.CLOSE})
+
+
 class FrameDecoder:
-    """Incremental splitter of a byte stream into ``(kind, payload)`` frames.
+    """Incremental splitter of a byte stream into ``(kind, channel, payload)`` frames.
 
     Handshake frames are limited to :data:`MAX_HANDSHAKE` bytes, data frames to
-    :data:`MAX_DATA`: a peer cannot make us buffer more than that per frame.
+    :data:`MAX_DATA`: a peer cannot make us buffer more than that per frame. Channel 0
+    is never used.
     """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes) -> list[Frame]:
         self._buffer += data
-        frames: list[tuple[int, bytes]] = []
+        frames: list[Frame] = []
         buf = self._buffer
         pos = 0
         while len(buf) - pos >= HEADER.size:
-            kind, length = HEADER.unpack_from(buf, pos)
+            kind, channel, length = HEADER.unpack_from(buf, pos)
             limit = MAX_DATA if kind == Kind.DATA else MAX_HANDSHAKE
             if kind not in _KINDS:
                 raise _proto(f"unknown frame type {kind}")
-            if length > limit or (kind == Kind.EOF and length):
-                raise _proto(f"frame of type {kind} too long ({length} bytes)")
+            if not channel:
+                raise _proto("frame on channel 0")
+            if (length > limit or (kind in _EMPTY and length)
+                    or (kind == Kind.CREDIT and length != CREDIT.size)):
+                raise _proto(f"frame of type {kind} has a bad length ({length} bytes)")
             end = pos + HEADER.size + length
             if end > len(buf):
                 break
-            frames.append((kind, bytes(buf[pos + HEADER.size : end])))
+            frames.append((kind, channel, bytes(buf[pos + HEADER.size : end])))
             pos = end
         del buf[:pos]
         return frames

@@ -2,7 +2,8 @@
 misbound tickets and prints the errno of each RESULT it gets.
 
     forge_tool.py ATTACK ADDRESS PORT HOST PATH DAEMON_PRINCIPAL [ARG ...]
-    ATTACK: garbage-token | other-channel | replay | long-chain      (print the errno)
+    ATTACK: garbage-token | other-channel | replay | replay-other-channel | reuse-channel
+            | long-chain                                             (print the errno)
             other-service SERVICE_HOST   a valid ticket for nipc/SERVICE_HOST, shown to HOST
             as-user USER                 a valid ticket for USER@REALM (protocol transition)
             expired                      the service ticket in $KRB5CCNAME, once expired
@@ -45,8 +46,8 @@ def tls(address: str, port: int) -> SSL.Connection:
     return conn
 
 
-def exchange(conn: SSL.Connection, hello: wire.Hello) -> str:
-    conn.sendall(wire.encode(hello))
+def exchange(conn: SSL.Connection, hello: wire.Hello, channel: int = 1) -> str:
+    conn.sendall(wire.encode(hello, channel))
     decoder = wire.FrameDecoder()
     while True:
         try:
@@ -55,7 +56,9 @@ def exchange(conn: SSL.Connection, hello: wire.Hello) -> str:
             return "CLOSED"
         if not chunk:
             return "CLOSED"
-        for kind, payload in decoder.feed(chunk):
+        for kind, number, payload in decoder.feed(chunk):
+            if kind != wire.Kind.RESULT or number != channel:
+                continue  # an earlier channel's stream
             result = wire.decode(kind, payload)
             assert isinstance(result, wire.Result)
             return result.errno_name
@@ -144,8 +147,9 @@ def extend_ccache(data: bytes, endtime: int) -> bytes:
     return bytes(buf)
 
 
-def channel_of(conn: SSL.Connection) -> bytes:
-    return conn.export_keying_material(EXPORTER_LABEL, 32)
+def channel_of(conn: SSL.Connection, channel: int = 1) -> bytes:
+    """What a ticket for ``channel`` of this link must be bound to."""
+    return wire.binding(conn.export_keying_material(EXPORTER_LABEL, 32), channel)
 
 
 def answered(conn: SSL.Connection, data: bytes, limit: float = 60) -> str:
@@ -171,7 +175,7 @@ def answered(conn: SSL.Connection, data: bytes, limit: float = 60) -> str:
         took = time.monotonic() - start
         if not chunk:
             return f"CLOSED {took:.2f}"
-        for kind, payload in decoder.feed(chunk):
+        for kind, _, payload in decoder.feed(chunk):
             result = wire.decode(kind, payload)
             assert isinstance(result, wire.Result)
             return f"{result.errno_name} {took:.2f}"
@@ -228,11 +232,11 @@ def main() -> None:
     conn = tls(address, port)
     if attack == "truncated-hello":
         # A HELLO header announcing 1000 bytes, then only 10 of them, then silence.
-        print(answered(conn, struct.pack(">BI", wire.Kind.HELLO, 1000) + b'{"version"'))
+        print(answered(conn, wire.HEADER.pack(wire.Kind.HELLO, 1, 1000) + b'{"version"'))
     elif attack == "oversized-hello":
         # A HELLO announcing more than MAX_HANDSHAKE bytes, and sending them.
         size = wire.MAX_HANDSHAKE + 1
-        print(answered(conn, struct.pack(">BI", wire.Kind.HELLO, size) + b"[" * size))
+        print(answered(conn, wire.HEADER.pack(wire.Kind.HELLO, 1, size) + b"[" * size))
     elif attack == "garbage-frames":
         print(answered(conn, os.urandom(4096)))
     elif attack == "tls-silent":
@@ -266,15 +270,26 @@ def main() -> None:
         token = token_for(os.urandom(32), daemon_principal, host)
         print(exchange(conn, wire.Hello(path, host, ("a.lan.test",), token, "forged2")))
     elif attack == "replay":
-        channel = conn.export_keying_material(EXPORTER_LABEL, 32)
-        token = token_for(channel, daemon_principal, host)
+        token = token_for(channel_of(conn), daemon_principal, host)
         first = exchange(conn, wire.Hello(path, host, ("a.lan.test",), token, "legit"))
         assert first == "OK", first
         again = tls(address, port)
         print(exchange(again, wire.Hello(path, host, ("a.lan.test",), token, "replayed")))
+    elif attack == "replay-other-channel":
+        # The same link, the next channel: the ticket is bound to channel 1 only.
+        token = token_for(channel_of(conn), daemon_principal, host)
+        first = exchange(conn, wire.Hello(path, host, ("a.lan.test",), token, "legit"))
+        assert first == "OK", first
+        print(exchange(conn, wire.Hello(path, host, ("a.lan.test",), token, "replayed"), 2))
+    elif attack == "reuse-channel":
+        # A second HELLO on channel 1 of the same link (its ticket bound to channel 1).
+        token = token_for(channel_of(conn), daemon_principal, host)
+        first = exchange(conn, wire.Hello(path, host, ("a.lan.test",), token, "legit"))
+        assert first == "OK", first
+        token = token_for(channel_of(conn), daemon_principal, host)
+        print(exchange(conn, wire.Hello(path, host, ("a.lan.test",), token, "again")))
     elif attack == "long-chain":
-        channel = conn.export_keying_material(EXPORTER_LABEL, 32)
-        token = token_for(channel, daemon_principal, host)
+        token = token_for(channel_of(conn), daemon_principal, host)
         hops = tuple(f"h{i}.lan.test" for i in range(9))
         print(exchange(conn, wire.Hello(path, host, hops, token, "long")))
     else:

@@ -74,16 +74,17 @@ def frames_target(data: bytes) -> None:
     body = data[3:]
     pieces = [body[i:j] for i, j in zip([0, *cuts], [*cuts, len(body)])]
     decoder = wire.FrameDecoder()
-    got: list[tuple[int, bytes]] = []
+    got: list[wire.Frame] = []
     try:
         for piece in pieces:
             got += decoder.feed(piece)
     except NipcError as e:
         _one_line(e)
-    for kind, payload in got:
+    for kind, channel, payload in got:
+        assert channel != 0
         limit = wire.MAX_DATA if kind == wire.Kind.DATA else wire.MAX_HANDSHAKE
         assert len(payload) <= limit
-        if kind in (wire.Kind.DATA, wire.Kind.EOF):
+        if kind not in (wire.Kind.HELLO, wire.Kind.RESULT):
             continue
         try:
             message = wire.decode(kind, payload)
@@ -91,11 +92,11 @@ def frames_target(data: bytes) -> None:
             _one_line(e)
             continue
         try:
-            encoded = wire.encode(message)
+            encoded = wire.encode(message, channel)
         except NipcError:
             continue  # re-encoding may only exceed the size limit
-        (kind2, payload2), = wire.FrameDecoder().feed(encoded)
-        assert kind2 == kind and wire.decode(kind2, payload2) == message
+        (kind2, channel2, payload2), = wire.FrameDecoder().feed(encoded)
+        assert (kind2, channel2) == (kind, channel) and wire.decode(kind2, payload2) == message
 
 
 def logon_info_target(data: bytes) -> None:
@@ -150,12 +151,13 @@ def seeds(target: str) -> list[bytes]:
             b"CONNECT /p\xc3\xa9@xn--h-1ga.test\n",
         ]
     if target == "frames":
-        hello = wire.encode(wire.Hello("/run/x.sock", "b.lan.test", ("a.lan.test",), b"\x60\x82tok", "abc123"))
-        result = wire.encode(wire.Result("OK", "", b"\x6f\x81", {"conn_id": "f00"}))
-        refusal = wire.encode(wire.Result("EACCES", "no", b"", {}))
-        data = wire.data_header(5) + b"hello" + wire.EOF_FRAME
+        hello = wire.encode(wire.Hello("/run/x.sock", "b.lan.test", ("a.lan.test",), b"\x60\x82tok", "abc123"), 1)
+        result = wire.encode(wire.Result("OK", "", b"\x6f\x81", {"conn_id": "f00"}), 1)
+        refusal = wire.encode(wire.Result("EACCES", "no", b"", {}), 2)
+        data = (wire.data_header(1, 5) + b"hello" + wire.frame(wire.Kind.EOF, 1)
+                + wire.credit_frame(1, 5) + wire.frame(wire.Kind.CLOSE, 1))
         return [b"\x05\x09\x11" + hello, b"\x00\x00\x00" + result + data, b"\x01\x02\x03" + refusal,
-                b"\x00\x00\x00" + struct.pack(">BI", 1, 2) + b"{}"]
+                b"\x00\x00\x00" + wire.HEADER.pack(1, 3, 2) + b"{}"]
     prefix = "logon_info" if target == "logon_info" else "upn_dns_info"
     return [p.read_bytes() for p in sorted(DATA.glob(f"{prefix}_*.bin"))]
 

@@ -34,10 +34,10 @@ def main() -> None:
         try:
             conn.do_handshake()
             decoder = wire.FrameDecoder()
-            frames: list[tuple[int, bytes]] = []
+            frames: list[wire.Frame] = []
             while not frames:
                 frames = decoder.feed(conn.recv(65536))
-            conn.sendall(wire.encode(wire.Result("OK", token=token)))
+            conn.sendall(wire.encode(wire.Result("OK", token=token), frames[0][1]))
             print("answered", flush=True)
             conn.recv(65536)  # hold the link until the victim gives up
         except (SSL.Error, OSError):

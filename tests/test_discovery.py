@@ -114,6 +114,9 @@ def test_unknown_name_is_ehostunreach_naming_the_lookups(lan: dict[str, Host]) -
 
 def test_dns_cut_off_is_etimedout_within_the_dns_timeout(lan: dict[str, Host],
                                                          sandbox: Sandbox) -> None:
+    """With no link to b open yet (a link already open is used without asking DNS)."""
+    lan["a"].stop_daemon()
+    lan["a"].start_daemon()
     subprocess.run(["ip", "-n", sandbox.switch_netns, "link", "set", "p-dc", "down"], check=True)
     try:
         started = time.monotonic()

@@ -120,12 +120,13 @@ def handshake_objects(draw: st.DrawFn) -> bytes:
     import json
 
     kind = draw(st.sampled_from([wire.Kind.HELLO, wire.Kind.RESULT, 2, 99]))
-    body: dict[str, object] = {"version": 1, "path": "/x.sock", "host": "b.lan.test",
+    body: dict[str, object] = {"version": wire.VERSION, "path": "/x.sock", "host": "b.lan.test",
                                "hops": ["a.lan.test"], "token": "YQ==", "conn_id": "c1",
                                "errno": "OK", "message": "", "info": {}}
     for key in draw(st.lists(st.sampled_from(sorted(body)), max_size=3)):
         body[key] = draw(_json_values)
-    return b"\x00\x00\x00" + wire.frame(kind, json.dumps(body).encode())  # type: ignore[arg-type]
+    channel = draw(st.sampled_from([0, 1, 2**32 - 1]))
+    return b"\x00\x00\x00" + wire.frame(kind, channel, json.dumps(body).encode())  # type: ignore[arg-type]
 
 
 @FAST
@@ -137,17 +138,15 @@ def test_peer_frames(data: bytes) -> None:
 def test_peer_frames_deeply_nested_json() -> None:
     """JSON nested deep enough to exhaust the recursion limit is a refusal, not a crash."""
     for payload in (b"[" * 100_000, b'{"a":' * 60_000):
-        ft.frames_target(b"\x00\x00\x00" + wire.frame(wire.Kind.HELLO, payload[: wire.MAX_HANDSHAKE]))
+        ft.frames_target(b"\x00\x00\x00" + wire.frame(wire.Kind.HELLO, 1, payload[: wire.MAX_HANDSHAKE]))
 
 
 def test_peer_frame_limits() -> None:
     """Declared lengths beyond the per-kind limit are refused from the header alone."""
-    import struct
-
     for kind, length in ((wire.Kind.HELLO, wire.MAX_HANDSHAKE + 1), (wire.Kind.DATA, wire.MAX_DATA + 1),
-                         (wire.Kind.EOF, 1), (0, 0), (255, 0)):
+                         (wire.Kind.EOF, 1), (wire.Kind.CLOSE, 1), (wire.Kind.CREDIT, 3), (0, 0), (255, 0)):
         with pytest.raises(ft.NipcError):
-            wire.FrameDecoder().feed(struct.pack(">BI", kind, length))
+            wire.FrameDecoder().feed(wire.HEADER.pack(kind, 1, length))
 
 
 @FAST

@@ -31,8 +31,8 @@ from conftest import require_root
 from nipc.config import Config, ConfigError, PeerAddress, from_mapping
 from nipc import wire
 from nipc.errors import NipcError
-from nipc.peer import PeerClient
-from nipc.router import _link_failure
+from nipc.links import link_failure
+from nipc.peer import ClientLink
 from nipc.sandbox import Host
 from nipc.splice import Adopted
 from nipc.tls import UnbufferedTLSFactory, check_peer_name, client_options, server_options
@@ -239,12 +239,12 @@ def _config(host: str, pem: Pem | None, bundle: Path | None) -> Config:
 
 
 async def _dial(client: Config, server: Config, host: str) -> Any:
-    """What router._Dial does up to the Kerberos step: TLS, then (with a bundle) the name
-    check; a failure as router._link_failure maps it."""
+    """What links.Links does, then a channel's HELLO: TLS, then (with a bundle) the name
+    check; a failure as links.link_failure maps it."""
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         UnbufferedTLSFactory(server_options(server), False, Factory.forProtocol(_Listener)))
     try:
-        link = PeerClient(lambda tls: None)
+        link = ClientLink(reactor, lambda tls: None)
         where = PeerAddress("127.0.0.1", port.getHost().port)
         d: Deferred[Any] = TCP4ClientEndpoint(reactor, where.host, where.port).connect(
             UnbufferedTLSFactory(client_options(client), True, Adopted(link)))
@@ -253,8 +253,8 @@ async def _dial(client: Config, server: Config, host: str) -> Any:
             d.addCallback(lambda channel: (check_peer_name(link.transport, host), channel)[1])
         # A server that refuses our certificate says so after our side of the handshake:
         # the exchange sees its alert; one that accepted us closes the link.
-        d.addCallback(lambda _: link.exchange(wire.Hello("/x", host, ("a.lan.test",), b"t", "c")))
-        d.addErrback(lambda f: _link_failure(f, [where], host))
+        d.addCallback(lambda _: link.open().exchange(wire.Hello("/x", host, ("a.lan.test",), b"t", "c")))
+        d.addErrback(lambda f: link_failure(f, [where], host))
         try:
             return await d
         except NipcError as e:

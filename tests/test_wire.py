@@ -1,6 +1,7 @@
 """Unit tests of the daemon-to-daemon frames (SPEC section 4): ``nipc.wire``.
 
-Every handshake message is versioned and length-limited, and any malformation is EPROTO.
+Frames are multiplexed on one link by channel number (never 0). Every handshake message
+is versioned and length-limited, and any malformation is EPROTO.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from nipc.errors import ERRNO_NAMES, NipcError
 from nipc.wire import (
-    EOF_FRAME,
+    CREDIT,
     HEADER,
     MAX_DATA,
     MAX_HANDSHAKE,
@@ -25,9 +26,13 @@ from nipc.wire import (
     Hello,
     Kind,
     Result,
+    binding,
+    credit_frame,
     data_header,
     decode,
+    decode_credit,
     encode,
+    frame,
 )
 
 
@@ -95,11 +100,16 @@ results = st.builds(
 )
 
 
-def split_frame(data: bytes) -> tuple[int, bytes]:
-    """Split one encoded frame into ``(kind, payload)`` with FrameDecoder."""
+channels = st.integers(1, 2**32 - 1)
+
+
+def split_frame(data: bytes, channel: int = 1) -> tuple[int, bytes]:
+    """Split one encoded frame on ``channel`` into ``(kind, payload)`` with FrameDecoder."""
     frames = FrameDecoder().feed(data)
     assert len(frames) == 1
-    return frames[0]
+    kind, got, body = frames[0]
+    assert got == channel
+    return kind, body
 
 
 # ------------------------------------------------------------------------- round trips
@@ -109,7 +119,7 @@ class TestRoundTrip:
     def test_hello(self) -> None:
         """A HELLO survives encode/decode unchanged."""
         hello = Hello("/run/a@b.sock", "b.example", ("a.example", "c.example"), b"\x00tok", "c1")
-        kind, body = split_frame(encode(hello))
+        kind, body = split_frame(encode(hello, 7), 7)
         assert kind == Kind.HELLO
         assert decode(kind, body) == hello
 
@@ -118,18 +128,20 @@ class TestRoundTrip:
         ok = Result("OK", token=b"mutual", info={"uid": 1000, "groups": [1, 2]})
         err = Result("EACCES", "refused by policy")
         for message in (ok, err):
-            kind, body = split_frame(encode(message))
+            kind, body = split_frame(encode(message, 3), 3)
             assert kind == Kind.RESULT
             assert decode(kind, body) == message
         assert ok.ok and not err.ok
         assert err.error().errno_name == "EACCES" and err.error().message == "refused by policy"
 
     def test_header_layout(self) -> None:
-        """A frame is type (1 byte) | length (4 bytes, big endian) | payload."""
-        data = encode(Result("OK"))
+        """A frame is type (1 byte) | channel (4 bytes) | length (4 bytes), big endian,
+        then the payload: 9 bytes of header."""
+        data = encode(Result("OK"), 0x01020304)
+        assert HEADER.size == 9
         assert data[0] == Kind.RESULT
-        assert int.from_bytes(data[1:5], "big") == len(data) - 5
-        assert HEADER.size == 5
+        assert data[1:5] == b"\x01\x02\x03\x04"
+        assert int.from_bytes(data[5:9], "big") == len(data) - 9
 
     def test_hello_host_and_hops_are_normalised(self) -> None:
         """Host and hops are checked like the local request: lower-cased, final dot dropped."""
@@ -144,22 +156,22 @@ class TestRoundTrip:
         assert isinstance(message, Result) and message.info == {}
 
     @settings(max_examples=60)
-    @given(hellos)
-    def test_any_hello_round_trips(self, hello: Hello) -> None:
-        """Any valid HELLO (normalised host names, any token bytes) round-trips."""
-        kind, body = split_frame(encode(hello))
+    @given(hellos, channels)
+    def test_any_hello_round_trips(self, hello: Hello, channel: int) -> None:
+        """Any valid HELLO (normalised host names, any token bytes) round-trips, on any channel."""
+        kind, body = split_frame(encode(hello, channel), channel)
         assert decode(kind, body) == hello
 
     @settings(max_examples=60)
-    @given(results)
-    def test_any_result_round_trips(self, result: Result) -> None:
-        """Any RESULT (any message text, token bytes, JSON info) round-trips."""
-        kind, body = split_frame(encode(result))
+    @given(results, channels)
+    def test_any_result_round_trips(self, result: Result, channel: int) -> None:
+        """Any RESULT (any message text, token bytes, JSON info) round-trips, on any channel."""
+        kind, body = split_frame(encode(result, channel), channel)
         assert decode(kind, body) == result
 
     def test_encode_refuses_oversized_messages(self) -> None:
         """The sender never produces a handshake frame the receiver would refuse."""
-        eproto(encode, Result("OK", token=b"x" * MAX_HANDSHAKE))
+        eproto(encode, Result("OK", token=b"x" * MAX_HANDSHAKE), 1)
 
 
 # --------------------------------------------------------------------------- data frames
@@ -167,25 +179,50 @@ class TestRoundTrip:
 
 class TestDataFrames:
     def test_data_header(self) -> None:
-        """DATA frames carry raw bytes after a header built by data_header."""
-        stream = data_header(3) + b"abc" + data_header(0) + EOF_FRAME
-        assert FrameDecoder().feed(stream) == [(Kind.DATA, b"abc"), (Kind.DATA, b""), (Kind.EOF, b"")]
+        """DATA frames carry raw bytes after a header built by data_header; frames of
+        different channels interleave on one stream."""
+        stream = (data_header(1, 3) + b"abc" + data_header(2, 0)
+                  + frame(Kind.EOF, 1) + data_header(2, 2) + b"de")
+        assert FrameDecoder().feed(stream) == [
+            (Kind.DATA, 1, b"abc"), (Kind.DATA, 2, b""), (Kind.EOF, 1, b""), (Kind.DATA, 2, b"de"),
+        ]
 
     def test_eof_frame(self) -> None:
         """EOF is an empty frame of its own type (carries half-close across TLS)."""
-        assert EOF_FRAME == bytes([Kind.EOF, 0, 0, 0, 0])
+        assert frame(Kind.EOF, 5) == bytes([Kind.EOF, 0, 0, 0, 5, 0, 0, 0, 0])
+
+    def test_close_frame(self) -> None:
+        """CLOSE is an empty frame: the channel is over (the link stays)."""
+        assert frame(Kind.CLOSE, 258) == bytes([Kind.CLOSE, 0, 0, 1, 2, 0, 0, 0, 0])
+        assert FrameDecoder().feed(frame(Kind.CLOSE, 258)) == [(Kind.CLOSE, 258, b"")]
+
+    @pytest.mark.parametrize("amount", [0, 1, 64 * 1024, 2**32 - 1])
+    def test_credit_round_trip(self, amount: int) -> None:
+        """A CREDIT frame carries a 4-byte big-endian amount, read back by decode_credit."""
+        data = credit_frame(9, amount)
+        assert data == HEADER.pack(Kind.CREDIT, 9, 4) + amount.to_bytes(4, "big")
+        assert FrameDecoder().feed(data) == [(Kind.CREDIT, 9, amount.to_bytes(4, "big"))]
+        assert decode_credit(data[HEADER.size:]) == amount
+
+    def test_binding_is_per_link_and_per_channel(self) -> None:
+        """A ticket bound to one channel of one link is good for no other channel or link."""
+        a, b = b"A" * 32, b"B" * 32
+        bindings = {binding(a, 1), binding(a, 2), binding(b, 1), binding(b, 2), binding(a, 2**32 - 1)}
+        assert len(bindings) == 5
+        assert binding(a, 1) == binding(a, 1)
+        assert binding(a, 1).startswith(a)
 
     def test_max_data_frame_is_accepted(self) -> None:
         """A DATA frame of exactly MAX_DATA bytes is accepted."""
         body = bytes(range(256)) * (MAX_DATA // 256)
         assert len(body) == MAX_DATA
-        assert FrameDecoder().feed(data_header(MAX_DATA) + body) == [(Kind.DATA, body)]
+        assert FrameDecoder().feed(data_header(1, MAX_DATA) + body) == [(Kind.DATA, 1, body)]
 
     def test_max_handshake_frame_is_accepted(self) -> None:
         """A handshake frame of exactly MAX_HANDSHAKE bytes passes the decoder."""
         body = b" " * MAX_HANDSHAKE
-        assert FrameDecoder().feed(HEADER.pack(Kind.HELLO, MAX_HANDSHAKE) + body) == [
-            (Kind.HELLO, body)
+        assert FrameDecoder().feed(HEADER.pack(Kind.HELLO, 1, MAX_HANDSHAKE) + body) == [
+            (Kind.HELLO, 1, body)
         ]
 
 
@@ -196,52 +233,68 @@ class TestFrameDecoder:
     def test_partial_header_and_payload_wait(self) -> None:
         """Nothing comes out until a whole frame is there; what is pending stays buffered."""
         decoder = FrameDecoder()
-        frame = data_header(4) + b"wxyz"
-        for i, byte in enumerate(frame[:-1]):
+        data = data_header(6, 4) + b"wxyz"
+        for i, byte in enumerate(data[:-1]):
             assert decoder.feed(bytes([byte])) == []
             assert decoder.buffered == i + 1
-        assert decoder.feed(frame[-1:]) == [(Kind.DATA, b"wxyz")]
+        assert decoder.feed(data[-1:]) == [(Kind.DATA, 6, b"wxyz")]
         assert decoder.buffered == 0
 
     def test_several_frames_in_one_chunk(self) -> None:
         """One chunk may hold many frames and the start of the next one."""
         decoder = FrameDecoder()
-        chunk = encode(Result("OK")) + data_header(2) + b"hi" + data_header(5) + b"ab"
+        chunk = encode(Result("OK"), 1) + data_header(1, 2) + b"hi" + data_header(2, 5) + b"ab"
         frames = decoder.feed(chunk)
-        assert [k for k, _ in frames] == [Kind.RESULT, Kind.DATA]
+        assert [(k, c) for k, c, _ in frames] == [(Kind.RESULT, 1), (Kind.DATA, 1)]
         assert decoder.buffered == HEADER.size + 2
-        assert decoder.feed(b"cde") == [(Kind.DATA, b"abcde")]
+        assert decoder.feed(b"cde") == [(Kind.DATA, 2, b"abcde")]
 
-    @pytest.mark.parametrize("kind", [0, 2, 4, 15, 18, 255])
+    @pytest.mark.parametrize("kind", [0, 2, 4, 15, 20, 255])
     def test_unknown_frame_type(self, kind: int) -> None:
         """An unknown frame type is EPROTO as soon as its header is seen."""
-        eproto(FrameDecoder().feed, HEADER.pack(kind, 0))
+        eproto(FrameDecoder().feed, HEADER.pack(kind, 1, 0))
+
+    @pytest.mark.parametrize("kind", list(Kind))
+    def test_channel_zero_is_refused(self, kind: Kind) -> None:
+        """Channel 0 is never used: any frame on it is EPROTO from its header alone."""
+        length = CREDIT.size if kind == Kind.CREDIT else 0
+        eproto(FrameDecoder().feed, HEADER.pack(kind, 0, length))
 
     def test_oversized_data_frame(self) -> None:
         """A DATA frame over MAX_DATA is refused from its header alone (nothing buffered)."""
-        eproto(FrameDecoder().feed, data_header(MAX_DATA + 1))
+        eproto(FrameDecoder().feed, data_header(1, MAX_DATA + 1))
 
     @pytest.mark.parametrize("kind", [Kind.HELLO, Kind.RESULT])
     def test_oversized_handshake_frame(self, kind: Kind) -> None:
         """A handshake frame over MAX_HANDSHAKE is refused, even though DATA may be larger."""
-        eproto(FrameDecoder().feed, HEADER.pack(kind, MAX_HANDSHAKE + 1))
+        eproto(FrameDecoder().feed, HEADER.pack(kind, 1, MAX_HANDSHAKE + 1))
 
     def test_huge_length(self) -> None:
         """A length of 4 GiB - 1 is refused without trying to buffer it."""
-        eproto(FrameDecoder().feed, HEADER.pack(Kind.DATA, 2**32 - 1))
+        eproto(FrameDecoder().feed, HEADER.pack(Kind.DATA, 1, 2**32 - 1))
 
     def test_eof_with_payload(self) -> None:
         """An EOF frame must be empty."""
-        eproto(FrameDecoder().feed, HEADER.pack(Kind.EOF, 1) + b"x")
+        eproto(FrameDecoder().feed, HEADER.pack(Kind.EOF, 1, 1) + b"x")
+
+    def test_close_with_payload(self) -> None:
+        """A CLOSE frame must be empty."""
+        eproto(FrameDecoder().feed, HEADER.pack(Kind.CLOSE, 1, 1) + b"x")
+
+    @pytest.mark.parametrize("length", [0, 3, 5, 8, MAX_HANDSHAKE])
+    def test_credit_of_wrong_length(self, length: int) -> None:
+        """A CREDIT frame's payload is exactly 4 bytes; anything else is refused from its header."""
+        eproto(FrameDecoder().feed, HEADER.pack(Kind.CREDIT, 1, length))
 
     @settings(max_examples=50)
     @given(
         st.lists(
             st.one_of(
-                hellos.map(encode),
-                results.map(encode),
-                st.binary(max_size=3000).map(lambda b: data_header(len(b)) + b),
-                st.just(EOF_FRAME),
+                st.builds(encode, hellos, channels),
+                st.builds(encode, results, channels),
+                st.builds(lambda c, b: data_header(c, len(b)) + b, channels, st.binary(max_size=3000)),
+                st.builds(frame, st.sampled_from([Kind.EOF, Kind.CLOSE]), channels),
+                st.builds(credit_frame, channels, st.integers(0, 2**32 - 1)),
             ),
             max_size=8,
         ),
@@ -254,29 +307,33 @@ class TestFrameDecoder:
         assert len(expected) == len(frames)
         cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
         decoder = FrameDecoder()
-        got: list[tuple[int, bytes]] = []
+        got: list[tuple[int, int, bytes]] = []
         for start, end in zip([0, *cuts], [*cuts, len(stream)]):
             got += decoder.feed(stream[start:end])
         assert got == expected
         assert decoder.buffered == 0
-        for kind, body in got:
+        for kind, _, body in got:
             if kind in (Kind.HELLO, Kind.RESULT):
                 decode(kind, body)
 
     @settings(max_examples=300)
     @given(st.lists(st.binary(max_size=64), max_size=10))
-    @example([HEADER.pack(Kind.HELLO, 2) + b"[]"])
-    @example([HEADER.pack(Kind.RESULT, 4) + b"null"])
-    @example([HEADER.pack(Kind.HELLO, 1), b"\xff"])
+    @example([HEADER.pack(Kind.HELLO, 1, 2) + b"[]"])
+    @example([HEADER.pack(Kind.RESULT, 1, 4) + b"null"])
+    @example([HEADER.pack(Kind.HELLO, 1, 1), b"\xff"])
+    @example([HEADER.pack(Kind.CREDIT, 1, 4), b"\xff" * 4])
     def test_any_bytes_raise_only_nipc_error(self, chunks: list[bytes]) -> None:
         """Any bytes fed to FrameDecoder, then decode: frames, or NipcError EPROTO; nothing else."""
         decoder = FrameDecoder()
         try:
             for chunk in chunks:
-                for kind, body in decoder.feed(chunk):
+                for kind, channel, body in decoder.feed(chunk):
                     assert kind in {k.value for k in Kind}
+                    assert channel != 0
                     if kind in (Kind.HELLO, Kind.RESULT):
                         decode(kind, body)
+                    elif kind == Kind.CREDIT:
+                        decode_credit(body)
         except NipcError as e:
             assert e.errno_name == "EPROTO"
 
@@ -288,7 +345,7 @@ class TestFrameDecoder:
         bound = HEADER.size + MAX_DATA
         try:
             for kind, length in headers:
-                decoder.feed(HEADER.pack(kind, length))
+                decoder.feed(HEADER.pack(kind, 1, length))
                 assert decoder.buffered <= bound
                 # Feed the payload in a few pieces, checking the bound after each.
                 remaining = length
@@ -305,7 +362,7 @@ class TestFrameDecoder:
         """A big chunk of many frames is consumed: only the incomplete tail stays buffered."""
         decoder = FrameDecoder()
         body = b"y" * MAX_DATA
-        frames = decoder.feed((data_header(MAX_DATA) + body) * 3 + data_header(MAX_DATA) + body[:-1])
+        frames = decoder.feed((data_header(1, MAX_DATA) + body) * 3 + data_header(2, MAX_DATA) + body[:-1])
         assert len(frames) == 3
         assert decoder.buffered == HEADER.size + MAX_DATA - 1
 
@@ -329,14 +386,18 @@ class TestDecodeRefuses:
         """A JSON value that is not an object is EPROTO."""
         eproto(decode, kind, payload(body))
 
-    @pytest.mark.parametrize("kind", [Kind.DATA, Kind.EOF, 0, 2, 99])
+    @pytest.mark.parametrize("kind", [Kind.DATA, Kind.EOF, Kind.CLOSE, Kind.CREDIT, 0, 2, 99])
     def test_not_a_handshake_type(self, kind: int) -> None:
         """decode only knows HELLO and RESULT."""
         eproto(decode, kind, payload(result_body()))
 
-    @pytest.mark.parametrize("version", [..., 0, 2, "1", None, 1.0, 1.5, True, [1]])
+    @pytest.mark.parametrize(
+        "version",
+        [..., 0, VERSION - 1, VERSION + 1, str(VERSION), None, float(VERSION), 1.5, True, [VERSION]],
+    )
     def test_bad_version(self, version: Any) -> None:
-        """A HELLO must carry exactly ``"version": 1`` (an integer, not a bool or string)."""
+        """A HELLO must carry exactly ``"version": VERSION`` (an integer, not a bool, float
+        or string); version 1 (one TLS connection per routed connection) is refused."""
         eproto(decode, Kind.HELLO, payload(hello_body(version=version)))
 
     @pytest.mark.parametrize(
@@ -444,7 +505,7 @@ class TestDecodeRefuses:
     @given(hellos, st.sampled_from(["path", "host", "token", "conn_id"]), st.text(max_size=30))
     def test_mutated_hello_gives_a_message_or_eproto(self, hello: Hello, field: str, value: str) -> None:
         """A valid HELLO with one string field replaced by any text: a HELLO or EPROTO."""
-        body = json.loads(split_frame(encode(hello))[1])
+        body = json.loads(split_frame(encode(hello, 1))[1])
         body[field] = value
         try:
             decode(Kind.HELLO, json.dumps(body).encode())
