@@ -64,12 +64,16 @@ def caller_of(sock: socket.socket) -> Caller:
     return Caller(pid, uid, gid, peer_groups(sock))
 
 
-def identity_of_caller(caller: Caller) -> LocalIdentity:
-    """The caller as a named local account (its groups as the kernel reported them)."""
+def name_of_uid(uid: int) -> str:
+    """An account's name through NSS (blocking: NSS may ask a directory)."""
     try:
-        name = pwd.getpwuid(caller.uid).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        raise NipcError("EPERM", f"uid {caller.uid} has no account name on this host") from None
+        raise NipcError("EPERM", f"uid {uid} has no account name on this host") from None
+
+
+def identity_of_caller(caller: Caller, name: str) -> LocalIdentity:
+    """The caller as a named local account (its groups as the kernel reported them)."""
     return LocalIdentity(name, caller.uid, caller.gid, caller.groups)
 
 

@@ -9,6 +9,7 @@ with it. A failure half-way through switching raises before the job runs.
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import errno
 import os
@@ -49,7 +50,7 @@ def become(identity: LocalIdentity, *, permanent: bool) -> None:
     files it opens see the caller's real uid (what krb5 and KCM check); otherwise only the
     effective ids change, which is all the kernel's permission check on ``connect()`` uses.
     """
-    if threading.current_thread() is threading.main_thread():
+    if threading.get_ident() == threading.main_thread().ident:
         raise RuntimeError("identity switch attempted on the main thread")
     groups = (ctypes.c_uint * len(identity.groups))(*identity.groups)
     gid, uid, keep = ctypes.c_long(identity.gid), ctypes.c_long(identity.uid), ctypes.c_long(-1)
@@ -76,7 +77,7 @@ def switch_to(identity: LocalIdentity, *, permanent: bool = False) -> None:
         raise NipcError("EPERM", f"cannot switch to {identity.describe()}: {e.strerror}") from None
 
 
-def on_fresh_thread(reactor: IReactorFromThreads, job: Callable[[], T], name: str) -> "Deferred[T]":
+def on_fresh_thread(reactor: IReactorFromThreads, job: Callable[[], T]) -> "Deferred[T]":
     """Run ``job`` on a new thread that ends with it: a job may change the thread's
     identity, which must never outlive it (a pool thread would keep it)."""
     done: Deferred[T] = Deferred()
@@ -90,7 +91,9 @@ def on_fresh_thread(reactor: IReactorFromThreads, job: Callable[[], T], name: st
         else:
             reactor.callFromThread(done.callback, result)
 
-    threading.Thread(target=main, name=name, daemon=True).start()
+    # Not threading.Thread: its start() waits, holding up the reactor, until the new
+    # thread has run; a raw thread is started and left to run.
+    _thread.start_new_thread(main, ())
     return done
 
 
@@ -107,7 +110,7 @@ def run_as(
         switch_to(identity, permanent=permanent)
         return job()
 
-    return on_fresh_thread(reactor, as_identity, f"nipc-as-{identity.uid}")
+    return on_fresh_thread(reactor, as_identity)
 
 
 def connect_unix(path: str, conn_id: str, timeout: float, who: str) -> socket.socket:

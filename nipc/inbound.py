@@ -26,6 +26,7 @@ from nipc.impersonate import connect_unix, on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
 from nipc.peer import Channel
 from nipc.pac import PacError, decode_logon_info
+from nipc.memo import Memo
 from nipc.projection import project
 from nipc.registry import Registry, Routed
 from nipc.router import adopt_unix, new_connection_id
@@ -55,6 +56,7 @@ class Inbound:
         self._acceptor = acceptor
         self._registry = registry
         self._live = live
+        self._projected: Memo[str, LocalIdentity] = Memo()
 
     def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
         """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
@@ -72,7 +74,10 @@ class Inbound:
                 # S-1-18-2: asserted by a service (protocol transition), not proved by the user.
                 "protocol_transition": "S-1-18-2" in info.extra_sids,
             }
-        return project(acc.principal, self._config.realms(), self._config.allow_root), pac
+        return self._projected.answer(acc.principal, self._projection), pac
+
+    def _projection(self, principal: str) -> LocalIdentity:
+        return project(principal, self._config.realms(), self._config.allow_root)
 
     def _check_route(self, hello: wire.Hello) -> None:
         if not hello.hops:
@@ -153,4 +158,4 @@ class Inbound:
         except NipcError as e:
             refused(e)
             return
-        on_fresh_thread(self._reactor, admit, f"nipc-in-{conn_id}").addCallback(admitted).addErrback(failed)
+        on_fresh_thread(self._reactor, admit).addCallback(admitted).addErrback(failed)

@@ -36,7 +36,7 @@ log = Logger()
 
 #: Bytes a channel's sender may have unacknowledged: enough to keep a local link busy,
 #: small enough that a stalled reader holds little.
-WINDOW = 256 * 1024
+WINDOW = 1024 * 1024
 #: Room is granted back in slices of this size (one CREDIT frame per slice).
 GRANT_AT = WINDOW // 4
 #: An idle dialled link is closed after this long; a receiving daemon waits longer, so

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import threading
 
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, account_expired, identity_of_user
@@ -18,27 +17,21 @@ _krb5.krb5_init_context.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
 _krb5.krb5_parse_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
 _krb5.krb5_aname_to_localname.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
 _krb5.krb5_free_principal.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_krb5.krb5_free_context.argtypes = [ctypes.c_void_p]
 _LNAME_MAX = 256
 
 
-_contexts = threading.local()
-
-
-def _context() -> ctypes.c_void_p:
-    """This thread's krb5 context: creating one reads krb5.conf, too slow per connection,
-    and a context must not be shared between threads."""
-    ctx: ctypes.c_void_p | None = getattr(_contexts, "ctx", None)
-    if ctx is None:
-        ctx = ctypes.c_void_p()
-        if _krb5.krb5_init_context(ctypes.byref(ctx)) != 0:
-            raise NipcError("EPROTO", "cannot initialise the Kerberos library (check krb5.conf)")
-        _contexts.ctx = ctx
-    return ctx
-
-
 def local_name(principal: str) -> str | None:
-    """The local account name krb5's ``auth_to_local`` rules give, or None for no mapping."""
-    ctx = _context()
+    """The local account name krb5's ``auth_to_local`` rules give, or None for no mapping.
+
+    A context per call, freed after it: the calling thread is often one that ends with
+    the connection (a context kept per thread leaked with each), and MIT shares the
+    parsed krb5.conf between contexts while the file is unchanged, so a new context is
+    cheap and sees an edited file at once. Answers are reused briefly (:mod:`nipc.memo`).
+    """
+    ctx = ctypes.c_void_p()
+    if _krb5.krb5_init_context(ctypes.byref(ctx)) != 0:
+        raise NipcError("EPROTO", "cannot initialise the Kerberos library (check krb5.conf)")
     princ = ctypes.c_void_p()
     try:
         if _krb5.krb5_parse_name(ctx, principal.encode("utf-8"), ctypes.byref(princ)) != 0:
@@ -50,6 +43,7 @@ def local_name(principal: str) -> str | None:
     finally:
         if princ:
             _krb5.krb5_free_principal(ctx, princ)
+        _krb5.krb5_free_context(ctx)
 
 
 def realm_of(principal: str) -> str:

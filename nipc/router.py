@@ -19,10 +19,11 @@ from twisted.python.failure import Failure
 from nipc import wire
 from nipc.config import Config
 from nipc.errors import NipcError
-from nipc.identity import Caller, LocalIdentity, identity_of_caller
+from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
 from nipc.impersonate import connect_unix, run_as
 from nipc.kerberos import Delegated, Initiation, TicketSource
 from nipc.links import Links, Reused, link_failure
+from nipc.memo import Memo
 from nipc.peer import Channel, ClientLink
 from nipc.registry import Registry, Routed
 from nipc.request import ConnectRequest
@@ -53,6 +54,7 @@ class Router:
         self._tickets = tickets
         self._registry = registry
         self.links = Links(reactor, config)
+        self._names: Memo[int, str] = Memo()
 
     def is_local(self, host: str) -> bool:
         return host in ("localhost", self._config.host_name)
@@ -63,8 +65,14 @@ class Router:
         holds), onward in that connection's original caller's name."""
         # The caller's account name comes from NSS, which may ask a directory (sssd,
         # LDAP): never on the reactor thread, where a slow directory would stall everyone.
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), identity_of_caller, caller)
-        return d.addCallback(self._route_as, request, conn_id, evidence)
+        # A recent answer is reused without the thread hop.
+        name = self._names.get(caller.uid)
+        if name is not None:
+            return self._route_as(identity_of_caller(caller, name), request, conn_id, evidence)
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                              self._names.answer, caller.uid, name_of_uid)
+        return d.addCallback(lambda found: self._route_as(
+            identity_of_caller(caller, found), request, conn_id, evidence))
 
     def _route_as(self, who: LocalIdentity, request: ConnectRequest, conn_id: str,
                   evidence: Routed | None) -> "Deferred[End]":
