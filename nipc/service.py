@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -22,6 +21,7 @@ from nipc import audit
 from nipc.admin import AdminFactory, Connections
 from nipc.config import Config
 from nipc.gate import GateServices, LocalGateFactory
+from nipc.heap import HeapTrim
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ProtocolTransition, TicketSource, ticket_source
 from nipc.limits import Limits
@@ -108,30 +108,6 @@ class AdoptedUNIXPort(unix.Port):
         tcp.Port.connectionLost(self, reason)  # not unix.Port's, which unlinks the file
 
 
-class HeapTrim:
-    """Give freed memory back to the system once a crowd of connections has gone.
-
-    glibc keeps freed heap for reuse, so a daemon that once held thousands of
-    connections would keep their memory for good. Sampled every few seconds: when the
-    live count has fallen to half of the peak seen since the last trim, ``malloc_trim``.
-    """
-
-    INTERVAL = 5.0
-    CROWD = 64
-
-    def __init__(self, live: Connections) -> None:
-        self._live = live
-        self._peak = 0
-
-    def __call__(self) -> None:
-        now = len(self._live)
-        self._peak = max(self._peak, now)
-        if self._peak >= self.CROWD and now <= self._peak // 2:
-            _libc.malloc_trim(0)
-            self._peak = now
-
-
-_libc = ctypes.CDLL(None)
 
 
 class NipcService(Service):
@@ -320,3 +296,4 @@ class NipcService(Service):
         self._observers = []
         ports, self._ports = self._ports, []
         return DeferredList([maybeDeferred(p.stopListening) for p in ports])
+

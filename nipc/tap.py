@@ -16,6 +16,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from nipc import config as configuration
+from nipc.heap import take_over_collector
 from nipc.service import NipcService
 
 
@@ -48,6 +49,7 @@ class ServiceMaker:
                 jsonFileLogObserver(open(cfg.log_file, "a")),
                 [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
             ))
+        take_over_collector()
         return NipcService(cfg)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from nipc import service
+from nipc import heap, service
 
 
 class Live:
@@ -25,9 +25,9 @@ def test_trims_after_a_crowd_halves(monkeypatch: pytest.MonkeyPatch) -> None:
             trims.append(pad)
             return 1
 
-    monkeypatch.setattr(service, "_libc", Libc())
+    monkeypatch.setattr(heap, "_libc", Libc())
     live = Live()
-    trim = service.HeapTrim(live)  # type: ignore[arg-type]
+    trim = heap.HeapTrim(live)
     for n in (10, 20, 5, 0):  # never a crowd: nothing to give back
         live.n = n
         trim()
@@ -49,3 +49,41 @@ def test_service_stops_cleanly_without_starting() -> None:
     config: Any = from_mapping({"host": {"name": "a.test", "realm": "T"},
                                 "kerberos": {"keytab": "/k", "principal": "p@T"}})
     service.NipcService(config).stopService()
+
+
+def test_full_collections_when_a_crowd_leaves_or_at_the_latest_every_minute(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The closed connections' cycles sit in the oldest generation: a full collection
+    goes with the trim; once the daemon owns the collector, one at least every minute."""
+    collections: list[float] = []
+    now = [0.0]
+    monkeypatch.setattr(heap, "_libc", type("Libc", (), {"malloc_trim": lambda self, pad: 1})())
+    monkeypatch.setattr(heap.gc, "collect", lambda *a: collections.append(now[0]) or 0)
+    live = Live()
+    trim = heap.HeapTrim(live, clock=lambda: now[0])
+    live.n = 5000
+    trim()
+    live.n = 100
+    now[0] = 1.0
+    trim()
+    assert collections == [1.0]
+    now[0] = 1.0 + heap.FULL_EVERY
+    trim()
+    assert collections == [1.0]  # the collector is Python's own in an embedding process
+    monkeypatch.setattr(heap, "_owned", True)
+    trim()
+    assert collections == [1.0, 1.0 + heap.FULL_EVERY]
+
+
+def test_taking_over_the_collector_stops_automatic_full_passes() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        heap.take_over_collector()
+        assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] >= 1 << 30
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        heap._owned = False
