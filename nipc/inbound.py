@@ -27,7 +27,7 @@ from nipc.kerberos import Accepted, Acceptor
 from nipc.peer import Channel
 from nipc.pac import PacError, decode_logon_info
 from nipc.memo import Memo
-from nipc.projection import project
+from nipc.projection import project, resolve
 from nipc.registry import Registry, Routed
 from nipc.router import adopt_unix, new_connection_id
 from nipc.splice import Splice
@@ -56,7 +56,7 @@ class Inbound:
         self._acceptor = acceptor
         self._registry = registry
         self._live = live
-        self._projected: Memo[str, LocalIdentity] = Memo()
+        self._resolved: Memo[str, LocalIdentity] = Memo()
 
     def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
         """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
@@ -74,10 +74,9 @@ class Inbound:
                 # S-1-18-2: asserted by a service (protocol transition), not proved by the user.
                 "protocol_transition": "S-1-18-2" in info.extra_sids,
             }
-        return self._projected.answer(acc.principal, self._projection), pac
-
-    def _projection(self, principal: str) -> LocalIdentity:
-        return project(principal, self._config.realms(), self._config.allow_root)
+        realms = self._config.realms()
+        resolved = self._resolved.answer(acc.principal, lambda p: resolve(p, realms))
+        return project(acc.principal, realms, self._config.allow_root, resolved), pac
 
     def _check_route(self, hello: wire.Hello) -> None:
         if not hello.hops:

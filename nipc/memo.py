@@ -2,8 +2,9 @@
 directory lookup (and, on the sending side, a thread hop) per connection.
 
 Only successful answers are kept, for :data:`TTL` seconds: a refused caller is asked
-about afresh every time, and a change to an account (its groups, its expiry, its
-mapping) takes effect within that bound, as with sssd's or nscd's own caches.
+about afresh every time, and a change to an account's groups or mapping takes effect
+within that bound, as with sssd's or nscd's own caches. Whether an account may be acted
+for at all (its expiry) is never taken from here (:func:`nipc.projection.project`).
 """
 
 from __future__ import annotations

@@ -50,16 +50,25 @@ def realm_of(principal: str) -> str:
     return principal.rpartition("@")[2]
 
 
-def project(principal: str, realms: tuple[str, ...], allow_root: bool) -> LocalIdentity:
-    """Map an authenticated principal to the local identity it acts as on this host."""
+def resolve(principal: str, realms: tuple[str, ...]) -> LocalIdentity:
+    """The account a principal maps to: realm trusted, ``auth_to_local``, then NSS.
+    Blocking; the answer may be reused briefly (:mod:`nipc.memo`)."""
     if realm_of(principal) not in realms:
         raise NipcError("EACCES", f"{principal}: realm not trusted on this host")
     name = local_name(principal)
     if name is None:
         raise NipcError("EPERM", f"{principal} maps to no local account on this host")
-    identity = identity_of_user(name)
-    if account_expired(name):
-        raise NipcError("EPERM", f"{principal} maps to {name}, whose account has expired on this host")
+    return identity_of_user(name)
+
+
+def project(principal: str, realms: tuple[str, ...], allow_root: bool,
+            resolved: LocalIdentity | None = None) -> LocalIdentity:
+    """Map an authenticated principal to the local identity it acts as on this host.
+    Whether the account may be acted for (expiry, root) is checked every time, also
+    when ``resolved`` is a recent answer of :func:`resolve`."""
+    identity = resolved if resolved is not None else resolve(principal, realms)
+    if account_expired(identity.user):
+        raise NipcError("EPERM", f"{principal} maps to {identity.user}, whose account has expired on this host")
     if identity.uid == 0 and not allow_root:
         raise NipcError("EPERM", f"{principal} maps to root, which this host refuses")
     return identity
