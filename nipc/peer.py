@@ -39,6 +39,8 @@ log = Logger()
 WINDOW = 1024 * 1024
 #: Room is granted back in slices of this size (one CREDIT frame per slice).
 GRANT_AT = WINDOW // 4
+#: Up to this size a DATA frame goes to TLS in one piece (one record for a small message).
+SMALL = 16 * 1024
 #: An idle dialled link is closed after this long; a receiving daemon waits longer, so
 #: that the dialler, which knows when it is about to reuse a link, normally closes first.
 CLIENT_IDLE = 30.0
@@ -389,8 +391,12 @@ class Link(Protocol):
 
     def send_data(self, number: int, data: bytes) -> None:
         for start in range(0, len(data), wire.MAX_DATA):
-            chunk = data[start : start + wire.MAX_DATA]
-            self.transport.writeSequence([wire.data_header(number, len(chunk)), chunk])  # type: ignore[union-attr]
+            chunk = data if len(data) <= wire.MAX_DATA else data[start : start + wire.MAX_DATA]
+            header = wire.data_header(number, len(chunk))
+            if len(chunk) <= SMALL:
+                self.transport.write(header + chunk)  # type: ignore[union-attr]
+            else:  # no copy of a large chunk just to put 9 bytes in front of it
+                self.transport.writeSequence([header, chunk])  # type: ignore[union-attr]
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]

@@ -196,12 +196,27 @@ class FrameDecoder:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Frame]:
-        self._buffer += data
+        # Most reads end on a frame boundary: parse them where they lie, and copy each
+        # payload once; only a partial frame is kept (and appended to) in the buffer.
+        buffered = bool(self._buffer)
+        if buffered:
+            self._buffer += data
+        source = self._buffer if buffered else data
         frames: list[Frame] = []
-        buf = self._buffer
-        pos = 0
-        while len(buf) - pos >= HEADER.size:
-            kind, channel, length = HEADER.unpack_from(buf, pos)
+        with memoryview(source) as view:
+            pos = self._split(view, frames)
+            if not buffered and pos < len(data):
+                self._buffer += view[pos:]
+        if buffered:
+            del self._buffer[:pos]
+        return frames
+
+    @staticmethod
+    def _split(view: memoryview, frames: list[Frame]) -> int:
+        """Append the whole frames in ``view`` to ``frames``; where the rest starts."""
+        pos, size = 0, len(view)
+        while size - pos >= HEADER.size:
+            kind, channel, length = HEADER.unpack_from(view, pos)
             limit = MAX_DATA if kind == Kind.DATA else MAX_HANDSHAKE
             if kind not in _KINDS:
                 raise _proto(f"unknown frame type {kind}")
@@ -211,12 +226,11 @@ class FrameDecoder:
                     or (kind == Kind.CREDIT and length != CREDIT.size)):
                 raise _proto(f"frame of type {kind} has a bad length ({length} bytes)")
             end = pos + HEADER.size + length
-            if end > len(buf):
+            if end > size:
                 break
-            frames.append((kind, channel, bytes(buf[pos + HEADER.size : end])))
+            frames.append((kind, channel, bytes(view[pos + HEADER.size : end])))
             pos = end
-        del buf[:pos]
-        return frames
+        return pos
 
     @property
     def buffered(self) -> int:
