@@ -428,8 +428,14 @@ def status_table(status: dict[str, object]) -> str:
     lines = [f"nipcd {status.get('host')} (pid {status.get('pid')}, up {_age(status.get('uptime'))}): "
              f"{len(rows)} connection(s), {status.get('local_clients', 0)} local client(s), "
              f"{status.get('pending_peer_handshakes', 0)} peer handshake(s) pending"]
+    links = status.get("links")
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict):
+            lines.append(f"link {link.get('direction')} {link.get('host')} {link.get('peer')}: "
+                         f"{link.get('channels')} open of {link.get('opened_channels')} channel(s), "
+                         f"up {_age(link.get('age'))}")
     if not rows:
-        return lines[0]
+        return "\n".join(lines)
     table = [("CONN", "DIR", "USER", "PRINCIPAL", "FROM", "TARGET", "IN", "OUT", "AGE")]
     for c in rows:
         user = f"{c.get('user') or '?'}({c.get('uid')})"

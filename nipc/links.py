@@ -133,6 +133,11 @@ class Links:
         if self._links.get(host) is link:
             del self._links[host]
 
+    def describe(self, now: float) -> list[dict[str, Any]]:
+        """The open links, for ``nipc status``."""
+        return [dict(link.describe(now), host=host, direction="dialled")
+                for host, link in sorted(self._links.items())]
+
     def close(self) -> None:
         """Close every link (the daemon is stopping)."""
         links, self._links = list(self._links.values()), {}

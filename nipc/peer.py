@@ -334,12 +334,20 @@ class Link(Protocol):
         #: The highest channel number opened so far (numbers are never reused).
         self.highest = 0
         self.peer = "?"
+        self.opened = 0.0
         self._idle: Any = None
 
     def connectionMade(self) -> None:
         self._tune(self.transport)
-        self.peer = str(self.transport.getPeer())  # type: ignore[union-attr]
+        addr = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer = f"{getattr(addr, 'host', addr)}:{getattr(addr, 'port', '?')}"
+        self.opened = self._reactor.seconds()
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """For ``nipc status``: where the link goes, and how busy it is."""
+        return {"peer": self.peer, "channels": len(self.channels),
+                "opened_channels": self.highest, "age": round(now - self.opened, 3)}
 
     def handshakeCompleted(self) -> None:
         self.exporter = channel_binding(self.transport)
@@ -511,8 +519,11 @@ class ServerLink(Link):
     def __init__(self, reactor: Any, tune: Callable[[Any], None],
                  on_hello: Callable[[Channel, bytes, wire.Hello], None],
                  timeout: float, settled: Callable[[], None],
-                 admit: Callable[[], Callable[[], None] | None]) -> None:
+                 admit: Callable[[], Callable[[], None] | None],
+                 table: set["ServerLink"] | None = None) -> None:
         super().__init__(reactor, tune)
+        #: The daemon's accepted links (for ``nipc status``): in it while connected.
+        self._table = table if table is not None else set()
         self._on_hello = on_hello
         self._settled: Callable[[], None] | None = settled
         self._admit = admit
@@ -523,6 +534,7 @@ class ServerLink(Link):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._table.add(self)
         # One deadline covers TLS and the first HELLO: a slow or silent peer costs little.
         self._deadline.arm(self._timeout, self._expire)
 
@@ -597,6 +609,7 @@ class ServerLink(Link):
         self.abort()
 
     def link_lost(self, reason: Failure) -> None:
+        self._table.discard(self)
         self._deadline.cancel()
         self._settle()
         if reason.check(SSL.Error) and is_certificate_failure(ssl_detail(reason.value)):

@@ -123,6 +123,7 @@ class NipcService(Service):
         self._trim: LoopingCall | None = None
         self._tickets: TicketSource | None = None
         self._router: Router | None = None
+        self._accepted_links: set[ServerLink] = set()
         self._observers: list[Any] = []
         self._started = 0.0
 
@@ -157,7 +158,7 @@ class NipcService(Service):
 
             return ServerLink(reactor, lambda tls: tune_tcp(tls, config), inbound.hello,
                               config.handshake_timeout, lambda: limits.peer_settled(source),
-                              admit_channel)
+                              admit_channel, self._accepted_links)
 
         path = str(config.socket_path)
         self._inherited = inherited = inherited_listeners(config.listen_port)
@@ -273,7 +274,15 @@ class NipcService(Service):
             "connections": self.live.snapshot(),
             "local_clients": self.limits.active,
             "pending_peer_handshakes": self.limits.pending_peers,
+            "links": self._links_now(),
         }
+
+    def _links_now(self) -> list[dict[str, Any]]:
+        now = self.reactor.seconds()
+        dialled = self._router.links.describe(now) if self._router is not None else []
+        accepted = [dict(link.describe(now), host="-", direction="accepted")
+                    for link in sorted(self._accepted_links, key=lambda link: link.peer)]
+        return dialled + accepted
 
     def _warm(self, tickets: TicketSource, acceptor: Acceptor) -> None:
         """Kerberos work the first caller should not wait for, done as the daemon starts."""

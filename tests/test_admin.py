@@ -168,6 +168,16 @@ def test_status_table() -> None:
     assert "IN:" in legend
 
 
+def test_status_table_shows_links() -> None:
+    text = cli.status_table({
+        "host": "a.example", "pid": 7, "uptime": 5, "local_clients": 0,
+        "pending_peer_handshakes": 0, "connections": [],
+        "links": [{"host": "b.example", "direction": "dialled", "peer": "10.0.0.2:7445",
+                   "channels": 2, "opened_channels": 40, "age": 75}]})
+    head, link = text.splitlines()
+    assert link == "link dialled b.example 10.0.0.2:7445: 2 open of 40 channel(s), up 1m15s"
+
+
 def test_status_without_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["status", "--admin", str(tmp_path / "admin.sock")]) == 1
     assert "ENOENT" in capsys.readouterr().err

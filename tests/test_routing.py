@@ -269,3 +269,31 @@ def test_bytes_sent_before_ok_are_delivered(lan: dict[str, Host], sandbox: Sandb
 
     body = ("hello before OK\n" * 1000).encode()
     assert out["reply"] == f"OK\n{hashlib.sha256(body).hexdigest()} {len(body)}\n", out
+
+
+def test_one_link_carries_every_connection_and_status_shows_it(lan: dict[str, Host],
+                                                                dns_server: UnixServer) -> None:
+    """Three connections a -> b at once travel on one link (a dialled it, b accepted it);
+    ``nipc status`` on both daemons shows the link and its channels."""
+    import nipc
+    from acting import as_user
+    from nipc.cli import ask_status, status_table
+
+    a, b = lan["a"], lan["b"]
+    socks = [as_user("alice", lambda: nipc.connect(target(b, "dns.sock"), daemon=str(a.socket_path),
+                                                   timeout=30)) for _ in range(3)]
+    try:
+        for s in socks:
+            assert s.recv(1)  # the server's greeting: spliced
+        mine = ask_status(str(a.run_dir / "admin.sock"), 10)
+        theirs = ask_status(str(b.run_dir / "admin.sock"), 10)
+    finally:
+        for s in socks:
+            s.close()
+    dialled = [link for link in mine["links"] if link["host"] == b.fqdn]  # type: ignore[union-attr,index]
+    assert len(dialled) == 1 and dialled[0]["direction"] == "dialled", mine["links"]
+    assert dialled[0]["channels"] >= 3 and dialled[0]["peer"] == f"{b.address}:{b.port}"
+    accepted = [link for link in theirs["links"]  # type: ignore[union-attr]
+                if link["direction"] == "accepted" and link["peer"].startswith(a.address + ":")]
+    assert len(accepted) == 1 and accepted[0]["channels"] >= 3, theirs["links"]
+    assert f"link dialled {b.fqdn} {b.address}:{b.port}: " in status_table(mine)
