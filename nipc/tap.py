@@ -16,7 +16,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from nipc import config as configuration
-from nipc.heap import take_over_collector
+from nipc.heap import take_over_memory
 from nipc.service import NipcService
 
 
@@ -49,7 +49,7 @@ class ServiceMaker:
                 jsonFileLogObserver(open(cfg.log_file, "a")),
                 [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
             ))
-        take_over_collector()
+        take_over_memory()
         return NipcService(cfg)
 
 

@@ -75,12 +75,17 @@ def test_full_collections_when_a_crowd_leaves_or_at_the_latest_every_minute(
     assert collections == [1.0, 1.0 + heap.FULL_EVERY]
 
 
-def test_taking_over_the_collector_stops_automatic_full_passes() -> None:
+def test_taking_over_limits_arenas_and_stops_automatic_full_passes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
 
+    options: list[tuple[int, int]] = []
+    monkeypatch.setattr(heap, "_libc", type("Libc", (), {
+        "mallopt": lambda self, option, value: options.append((option, value)) or 1})())
     before = gc.get_threshold()
     try:
-        heap.take_over_collector()
+        heap.take_over_memory()
+        assert options == [(heap.M_ARENA_MAX, heap.ARENAS)]
         assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] >= 1 << 30
         assert gc.get_freeze_count() > 0
     finally:
