@@ -118,7 +118,7 @@ class _Now:
             moved.add_metric([direction, way], n)
         yield moved
         yield GaugeMetricFamily("nipc_pending_peer_handshakes",
-                                "Peer links accepted and still in their handshake",
+                                "Peer links and channels accepted and still in their handshake",
                                 value=m.limits.pending_peers)
         yield GaugeMetricFamily("nipc_local_clients",
                                 "Local client connections held (waiting, routing or spliced)",
