@@ -18,8 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
@@ -120,22 +123,25 @@ class Connections:
         return iter(list(self._live.values()))
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Every live connection as plain data, user names filled in from NSS."""
+        """Every live connection as plain data (user names: :func:`fill_user_names`)."""
         now = self._clock()
-        names: dict[int, str | None] = {}
-        result = []
-        for live in self:
-            info = live.describe(now)
-            uid = info["uid"]
-            if info["user"] is None and isinstance(uid, int):
-                if uid not in names:
-                    try:
-                        names[uid] = pwd.getpwuid(uid).pw_name
-                    except KeyError:
-                        names[uid] = None
-                info["user"] = names[uid]
-            result.append(info)
-        return result
+        return [live.describe(now) for live in self]
+
+
+def fill_user_names(status: dict[str, Any]) -> dict[str, Any]:
+    """Name the local callers of a status answer's connections through NSS. Blocking (NSS
+    may ask a directory): run off the reactor thread."""
+    names: dict[int, str | None] = {}
+    for info in status.get("connections", []):
+        uid = info.get("uid")
+        if info.get("user") is None and isinstance(uid, int):
+            if uid not in names:
+                try:
+                    names[uid] = pwd.getpwuid(uid).pw_name
+                except KeyError:
+                    names[uid] = None
+            info["user"] = names[uid]
+    return status
 
 
 def may_administer(caller: Caller, group: int | None) -> bool:
@@ -149,13 +155,16 @@ class AdminProtocol(Protocol):
     """One admin connection: authorisation at accept, one request, one answer line."""
 
     def __init__(self, reactor: Any, group: int | None, status: Callable[[], dict[str, Any]],
-                 timeout: float) -> None:
+                 timeout: float, fill: Callable[[dict[str, Any]], "Deferred[dict[str, Any]]"] = succeed
+                 ) -> None:
         self._group = group
         self._status = status
+        self._fill = fill
         self._timeout = timeout
         self._buffer = b""
         self._deadline = Deadline(reactor)
         self._done = False
+        self._done_reading = False
 
     def connectionMade(self) -> None:
         caller = caller_of(self.transport.getHandle())  # type: ignore[union-attr]
@@ -171,7 +180,7 @@ class AdminProtocol(Protocol):
         self._answer(error_reply(NipcError("ETIMEDOUT", "no complete request line in time")))
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done:
+        if self._done or self._done_reading:
             return
         self._buffer += data
         end = self._buffer.find(b"\n")
@@ -181,10 +190,18 @@ class AdminProtocol(Protocol):
             return
         request = self._buffer[:end].rstrip(b"\r")
         if request == b"STATUS":
-            answer = json.dumps(self._status(), separators=(",", ":"), sort_keys=True)
-            self._answer(f"OK {answer}\n".encode("utf-8"))
+            self._done_reading = True
+            # Taken now, on the reactor; user names are looked up off it (within the deadline).
+            d = self._fill(self._status())
+            d.addCallback(lambda status: self._answer("OK {}\n".format(
+                json.dumps(status, separators=(",", ":"), sort_keys=True)).encode("utf-8")))
+            d.addErrback(self._failed)
         else:
             self._answer(error_reply(NipcError("EINVAL", "unknown admin request (expected STATUS)")))
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("admin STATUS failed", failure)
+        self._answer(error_reply(NipcError("EPROTO", "internal error (logged by the daemon)")))
 
     def _answer(self, line: bytes) -> None:
         if self._done:
@@ -209,5 +226,8 @@ class AdminFactory(Factory):
         self._status = status
         self._timeout = timeout
 
+    def _fill(self, status: dict[str, Any]) -> "Deferred[dict[str, Any]]":
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fill_user_names, status)
+
     def buildProtocol(self, addr: Any) -> AdminProtocol:
-        return AdminProtocol(self._reactor, self._group, self._status, self._timeout)
+        return AdminProtocol(self._reactor, self._group, self._status, self._timeout, self._fill)

@@ -14,7 +14,7 @@ impersonated connects need.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,9 +35,12 @@ HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 class Metrics:
     """The daemon's metrics in their own registry (embedding never mixes two daemons')."""
 
-    def __init__(self, live: Connections, limits: Limits) -> None:
+    def __init__(self, live: Connections, limits: Limits,
+                 links: Callable[[], list[dict[str, Any]]] = list) -> None:
         self.live = live
         self.limits = limits
+        #: The peer links now (as ``nipc status`` shows them).
+        self.links = links
         self.registry = CollectorRegistry()
         self.routed = Counter(
             "nipc_routed_connections", "Connections routed (OK sent), by direction: outgoing "
@@ -120,6 +123,21 @@ class _Now:
         yield GaugeMetricFamily("nipc_pending_peer_handshakes",
                                 "Peer links and channels accepted and still in their handshake",
                                 value=m.limits.pending_peers)
+        links = GaugeMetricFamily("nipc_peer_links", "TLS links to peer daemons open now; "
+                                  "direction=dialled: this daemon opened it", labels=["direction"])
+        channels = GaugeMetricFamily("nipc_peer_link_channels",
+                                     "Routed connections (channels) open on the peer links",
+                                     labels=["direction"])
+        per: dict[str, list[int]] = {"dialled": [0, 0], "accepted": [0, 0]}
+        for link in m.links():
+            tally = per.setdefault(str(link.get("direction")), [0, 0])
+            tally[0] += 1
+            tally[1] += int(link.get("channels") or 0)
+        for direction, (n, open_channels) in sorted(per.items()):
+            links.add_metric([direction], n)
+            channels.add_metric([direction], open_channels)
+        yield links
+        yield channels
         yield GaugeMetricFamily("nipc_local_clients",
                                 "Local client connections held (waiting, routing or spliced)",
                                 value=m.limits.active)

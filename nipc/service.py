@@ -258,7 +258,7 @@ class NipcService(Service):
             return
         from nipc.metrics import Metrics, metrics_site  # prometheus_client only when used
 
-        self.metrics = metrics = Metrics(self.live, self.limits)
+        self.metrics = metrics = Metrics(self.live, self.limits, self._links_now)
         audit.observers.append(metrics.audited)
         self._observers.append(metrics.audited)
         self._ports.append(self.reactor.listenTCP(where.port, metrics_site(metrics),

@@ -27,7 +27,7 @@ from twisted.internet.testing import StringTransport
 from conftest import require_root
 from local_daemon import LocalDaemon, environ_for_cli
 from nipc import admin, cli
-from nipc.admin import AdminProtocol, Connections, may_administer
+from nipc.admin import AdminProtocol, Connections, fill_user_names, may_administer
 from nipc.config import ConfigError, from_mapping
 from nipc.identity import Caller
 from nipc.sandbox import Host, Sandbox
@@ -91,7 +91,7 @@ def test_connections_table_counts_bytes_and_ages() -> None:
     table.add(facts, splice, near, far)  # type: ignore[arg-type]
     clock.advance(65)
     splice.received[id(near)] += 100
-    (row,) = table.snapshot()
+    (row,) = fill_user_names({"connections": table.snapshot()})["connections"]
     assert row["conn_id"] == "c1" and opened == ["c1"]
     assert (row["bytes_in"], row["bytes_out"], row["age"]) == (105, 7, 65)
     assert row["user"] == "root" and row["principal"] is None
@@ -132,6 +132,27 @@ def test_protocol_answers_status(monkeypatch: pytest.MonkeyPatch) -> None:
     line = admin_exchange(monkeypatch, 0, b"STATUS\r\n")
     assert line.startswith(b"OK ") and line.count(b"\n") == 1
     assert json.loads(line[3:]) == {"connections": [], "host": "h"}
+
+
+def test_user_names_are_looked_up_off_the_reactor_and_within_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """NSS may hang on a directory: the names come from ``fill`` (a thread in the daemon),
+    and an answer that does not come in time is ETIMEDOUT, not a stuck admin client."""
+    from twisted.internet.defer import Deferred
+
+    monkeypatch.setattr(admin, "caller_of", lambda sock: Caller(99, 0, 0, (0,)))
+    clock = Clock()
+    slow: Deferred[dict[str, object]] = Deferred()
+    proto = AdminProtocol(clock, None, lambda: {"connections": []}, 10, lambda status: slow)
+    transport = StringTransport()
+    transport.getHandle = lambda: None  # type: ignore[method-assign]
+    proto.makeConnection(transport)
+    proto.dataReceived(b"STATUS\n")
+    assert transport.value() == b""
+    clock.advance(11)
+    assert transport.value().startswith(b"ERR ETIMEDOUT ")
+    slow.callback({"connections": []})  # too late: nothing more is written
+    assert transport.value().count(b"\n") == 1
 
 
 def test_protocol_refuses_others(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,6 +101,18 @@ def test_counts_come_from_the_audit_line_and_the_live_table(metrics: Metrics) ->
     assert metric(text, "nipc_open_connections", direction="outgoing") == 0
     assert metric(text, "nipc_pending_peer_handshakes") == 0
     assert metric(text, "process_open_fds") is not None
+    assert metric(text, "nipc_peer_links", direction="accepted") == 0
+
+
+def test_links_are_counted() -> None:
+    config = from_mapping(MINIMAL)
+    links = [{"direction": "dialled", "channels": 3}, {"direction": "dialled", "channels": 1},
+             {"direction": "accepted", "channels": 2}]
+    text = Metrics(Connections(), Limits(config, time.monotonic), lambda: links).text().decode()
+    assert metric(text, "nipc_peer_links", direction="dialled") == 2
+    assert metric(text, "nipc_peer_link_channels", direction="dialled") == 4
+    assert metric(text, "nipc_peer_links", direction="accepted") == 1
+    assert metric(text, "nipc_peer_link_channels", direction="accepted") == 2
 
 
 def test_violations_are_counted(metrics: Metrics) -> None:
@@ -218,5 +230,7 @@ def test_sandbox_metrics_after_routed_and_refused(lan_with_metrics: dict[str, Ho
         assert (metric(text, "nipc_bytes_total", direction="outgoing", way="out") or 0) > 5
         assert metric(text, "nipc_open_connections", direction="outgoing") == 0
         assert metric(text, "nipc_pending_peer_handshakes") == 0
+        assert metric(text, "nipc_peer_links", direction="dialled") == 1  # to b, kept open
+        assert metric(text, "nipc_peer_link_channels", direction="dialled") == 0
     finally:
         server.close()
