@@ -414,3 +414,37 @@ def test_kdc_outage_does_not_starve_cached_callers(hosts: dict[str, Host], sandb
     finally:
         subprocess.run(port + ["up"], check=True)
         server.close()
+
+
+def test_a_stalled_reader_does_not_stall_its_neighbours_on_the_link(hosts: dict[str, Host]) -> None:
+    """Connections a -> b share one link. One whose client stops reading while its server
+    keeps sending fills only its own window: a neighbour on the same link still echoes
+    at once, and the stalled one loses no byte once its client reads again."""
+    a, b = hosts["a"], hosts["b"]
+    size = 32 << 20
+    flood = UnixServer(str(b.run_dir / "flood.sock"), behaviour=f"bulk:{size}:21")
+    echo = UnixServer(str(b.run_dir / "neighbour.sock"))
+    try:
+        stalled = alice_connect(a, target(b, "flood.sock"))
+        stalled.shutdown(socket.SHUT_WR)  # nothing to send; and then we do not read
+        time.sleep(1.0)  # the flood fills the buffers and the window, then waits
+        neighbour = alice_connect(a, target(b, "neighbour.sock"))
+        neighbour.settimeout(5)
+        assert read_line(neighbour).startswith(b"{")
+        for _ in range(20):
+            start = time.monotonic()
+            neighbour.sendall(b"ping\n")
+            assert read_line(neighbour) == b"ping\n"
+            assert time.monotonic() - start < 0.5
+        neighbour.close()
+        stalled.settimeout(30)
+        h = hashlib.sha256()
+        got = 0
+        while chunk := stalled.recv(1 << 16):
+            h.update(chunk)
+            got += len(chunk)
+        assert got == size and h.hexdigest() == digest_of(21, size)
+        stalled.close()
+    finally:
+        flood.close()
+        echo.close()
