@@ -89,6 +89,10 @@ class Config:
     kdc_timeout: float = 5.0
     keepalive_idle: int = 15
     user_timeout: float = 30.0
+    #: A dialled peer link with no connection for this long is closed (the receiving side
+    #: waits four times as long, so that the dialler, which knows when it will reuse a
+    #: link, normally closes first).
+    link_idle: float = 30.0
     max_hops: int = 8
     log_file: Path | None = None
     imports: tuple[Import, ...] = ()
@@ -407,7 +411,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         raise ConfigError("[peers] must be a table of host = \"address:port\"")
     times = _section(
         doc, "timeouts",
-        {"request", "handshake", "connect", "kdc", "keepalive_idle", "user_timeout"},
+        {"request", "handshake", "connect", "kdc", "keepalive_idle", "user_timeout", "link_idle"},
     )
     log = _section(doc, "log", {"file"})
     limits = _section(doc, "limits", set(_LIMITS))
@@ -438,6 +442,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         ("kdc", "kdc_timeout", (int, float)),
         ("user_timeout", "user_timeout", (int, float)),
         ("keepalive_idle", "keepalive_idle", int),
+        ("link_idle", "link_idle", (int, float)),
     ):
         if key in times:
             value = _typed(times, "timeouts", key, kind)

@@ -4,7 +4,7 @@ connection to it.
 The first connect to a peer dials it (the static table, else DNS; TCP; TLS 1.3; with a CA
 bundle, the peer's name); later connects open a channel on the same link at once. A link
 that loses its TCP connection, or on which a handshake timed out, is never handed out
-again; an idle one is closed after :data:`nipc.peer.CLIENT_IDLE`.
+again; an idle one is closed after ``[timeouts] link_idle``.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ class Links:
 
     def _dial(self, host: str) -> None:
         addresses: list[PeerAddress] = []
-        link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._config))
+        link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._config),
+                          self._config.link_idle)
 
         def connect(found: list[PeerAddress]) -> "Deferred[Any]":
             addresses.extend(found)

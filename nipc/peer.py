@@ -41,10 +41,11 @@ WINDOW = 1024 * 1024
 GRANT_AT = WINDOW // 4
 #: Up to this size a DATA frame goes to TLS in one piece (one record for a small message).
 SMALL = 16 * 1024
-#: An idle dialled link is closed after this long; a receiving daemon waits longer, so
-#: that the dialler, which knows when it is about to reuse a link, normally closes first.
+#: An idle dialled link is closed after ``[timeouts] link_idle`` (this by default); a
+#: receiving daemon waits this many times longer, so that the dialler, which knows when it
+#: is about to reuse a link, normally closes first.
 CLIENT_IDLE = 30.0
-SERVER_IDLE = 4 * CLIENT_IDLE
+SERVER_IDLE_FACTOR = 4
 #: How many channel numbers may be skipped (handshakes overtaking one another) at once.
 MAX_SKIPPED = 4096
 
@@ -322,10 +323,11 @@ class Link(Protocol):
     paused = False
     exporter: bytes | None = None
     lost_reason: Failure | None = None
-    idle_after = CLIENT_IDLE
 
-    def __init__(self, reactor: Any, tune: Callable[[Any], None]) -> None:
+    def __init__(self, reactor: Any, tune: Callable[[Any], None],
+                 idle_after: float = CLIENT_IDLE) -> None:
         self._reactor = reactor
+        self.idle_after = idle_after
         self._decoder = wire.FrameDecoder()
         self._tune = tune
         self.channels: dict[int, Channel] = {}
@@ -459,8 +461,9 @@ class Link(Protocol):
 class ClientLink(Link):
     """The dialling daemon's side: opens channels, one per routed connection."""
 
-    def __init__(self, reactor: Any, tune: Callable[[Any], None]) -> None:
-        super().__init__(reactor, tune)
+    def __init__(self, reactor: Any, tune: Callable[[Any], None],
+                 idle_after: float = CLIENT_IDLE) -> None:
+        super().__init__(reactor, tune, idle_after)
         self.ready: Deferred[ClientLink] = Deferred()
         #: No new channels (a handshake on it timed out): closed once its last one ends.
         self.retired = False
@@ -514,14 +517,13 @@ class ServerLink(Link):
     """The receiving daemon's side: each HELLO opens a channel, answered by
     :class:`nipc.inbound.Inbound`."""
 
-    idle_after = SERVER_IDLE
-
     def __init__(self, reactor: Any, tune: Callable[[Any], None],
                  on_hello: Callable[[Channel, bytes, wire.Hello], None],
                  timeout: float, settled: Callable[[], None],
                  admit: Callable[[], Callable[[], None] | None],
-                 table: set["ServerLink"] | None = None) -> None:
-        super().__init__(reactor, tune)
+                 table: set["ServerLink"] | None = None,
+                 dialler_idle: float = CLIENT_IDLE) -> None:
+        super().__init__(reactor, tune, SERVER_IDLE_FACTOR * dialler_idle)
         #: The daemon's accepted links (for ``nipc status``): in it while connected.
         self._table = table if table is not None else set()
         self._on_hello = on_hello

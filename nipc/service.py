@@ -158,7 +158,7 @@ class NipcService(Service):
 
             return ServerLink(reactor, lambda tls: tune_tcp(tls, config), inbound.hello,
                               config.handshake_timeout, lambda: limits.peer_settled(source),
-                              admit_channel, self._accepted_links)
+                              admit_channel, self._accepted_links, config.link_idle)
 
         path = str(config.socket_path)
         self._inherited = inherited = inherited_listeners(config.listen_port)

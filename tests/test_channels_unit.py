@@ -381,6 +381,18 @@ def test_idle_link_closes_and_a_new_channel_keeps_it() -> None:
     assert transport.disconnecting
 
 
+def test_receiving_side_waits_four_times_the_dialler_idle_time() -> None:
+    """The dialler, which knows when it will reuse a link, should be the one to close it:
+    a receiving link closes after 4 x the configured link_idle without a channel."""
+    server = Server()
+    server.link.dataReceived(wire.encode(HELLO, 1))
+    server.hellos[0][0].abort()
+    server.clock.advance(4 * CLIENT_IDLE - 1)
+    assert not server.transport.disconnecting
+    server.clock.advance(1)
+    assert server.transport.disconnecting
+
+
 def test_retired_link_closes_when_its_last_channel_ends() -> None:
     """A retired link (a handshake on it timed out) serves its channels to their end,
     then closes."""

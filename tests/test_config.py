@@ -100,7 +100,7 @@ class TestDefaults:
                 "peers": {"B.Example.COM": "10.0.0.2:99", "c.example.com": "[fd00::3]"},
                 "timeouts": {
                     "request": 1, "handshake": 2.5, "connect": 0.5, "keepalive_idle": 7,
-                    "user_timeout": 9,
+                    "user_timeout": 9, "link_idle": 600,
                 },
                 "log": {"file": "/var/log/nipc.log"},
             }
@@ -120,7 +120,7 @@ class TestDefaults:
             "c.example.com": PeerAddress("fd00::3", DEFAULT_PORT),
         }
         assert (cfg.request_timeout, cfg.handshake_timeout, cfg.connect_timeout) == (1, 2.5, 0.5)
-        assert (cfg.keepalive_idle, cfg.user_timeout) == (7, 9)
+        assert (cfg.keepalive_idle, cfg.user_timeout, cfg.link_idle) == (7, 9, 600)
         assert cfg.log_file == Path("/var/log/nipc.log")
 
     def test_config_is_frozen(self) -> None:
@@ -259,7 +259,7 @@ class TestSocketMode:
 
 class TestTimeouts:
     @pytest.mark.parametrize(
-        "key", ["request", "handshake", "connect", "keepalive_idle", "user_timeout"]
+        "key", ["request", "handshake", "connect", "keepalive_idle", "user_timeout", "link_idle"]
     )
     @pytest.mark.parametrize("value", [0, -1])
     def test_must_be_positive(self, key: str, value: int) -> None:
