@@ -100,12 +100,11 @@ class Links:
         return waiter  # type: ignore[return-value]
 
     def _dial(self, host: str) -> None:
-        addresses: list[PeerAddress] = []
         link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._config),
                           self._config.link_idle)
 
         def connect(found: list[PeerAddress]) -> "Deferred[Any]":
-            addresses.extend(found)
+            link.addresses = found
             timeout = self._config.connect_timeout
             endpoint = FirstReachable([tcp_endpoint(self._reactor, a, timeout) for a in found])
             d: Deferred[Any] = endpoint.connect(UnbufferedTLSFactory(self._tls, True, Adopted(link)))
@@ -124,7 +123,7 @@ class Links:
         def failed(failure: Failure) -> None:
             if link.transport is not None:
                 link.abort()
-            mapped = link_failure(failure, addresses, host)
+            mapped = link_failure(failure, link.addresses, host)
             for waiter in self._dialling.pop(host):
                 waiter.errback(mapped)
 

@@ -15,6 +15,7 @@ that write to it while TCP cannot take more.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from OpenSSL import SSL
@@ -27,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
+from nipc.config import PeerAddress
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.splice import Splice
@@ -467,6 +469,8 @@ class ClientLink(Link):
         self.ready: Deferred[ClientLink] = Deferred()
         #: No new channels (a handshake on it timed out): closed once its last one ends.
         self.retired = False
+        #: Where the peer daemon was looked for (for error messages).
+        self.addresses: Sequence[PeerAddress] = ()
         self.on_lost: Callable[[ClientLink], None] | None = None
 
     def tls_ready(self) -> None:

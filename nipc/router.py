@@ -183,16 +183,13 @@ class _Dial:
 
     def _failed(self, failure: Failure) -> Failure:
         channel = self._channel
-        timed_out = failure.check(CancelledError, DeferTimeout)
-        if channel is not None:
-            if timed_out and not channel.closed:
-                # No answer in time on a link that is up: it may be dead without TCP
-                # knowing yet. New connections get a new link.
-                link = channel.link
-                assert isinstance(link, ClientLink)
-                link.retire()
-            channel.abort()
-        if timed_out:
-            return Failure(NipcError("ETIMEDOUT",
-                                     f"NIPC daemon of {self._request.host} did not answer in time"))
-        return link_failure(failure, [], self._request.host)
+        if channel is None:
+            return link_failure(failure, (), self._request.host)
+        link = channel.link
+        assert isinstance(link, ClientLink)
+        if failure.check(CancelledError, DeferTimeout) and not channel.closed:
+            # No answer in time on a link that is up: it may be dead without TCP knowing
+            # yet. New connections get a new link.
+            link.retire()
+        channel.abort()
+        return link_failure(failure, link.addresses, self._request.host)

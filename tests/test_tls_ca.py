@@ -378,5 +378,7 @@ def test_routing_with_a_ca(tls_lan: Setup) -> None:
         out = run_client("alice", str(a.socket_path), "greet", target)
         assert out.get("error") == "EPROTO", out
         assert "refused this daemon's TLS certificate" in out["message"], out
+        # The refusal comes once the link is up, on the channel: it still names where.
+        assert f"NIPC daemon of {b.fqdn} at {b.address}:{b.port} refused" in out["message"], out
     finally:
         server.close()
