@@ -31,7 +31,7 @@ from nipc.limits import Limits
 from nipc.registry import Registry, Routed, held_by
 from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
 from nipc.router import Router, new_connection_id
-from nipc.splice import End, Splice, UnixEnd, tune_unix
+from nipc.splice import End, Splice, UnixEnd
 
 log = Logger()
 
@@ -83,7 +83,7 @@ class LocalGate(UnixEnd):
         self.caller: Caller | None = None
 
     def connectionMade(self) -> None:
-        tune_unix(self.transport)
+        super().connectionMade()
         self.caller = caller_of(self.transport.getHandle())  # type: ignore[union-attr]
         self._facts.update(pid=self.caller.pid, uid=self.caller.uid)
         try:

@@ -27,10 +27,6 @@ log = Logger()
 UNIX_BUFFER = 256 * 1024
 
 
-def tune_unix(transport: Any) -> None:
-    transport.bufferSize = UNIX_BUFFER
-
-
 def write_now(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, sending at once what the socket takes when nothing is
     queued ahead of it. Twisted queues every write until the reactor's next turn (an
@@ -140,7 +136,7 @@ class UnixEnd(Protocol):
     splice: Splice | None = None
 
     def connectionMade(self) -> None:
-        tune_unix(self.transport)
+        self.transport.bufferSize = UNIX_BUFFER  # type: ignore[union-attr]
 
     def start(self) -> None:
         """Called once the splice is in place: nothing was held back."""
