@@ -38,6 +38,18 @@ port = {port}
 """
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then SIGKILL if it is still there after 10 s; its exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class LocalDaemon:
     """nipcd in ``root`` (a directory), with ``extra`` TOML appended to its config."""
 
@@ -81,13 +93,7 @@ listen = "127.0.0.1:{self.metrics_port}"
         return (self.root / "nipcd.out").read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.out.close()
 
 

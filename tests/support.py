@@ -31,6 +31,18 @@ def stream(seed: int, size: int, chunk: int = 1 << 16):  # type: ignore[no-untyp
         left -= n
 
 
+def read_line(s: socket.socket) -> bytes:
+    """Bytes up to and including the first newline, read one at a time so that nothing
+    after it is taken; shorter (no newline) if the connection ends first."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def digest_of(seed: int, size: int) -> str:
     h = hashlib.sha256()
     for part in stream(seed, size):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from local_daemon import free_port, solo_config
+from local_daemon import free_port, solo_config, stop_process
 from nipc.client import connect
 from support import UnixServer
 
@@ -102,15 +102,9 @@ class Activated:
             time.sleep(0.05)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        status = stop_process(self.proc)
         self.out.close()
-        return self.proc.returncode
+        return status
 
 
 @pytest.fixture

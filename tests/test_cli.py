@@ -26,7 +26,7 @@ import pytest
 from conftest import require_root
 from nipc import cli
 from nipc.sandbox import Host, Sandbox
-from support import CLIENT_PYTHON, UnixServer, client_dir
+from support import CLIENT_PYTHON, UnixServer, client_dir, read_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,12 +64,9 @@ class FakeDaemon:
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
-            line = b""
-            while not line.endswith(b"\n"):
-                byte = conn.recv(1)
-                if not byte:
-                    return
-                line += byte
+            line = read_line(conn)
+            if not line.endswith(b"\n"):
+                return
             self.requests.append(line)
             conn.sendall(self.reply)
             if self.reply.startswith(b"OK\n"):

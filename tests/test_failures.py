@@ -21,7 +21,7 @@ import pytest
 import nipc
 from acting import as_user, launch_daemon, open_fds, rss_kib
 from nipc.sandbox import Host, Sandbox
-from support import UnixServer, digest_of, stream
+from support import UnixServer, digest_of, read_line, stream
 
 pytestmark = pytest.mark.integration
 
@@ -51,16 +51,6 @@ def alice_connect(a: Host, target: str) -> socket.socket:
 
 def target(host: Host, name: str) -> str:
     return f"{host.run_dir / name}@{host.fqdn}"
-
-
-def read_line(s: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = s.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def ends_within(s: socket.socket, seconds: float) -> float:
