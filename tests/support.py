@@ -4,6 +4,7 @@ as a real local user in its own process (so SO_PEERCRED is the kernel's truth)."
 from __future__ import annotations
 
 import hashlib
+import atexit
 import json
 import os
 import random
@@ -173,11 +174,12 @@ def client_dir() -> Path:
 
     Test users cannot be assumed to read the checkout (CI may clone under /root), nor to
     run the virtualenv's interpreter (pyenv's lives under /root): the client is stdlib-only
-    and runs under the system Python from this copy.
+    and runs under the system Python from this copy, which goes when this process ends.
     """
     global _client_dir
     if _client_dir is None:
         root = Path(tempfile.mkdtemp(prefix="nipc-client-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         shutil.copytree(Path(__file__).resolve().parents[1] / "nipc", root / "nipc",
                         ignore=shutil.ignore_patterns("__pycache__"))
         for name in ("client_tool.py", "support.py"):
