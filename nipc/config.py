@@ -7,10 +7,12 @@ its Kerberos identity; unknown keys are an error, so a typo never silently means
 
 from __future__ import annotations
 
+import difflib
 import grp
 import ipaddress
 import math
 import pwd
+import re
 import tomllib
 from dataclasses import dataclass, field
 from enum import Enum
@@ -143,23 +145,45 @@ _LIMITS = {
 }
 
 
+def check_known(found: Any, known: set[str], what: str, where: str) -> None:
+    """ConfigError naming every unknown key (or section) of ``found``, each with the nearest
+    known one when it looks like a typo of it ("did you mean keytab?")."""
+    unknown = sorted(set(found) - known)
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, sorted(known), n=1)
+        parts.append(f"unknown {what} {name}{where}" + (f"; did you mean {near[0]}?" if near else ""))
+    raise ConfigError("; ".join(parts) + f" (known: {', '.join(sorted(known))})")
+
+
 def _section(doc: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
     sect = doc.get(name, {})
     if not isinstance(sect, dict):
         raise ConfigError(f"[{name}] must be a table")
-    unknown = set(sect) - keys
-    if unknown:
-        raise ConfigError(f"[{name}]: unknown key(s) {', '.join(sorted(unknown))}")
+    check_known(sect, keys, "key", f" in [{name}]")
     return sect
+
+
+#: What an operator calls the TOML value types, for "expected ..., got ..." messages.
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list: "a list", dict: "a table"}
+
+
+def type_name(kind: type) -> str:
+    """A TOML value type in words ("an integer"); dates and times by their own name."""
+    return _TYPE_NAMES.get(kind, f"a {kind.__name__}")
 
 
 def _typed(sect: Mapping[str, Any], where: str, key: str, kind: type | tuple[type, ...]) -> Any:
     value = sect[key]
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        # bool is an int to isinstance(); TOML true is never a number or a mode.
-        raise ConfigError(f"{where}.{key}: wrong type bool ({value!r})")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where}.{key}: wrong type {type(value).__name__}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int to isinstance(); TOML true is never a number or a mode.
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        wanted = "a number" if set(kinds) == {int, float} else " or ".join(map(type_name, kinds))
+        raise ConfigError(f"{where}.{key}: expected {wanted}, got {type_name(type(value))} "
+                          f"({value!r})")
     return value
 
 
@@ -241,9 +265,7 @@ def _imports(entries: Any) -> tuple[Import, ...]:
         where = f"imports[{n}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a table")
-        unknown = set(entry) - {"socket", "target", "owner", "group", "mode"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        check_known(entry, {"socket", "target", "owner", "group", "mode"}, "key", f" in {where}")
         for key in ("socket", "target"):
             if not isinstance(entry.get(key), str):
                 raise ConfigError(f"{where}.{key} is required (a string)")
@@ -381,7 +403,9 @@ def load(path: str | Path) -> Config:
     """Read and check a configuration file."""
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            text = f.read().decode("utf-8")
+        _check_modes(text, path)
+        doc = tomllib.loads(text)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
@@ -391,11 +415,27 @@ def load(path: str | Path) -> Config:
     return from_mapping(doc)
 
 
+#: ``mode = 0666`` or ``mode = 666``: a file mode written as a bare decimal number.
+_BARE_MODE = re.compile(r"^\s*mode\s*=\s*([0-9][0-9_]*)\s*(#.*)?$")
+
+
+def _check_modes(text: str, path: str | Path) -> None:
+    """Refuse a file mode written unquoted: TOML rejects ``0666`` (no leading zeros) with
+    a message about newlines, and reads ``666`` as decimal 666 (0o1232), not rw-rw-rw-."""
+    for number, line in enumerate(text.splitlines(), 1):
+        bare = _BARE_MODE.match(line)
+        if bare is None:
+            continue
+        digits = bare.group(1)
+        why = ("TOML allows no leading zero" if digits.startswith("0")
+               else f"TOML reads it as decimal {digits}")
+        raise ConfigError(f"{path}, line {number}: mode = {digits} is not an octal mode ({why}); "
+                          f'quote it: mode = "{digits.zfill(4)}"')
+
+
 def from_mapping(doc: Mapping[str, Any]) -> Config:
-    unknown = set(doc) - {"host", "kerberos", "local", "peer", "peers", "timeouts", "limits", "log",
-                          "imports", "admin", "metrics", "dns"}
-    if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+    check_known(doc, {"host", "kerberos", "local", "peer", "peers", "timeouts", "limits", "log",
+                      "imports", "admin", "metrics", "dns"}, "section", "")
     host = _section(doc, "host", {"name", "realm"})
     krb = _section(
         doc,

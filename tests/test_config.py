@@ -450,3 +450,67 @@ def test_the_shipped_example_config_loads() -> None:
 
     config = load(Path(__file__).resolve().parents[1] / "etc" / "nipcd.toml")
     assert config.host_name
+
+
+# ------------------------------------------------- messages that say what was expected (issue 11)
+
+
+class TestMessagesSayWhatWasExpected:
+    @pytest.mark.parametrize("section,key,value,expected", [
+        ("peer", "port", "7445", "peer.port: expected an integer, got a string ('7445')"),
+        ("peer", "port", True, "peer.port: expected an integer, got true or false (True)"),
+        ("timeouts", "request", "10", "timeouts.request: expected a number, got a string"),
+        ("kerberos", "allow_root", "no", "kerberos.allow_root: expected true or false, got a string"),
+        ("host", "name", ["a"], "host.name: expected a string, got a list"),
+        ("local", "mode", 6.6, "local.mode: expected a string or an integer, got a number"),
+    ])
+    def test_wrong_type_names_both_types(self, section: str, key: str, value: Any,
+                                         expected: str) -> None:
+        """A wrong type says what the key wants and what it got, in an operator's words."""
+        assert config_error(doc(**{section: {key: value}})).startswith(expected)
+
+    def test_typo_suggests_the_key(self) -> None:
+        """An unknown key near a known one says which one was probably meant (difflib)."""
+        message = config_error(doc(kerberos={"keytabb": "/k"}))
+        assert message.startswith("unknown key keytabb in [kerberos]; did you mean keytab?")
+
+    def test_every_typo_gets_its_suggestion(self) -> None:
+        message = config_error(doc(local={"sokcet": "/x", "mdoe": "0600"}))
+        assert "unknown key mdoe in [local]; did you mean mode?" in message
+        assert "unknown key sokcet in [local]; did you mean socket?" in message
+
+    def test_no_suggestion_for_nothing_alike(self) -> None:
+        """A key like no known one gets the list of known keys, not a wild guess."""
+        message = config_error(doc(dns={"zzz": 1}))
+        assert "did you mean" not in message and "(known: servers, timeout)" in message
+
+    def test_section_typo(self) -> None:
+        assert "unknown section kerberoz; did you mean kerberos?" in config_error(
+            doc(kerberoz={"keytab": "/x"}))
+
+    def test_import_key_typo(self) -> None:
+        message = config_error({**MINIMAL, "imports": [{"socket": "/s", "target": "/p@h",
+                                                        "tagret": "/p@h"}]})
+        assert "unknown key tagret in imports[0]; did you mean target?" in message
+
+    @pytest.mark.parametrize("line,number", [
+        ("mode = 0666", "0666"), ("mode = 666", "666"), ("  mode=0660  # group only", "0660"),
+    ])
+    def test_unquoted_mode_says_quote_it(self, tmp_path: Path, line: str, number: str) -> None:
+        """``mode = 0666`` is a TOML syntax error, ``mode = 666`` decimal 666 (0o1232): both
+        are refused with the line and the quoted form to write instead."""
+        path = tmp_path / "nipcd.toml"
+        path.write_text('[host]\nname = "a"\nrealm = "R"\n[kerberos]\nkeytab = "/k"\n'
+                        f'principal = "p"\n[local]\n{line}\n')
+        with pytest.raises(ConfigError) as info:
+            load(path)
+        assert f"line 8: mode = {number} is not an octal mode" in str(info.value)
+        assert f'quote it: mode = "{number.zfill(4)}"' in str(info.value)
+
+    def test_toml_octal_and_quoted_modes_still_load(self, tmp_path: Path) -> None:
+        path = tmp_path / "nipcd.toml"
+        path.write_text('[host]\nname = "a"\nrealm = "R"\n[kerberos]\nkeytab = "/k"\n'
+                        'principal = "p"\n[local]\nmode = 0o660\n[[imports]]\nsocket = "/s"\n'
+                        'target = "/p@h"\nmode = "0600"\n')
+        cfg = load(path)
+        assert cfg.socket_mode == 0o660 and cfg.imports[0].mode == 0o600

@@ -209,8 +209,8 @@ def test_encrypted_key_is_refused(ca: CA, tmp_path: Path) -> None:
 
 
 def test_wrong_types_name_the_key() -> None:
-    assert config_error(certificate=1, private_key="/x").startswith("peer.certificate: wrong type")
-    assert config_error(ca_bundle=True).startswith("peer.ca_bundle: wrong type")
+    assert config_error(certificate=1, private_key="/x").startswith("peer.certificate: expected a string, got an integer")
+    assert config_error(ca_bundle=True).startswith("peer.ca_bundle: expected a string, got true or false")
 
 
 def test_a_chain_file_presents_the_leaf_first(ca: CA) -> None:
