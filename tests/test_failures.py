@@ -357,6 +357,9 @@ def test_many_connections_while_one_peer_is_partitioned(hosts: dict[str, Host]) 
             with ThreadPoolExecutor(100) as pool:
                 digests = list(pool.map(to_b_job, range(100)))
             assert set(digests) == {digest_of(3, size)}
+            # The server shuts its side after sending, so the caller can see EOF before the
+            # server has read the last of the caller's bytes: wait for each server to end.
+            assert all(s.ended.wait(30) for s in to_b.seen)
             assert all(s.received == digest_of(4, size) for s in to_b.seen)
             for s in c_socks:
                 assert ends_within(s, BOUND + 10) < BOUND
