@@ -50,6 +50,9 @@ CLIENT_IDLE = 30.0
 SERVER_IDLE_FACTOR = 4
 #: How many channel numbers may be skipped (handshakes overtaking one another) at once.
 MAX_SKIPPED = 4096
+#: A closing link waits this long for the peer's TLS close_notify, then aborts: a peer that
+#: never answers must not keep the connection (and its descriptor) forever.
+CLOSE_GRACE = 5.0
 
 
 @implementer(IPushProducer)
@@ -340,6 +343,7 @@ class Link(Protocol):
         self.peer = "?"
         self.opened = 0.0
         self._idle: Any = None
+        self._grace = Deadline(reactor)
 
     def connectionMade(self) -> None:
         self._tune(self.transport)
@@ -432,9 +436,15 @@ class Link(Protocol):
         self.abort()
 
     def close(self) -> None:
+        """Send TLS close_notify and close TCP once the peer answers it, or abort after
+        :data:`CLOSE_GRACE`. The link first stops being the transport's producer: Twisted's
+        TLS does not start its shutdown while a producer is registered."""
         self.stopped = True
-        if not self.closed:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        if self.closed or self._grace.armed:
+            return
+        self._grace.arm(CLOSE_GRACE, self.abort)
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:
         self.stopped = True
@@ -444,6 +454,7 @@ class Link(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.closed = True
         self.lost_reason = reason
+        self._grace.cancel()
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
