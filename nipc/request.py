@@ -7,6 +7,7 @@ this module is :class:`~nipc.errors.NipcError`.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from nipc.errors import NipcError, clean_message
@@ -16,6 +17,10 @@ MAX_LINE = 4096
 MAX_PATH = 107
 MAX_HOST = 253
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+#: Unicode categories no socket path may hold: controls (newline, CR, ESC, C1), format
+#: characters (bidi overrides, zero widths) and line/paragraph separators. Each could
+#: make a log line, a terminal or a reply read as something it is not.
+CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,9 @@ def check_path(path: str) -> str:
         raise NipcError("EINVAL", "socket path contains a NUL byte")
     if not path.startswith("/"):
         raise NipcError("EINVAL", f"socket path must be absolute: {path!r}")
+    control = first_control(path)
+    if control is not None:
+        raise NipcError("EINVAL", f"socket path contains the control character {control}")
     try:
         size = len(path.encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON "\ud800" on the wire
@@ -87,6 +95,14 @@ def check_path(path: str) -> str:
     if size > MAX_PATH:
         raise NipcError("ENAMETOOLONG", f"socket path longer than {MAX_PATH} bytes")
     return path
+
+
+def first_control(text: str) -> str | None:
+    """The first control or format character in ``text``, named ``U+XXXX``; None if none."""
+    for c in text:
+        if unicodedata.category(c) in CONTROL_CATEGORIES:
+            return f"U+{ord(c):04X}"
+    return None
 
 
 def check_host(host: str) -> str:

@@ -8,6 +8,7 @@ misbound tickets and prints the errno of each RESULT it gets.
             as-user USER                 a valid ticket for USER@REALM (protocol transition)
             expired                      the service ticket in $KRB5CCNAME, once expired
             ccache-principal PRINCIPAL   a ticket from $KRB5CCNAME for PRINCIPAL (another realm)
+            control-path LINE            a HELLO whose path is PATH, a newline, then LINE
             truncated-hello | oversized-hello | garbage-frames | tls-silent
                                          print "<errno or CLOSED> <seconds until answered>"
             tcp-flood N HOLD             N TCP connections that never speak TLS; print JSON
@@ -288,6 +289,10 @@ def main() -> None:
         assert first == "OK", first
         token = token_for(channel_of(conn), daemon_principal, host)
         print(exchange(conn, wire.Hello(path, host, ("a.lan.test",), token, "again")))
+    elif attack == "control-path":
+        # A path with a newline and a made-up audit line after it (a log-forging attempt).
+        forged = path + "\n" + extra[0]
+        print(exchange(conn, wire.Hello(forged, host, ("a.lan.test",), b"\x60\x82garbage", "forged3")))
     elif attack == "long-chain":
         token = token_for(channel_of(conn), daemon_principal, host)
         hops = tuple(f"h{i}.lan.test" for i in range(9))

@@ -303,15 +303,33 @@ class TestCheckPath:
             ("/a\0b", "EINVAL"),
             ("/" + "x" * MAX_PATH, "ENAMETOOLONG"),
             ("/" + "€" * 36, "ENAMETOOLONG"),  # 1 + 108 bytes, 37 characters
+            ("/a\nb", "EINVAL"),
+            ("/a\rb", "EINVAL"),
+            ("/a\x1b[2Jb", "EINVAL"),
+            ("/a\x85b", "EINVAL"),  # NEL, a C1 control
+            ("/a\u2028b", "EINVAL"),  # LINE SEPARATOR
+            ("/a\u202eb", "EINVAL"),  # RIGHT-TO-LEFT OVERRIDE
+            ("/a\u200bb", "EINVAL"),  # ZERO WIDTH SPACE
         ],
     )
     def test_refused(self, path: str, name: str) -> None:
-        """Relative, abstract, NUL-holding and over-long paths are refused with their errno."""
+        """Relative, abstract, NUL-holding, control-holding and over-long paths are
+        refused with their errno."""
         assert errno_of(check_path, path) == name
 
     def test_abstract_name_wins_over_length(self) -> None:
         """An abstract name is EINVAL even when it is also too long."""
         assert errno_of(check_path, "@" + "x" * 500) == "EINVAL"
+
+    def test_control_characters_are_named_not_echoed(self) -> None:
+        """The refusal names the character, so the reply and the log stay one line."""
+        with pytest.raises(NipcError) as info:
+            check_path("/x\nnipc-audit result=routed")
+        assert info.value.message == "socket path contains the control character U+000A"
+
+    def test_a_carriage_return_inside_a_request_line_is_refused(self) -> None:
+        """Only one trailing CR belongs to the line end; one inside the path is refused."""
+        assert errno_of(parse_request, b"CONNECT /a\rb@host") == "EINVAL"
 
     def test_lone_surrogate_is_refused(self) -> None:
         """A str that is not encodable as UTF-8 (reachable via JSON on the wire) is EINVAL."""

@@ -74,7 +74,7 @@ def eproto(call: Any, *args: Any) -> NipcError:
 labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 hosts = st.lists(labels, min_size=1, max_size=4).map(".".join)
 paths = st.text(
-    st.characters(codec="utf-8", exclude_characters="\0"), max_size=40
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cf", "Zl", "Zp")), max_size=40
 ).map(lambda p: "/" + p).filter(lambda p: len(p.encode()) <= 107)
 conn_ids = st.text(st.sampled_from("abcdefXYZ0123456789"), min_size=1, max_size=64)
 hellos = st.builds(
@@ -454,7 +454,8 @@ class TestDecodeRefuses:
         eproto(decode, Kind.HELLO, payload(hello_body(hops=["a.example", hop])))
 
     @pytest.mark.parametrize(
-        "path", ["", "relative", "@abstract", "\0abstract", "/a\0b", "/" + "x" * 107, "/\ud800"]
+        "path", ["", "relative", "@abstract", "\0abstract", "/a\0b", "/" + "x" * 107, "/\ud800",
+                 "/a\nnipc-audit result=routed", "/a\rb", "/a\u202eb"]
     )
     def test_bad_path(self, path: str) -> None:
         """The target path obeys the local protocol's rules; any violation is EPROTO here."""
