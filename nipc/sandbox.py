@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from nipc import prereqs
+
 SUBNET = "10.77.0"
 PORT = 7445
 #: Where ``up`` notes which root directory a prefix's sandbox lives in, so a later ``up``
@@ -682,6 +684,8 @@ class Sandbox:
         """Build everything, after clearing what an earlier run with this prefix left."""
         if os.geteuid() != 0:
             raise SandboxError("the sandbox needs root (network namespaces, useradd)")
+        if lacking := prereqs.missing(prereqs.sandbox_needs(self.samba, self.mit)):
+            raise SandboxError(prereqs.describe(lacking))
         started = time.monotonic()
         self._lock()
         self._clean()

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from nipc import prereqs
 from nipc.sandbox import MIT_REALM, SAMBA_REALM, Host, Sandbox, SandboxBusy
 
 DEFAULT_PREFIX = "nipc-"
@@ -54,8 +55,13 @@ def _up(debug: bool) -> Sandbox:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    """The whole domain (Samba AD realm, MIT realm, hosts a b c x y), built once."""
+    """The whole domain (Samba AD realm, MIT realm, hosts a b c x y), built once.
+
+    A missing prerequisite stops the session with one line (not one traceback per test).
+    """
     require_root()
+    if lacking := prereqs.missing(prereqs.sandbox_needs()):
+        pytest.exit(f"sandbox: {prereqs.describe(lacking)}", returncode=1)
     sb = _up(debug=os.environ.get("NIPC_SANDBOX_DEBUG") == "1")
     try:
         yield sb
