@@ -14,8 +14,6 @@ import ctypes
 import errno
 import os
 import platform
-import socket
-import stat
 import threading
 from typing import Callable, TypeVar
 
@@ -23,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
-from nipc.errors import NipcError, from_oserror
+from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 
 T = TypeVar("T")
@@ -112,30 +110,3 @@ def run_as(
 
     return on_fresh_thread(reactor, as_identity)
 
-
-def connect_unix(path: str, conn_id: str, timeout: float, who: str) -> socket.socket:
-    """Connect to a pathname socket with this thread's credentials.
-
-    The client end is bound to the abstract name ``nipc/<conn_id>``, so a server that
-    looks at its peer's address can tell which routed connection this is.
-    """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(b"\0nipc/" + conn_id.encode("ascii"))
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.setblocking(False)
-    except socket.timeout:
-        sock.close()
-        raise NipcError("ETIMEDOUT", f"connect to {path} as {who}: no answer in {timeout:g}s") from None
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.ECONNREFUSED:
-            try:
-                if not stat.S_ISSOCK(os.stat(path).st_mode):
-                    raise NipcError("ENOTSOCK", f"{path} is not a socket") from None
-            except OSError:
-                pass
-            raise NipcError("ECONNREFUSED", f"nobody is listening on {path}") from None
-        raise from_oserror(e, f"connect to {path} as {who}") from None
-    return sock

@@ -22,7 +22,8 @@ from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.impersonate import connect_unix, on_fresh_thread, switch_to
+from nipc.destination import connect_unix
+from nipc.impersonate import on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
 from nipc.peer import Channel
 from nipc.pac import PacError, decode_logon_info

@@ -20,7 +20,8 @@ from nipc import wire
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
-from nipc.impersonate import connect_unix, run_as
+from nipc.destination import connect_unix
+from nipc.impersonate import run_as
 from nipc.kerberos import Delegated, Initiation, TicketSource
 from nipc.links import Links, Reused, link_failure
 from nipc.memo import Memo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 from twisted.application.service import IServiceMaker
 from twisted.logger import (
@@ -39,6 +40,7 @@ class ServiceMaker:
     options = Options
 
     def makeService(self, options: Options) -> NipcService:
+        options["config"] = os.path.abspath(options["config"])
         try:
             cfg = configuration.load(options["config"])
         except configuration.ConfigError as e:
@@ -50,6 +52,9 @@ class ServiceMaker:
                 [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
             ))
         take_over_memory()
+        # Nothing may be relative to where the daemon was started (issue 14 item 4):
+        # its working directory is reachable as /proc/self/cwd by its own threads.
+        os.chdir("/")
         return NipcService(cfg)
 
 

@@ -1,0 +1,135 @@
+"""The final connect: where a routed connection ends, resolved as the caller.
+
+The connect is made by a thread of the daemon's own process that has become the caller.
+Whatever the kernel resolves relative to "this process" would therefore be the daemon's:
+``/proc/self/cwd``, ``/proc/self/root``, ``/proc/self/fd/N``, ``/dev/fd/N``,
+``/proc/<daemon pid>/...``; and procfs lets a process into its own entries whoever its
+threads act as, so such a path skips the directory checks the caller would face and
+answers differently for each of the daemon's descriptors. So the path is never handed to
+the kernel whole. It is resolved here one component at a time, each step an ``openat()``
+with ``O_PATH|O_NOFOLLOW`` made with the caller's credentials (the kernel checks search
+permission on every directory, as it would in ``connect()``); ordinary symlinks are read
+and followed (at most 40, as the kernel does); and any step that lands on a procfs mount,
+wherever it is mounted, ends the walk with the same refusal whatever follows it. The
+``connect()`` then goes to the very inode resolved, held open, through
+``/proc/self/fd/<fd>``: a path only this module builds, so nothing can swap a symlink or a
+directory between the resolution and the connect.
+
+Why not ``openat2(RESOLVE_NO_MAGICLINKS)`` alone: it stops at a magic link, but only after
+looking the name up, so ``/proc/self/fd/5`` (ELOOP) and ``/proc/self/fd/99`` (ENOENT)
+still tell the daemon's descriptors apart, as do ``/proc/self/fdinfo/N`` (plain files).
+
+``fs.protected_symlinks`` is not applied to the links followed here: it guards a program
+from following a link planted in ``/tmp`` on its own behalf, whereas here the caller named
+that path and the link only leads where the caller may go anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import stat
+
+from nipc.errors import NipcError, from_oserror
+
+#: ``f_type`` of procfs (``linux/magic.h``).
+PROC_SUPER_MAGIC = 0x9FA0
+#: How many symlinks one resolution may follow (the kernel's own limit, ``MAXSYMLINKS``).
+MAX_SYMLINKS = 40
+_STEP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+_libc = ctypes.CDLL(None, use_errno=True)
+#: ``struct statfs`` is 120 bytes on 64-bit Linux; ``f_type`` (a long) comes first.
+_STATFS_SIZE = 256
+
+
+def on_procfs(fd: int) -> bool:
+    """Whether ``fd`` is on a procfs mount (``fstatfs``, allowed on ``O_PATH`` fds)."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], "little") == PROC_SUPER_MAGIC
+
+
+def _components(path: str) -> list[str]:
+    """The names to walk, last first (a stack): empty names and ``.`` are no steps."""
+    return [name for name in reversed(path.split("/")) if name not in ("", ".")]
+
+
+def _swap(old: int, new: int) -> int:
+    os.close(old)
+    return new
+
+
+def open_as_caller(path: str) -> int:
+    """An ``O_PATH`` descriptor of what the absolute ``path`` names, resolved with this
+    thread's credentials, never through procfs. Raises ``OSError`` from the step that
+    failed, or ``NipcError(EACCES)`` for procfs."""
+    fd = os.open("/", _ROOT)
+    try:
+        todo = _components(path)
+        links = 0
+        while todo:
+            name = todo.pop()
+            step = os.open(name, _STEP, dir_fd=fd)
+            try:
+                is_link = stat.S_ISLNK(os.fstat(step).st_mode)
+                target = os.readlink("", dir_fd=step) if is_link else ""
+            except BaseException:
+                os.close(step)
+                raise
+            if is_link:
+                os.close(step)
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                if target.startswith("/"):
+                    fd = _swap(fd, os.open("/", _ROOT))
+                todo.extend(_components(target))
+                continue
+            fd = _swap(fd, step)
+            if on_procfs(fd):
+                raise NipcError("EACCES", f"{path}: destinations under /proc (or /dev/fd) cannot "
+                                          "be reached over NIPC")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def connect_unix(path: str, conn_id: str, timeout: float, who: str) -> socket.socket:
+    """Connect to a pathname socket with this thread's credentials, resolved as above.
+
+    The client end is bound to the abstract name ``nipc/<conn_id>``, so a server that
+    looks at its peer's address can tell which routed connection this is.
+    """
+    what = f"connect to {path} as {who}"
+    try:
+        fd = open_as_caller(path)
+    except OSError as e:
+        raise from_oserror(e, what) from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(b"\0nipc/" + conn_id.encode("ascii"))
+        sock.settimeout(timeout)
+        sock.connect(f"/proc/self/fd/{fd}")
+        sock.setblocking(False)
+    except socket.timeout:
+        sock.close()
+        raise NipcError("ETIMEDOUT", f"{what}: no answer in {timeout:g}s") from None
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.ECONNREFUSED:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise NipcError("ENOTSOCK", f"{path} is not a socket") from None
+            raise NipcError("ECONNREFUSED", f"nobody is listening on {path}") from None
+        if e.errno == errno.ENOENT:  # the inode is held open: /proc itself is missing
+            raise NipcError("EPROTO", f"{what}: the daemon needs /proc mounted") from None
+        raise from_oserror(e, what) from None
+    finally:
+        os.close(fd)
+    return sock

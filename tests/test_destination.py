@@ -1,0 +1,191 @@
+"""The final connect's destination (issue 14 item 4): resolved as the caller, never through
+the daemon's own /proc entries, so a 0700 directory holds whatever the path says.
+
+The in-process tests call the resolver on a thread that has become a local user, as the
+daemon does; the sandbox tests ask real daemons, started with their working directory
+inside a 0700 directory, over the local protocol (path@localhost) and over a peer link.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from acting import as_user, launch_daemon
+from conftest import require_root
+from local_daemon import stop_process
+from nipc.destination import MAX_SYMLINKS, connect_unix
+from nipc.errors import NipcError
+from nipc.sandbox import Host
+from support import UnixServer, read_line
+
+
+def attempt(user: str, path: str) -> str:
+    """``connect_unix`` as ``user``: "OK" or "<ERRNO> <message>"."""
+
+    def job() -> str:
+        try:
+            connect_unix(path, "t0", 5, user).close()
+        except NipcError as e:
+            return f"{e.errno_name} {e.message}"
+        return "OK"
+
+    return as_user(user, job)
+
+
+@pytest.fixture
+def vault() -> Iterator[Path]:
+    """A directory inside a 0700 root directory, holding a socket anyone could write to
+    (mode 0666): only the outer directory keeps callers out."""
+    require_root()
+    top = Path(tempfile.mkdtemp(prefix="nipc-vault-"))
+    top.chmod(0o755)
+    (top / "locked").mkdir(mode=0o700)
+    secret = top / "locked" / "inner"
+    secret.mkdir(mode=0o755)
+    server = UnixServer(str(secret / "secret.sock"), mode=0o666)
+    yield secret
+    server.close()
+    for p in sorted(top.rglob("*"), reverse=True):
+        p.unlink() if not p.is_dir() or p.is_symlink() else p.rmdir()
+    top.rmdir()
+
+
+def test_the_vault_is_closed_by_its_directory(vault: Path) -> None:
+    assert attempt("alice", str(vault / "secret.sock")).startswith("EACCES ")
+
+
+def test_proc_self_cwd_does_not_reach_into_the_daemons_working_directory(
+        vault: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread runs in the daemon's process: /proc/self/cwd is the daemon's."""
+    monkeypatch.chdir(vault)
+    for path in ("/proc/self/cwd/secret.sock", "/proc/thread-self/cwd/secret.sock",
+                 f"/proc/{os.getpid()}/cwd/secret.sock",
+                 f"/proc/{os.getpid()}/task/{os.getpid()}/cwd/secret.sock"):
+        assert attempt("alice", path).startswith("EACCES "), path
+
+
+def test_a_symlink_into_proc_is_refused_the_same_way(vault: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(vault)
+    links = vault.parent.parent / "links"
+    links.mkdir(mode=0o755)
+    (links / "cwd").symlink_to("/proc/self/cwd")
+    (links / "proc").symlink_to("../../../../../../proc")
+    for path in (links / "cwd" / "secret.sock", links / "proc" / "self" / "cwd" / "secret.sock"):
+        assert attempt("alice", str(path)).startswith("EACCES "), path
+
+
+def test_the_daemons_descriptors_all_answer_alike(vault: Path) -> None:
+    """/proc/self/fd/N, fdinfo/N, /dev/fd/N: one answer for every N, open or not."""
+    held = os.open(vault, os.O_RDONLY | os.O_DIRECTORY)  # an fd into the vault
+    try:
+        for form in ("/proc/self/fd/{}/secret.sock", "/proc/self/fd/{}", "/dev/fd/{}",
+                     "/dev/fd/{}/secret.sock", "/proc/self/fdinfo/{}", "/proc/self/fdinfo/{}/x",
+                     "/dev/stdin"):
+            answers = {attempt("alice", form.format(n)).replace(form.format(n), "PATH")
+                       for n in range(0, 40)}
+            assert len(answers) == 1 and answers.pop().startswith("EACCES "), (form, answers)
+        assert attempt("alice", f"/proc/self/fd/{held}/secret.sock").startswith("EACCES ")
+    finally:
+        os.close(held)
+
+
+def test_symlinks_and_dotdot_still_lead_where_the_caller_may_go(vault: Path) -> None:
+    open_dir = vault.parent.parent / "open"
+    open_dir.mkdir(mode=0o755)
+    server = UnixServer(str(open_dir / "app.sock"), mode=0o666)
+    try:
+        (open_dir / "rel").symlink_to("app.sock")
+        (open_dir / "abs").symlink_to(open_dir / "rel")
+        (open_dir / "sub").mkdir()
+        assert attempt("alice", str(open_dir / "abs")) == "OK"
+        assert attempt("alice", f"{open_dir}/sub/../sub/./../app.sock") == "OK"
+        assert attempt("alice", f"{open_dir}/../../../../../../..{open_dir}/app.sock") == "OK"
+        # ... and only there: through a link, the vault is still the vault.
+        (open_dir / "secret").symlink_to(vault / "secret.sock")
+        assert attempt("alice", str(open_dir / "secret")).startswith("EACCES ")
+        assert attempt("root", str(open_dir / "secret")) == "OK"
+        (open_dir / "loop").symlink_to("loop")
+        assert attempt("alice", str(open_dir / "loop")).startswith("ELOOP ")
+        for n in range(MAX_SYMLINKS + 1):
+            (open_dir / f"l{n}").symlink_to(f"l{n + 1}" if n < MAX_SYMLINKS else "app.sock")
+        assert attempt("alice", str(open_dir / "l1")) == "OK"
+        assert attempt("alice", str(open_dir / "l0")).startswith("ELOOP ")
+        assert attempt("alice", f"{open_dir}/missing.sock").startswith("ENOENT ")
+        assert attempt("alice", f"{open_dir}/app.sock/x").startswith("ENOENT ")
+        (open_dir / "file").touch()
+        (open_dir / "file").chmod(0o666)
+        assert attempt("alice", str(open_dir / "file")).startswith("ENOTSOCK ")
+    finally:
+        server.close()
+
+
+# -- on the sandbox: real daemons, started inside the vault --
+
+
+def replies(user: str, daemon: Path, lines: list[str]) -> list[str]:
+    """Each request line sent to ``daemon`` by a thread that has become ``user``; the
+    daemon's reply lines (SO_PEERCRED shows the thread's identity)."""
+
+    def job() -> list[str]:
+        answers = []
+        for line in lines:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(60)
+                s.connect(str(daemon))
+                s.sendall(line.encode() + b"\n")
+                answers.append(read_line(s).decode().rstrip("\n"))
+        return answers
+
+    return as_user(user, job)
+
+
+@pytest.fixture(scope="module")
+def vaulted(samba_hosts: dict[str, Host]) -> Iterator[tuple[Host, Host, Path, int]]:
+    """a's daemon, and b's started with its working directory in b's vault (a directory
+    inside a 0700 one, with a 0666 socket); b's daemon pid."""
+    a, b = samba_hosts["a"], samba_hosts["b"]
+    (b.dir / "locked").mkdir(mode=0o700, exist_ok=True)
+    inner = b.dir / "locked" / "inner"
+    inner.mkdir(mode=0o755, exist_ok=True)
+    server = UnixServer(str(inner / "secret.sock"), mode=0o666)
+    a.start_daemon()
+    proc = launch_daemon(b, ["sh", "-c", 'cd "$0" && exec "$@"', str(inner)])
+    try:
+        yield a, b, inner, proc.pid
+    finally:
+        stop_process(proc)
+        a.stop_daemon()
+        server.close()
+
+
+@pytest.mark.integration
+def test_the_daemon_works_from_the_root_directory(vaulted: tuple[Host, Host, Path, int]) -> None:
+    _, _, inner, pid = vaulted
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+
+
+@pytest.mark.integration
+def test_no_detour_through_the_daemons_proc_entries(vaulted: tuple[Host, Host, Path, int]) -> None:
+    """Over a peer link and locally: the vault's socket stays out of reach through every
+    /proc form, and the daemon's descriptors all answer alike."""
+    a, b, inner, pid = vaulted
+    for gate, host in ((a.socket_path, b.fqdn), (b.socket_path, "localhost")):
+        direct = replies("alice", gate, [f"CONNECT {inner}/secret.sock@{host}"])[0]
+        assert direct.startswith("ERR EACCES "), direct
+        for path in ("/proc/self/cwd/secret.sock", f"/proc/{pid}/cwd/secret.sock",
+                     f"/proc/self/root{inner}/secret.sock", f"/proc/{pid}/root{inner}/secret.sock"):
+            answer = replies("alice", gate, [f"CONNECT {path}@{host}"])[0]
+            assert answer.startswith("ERR EACCES ") and "/proc" in answer, (path, answer)
+        for form in ("/proc/self/fd/{}/secret.sock", "/dev/fd/{}/secret.sock", "/dev/fd/{}",
+                     "/proc/self/fdinfo/{}"):
+            paths = [form.format(n) for n in range(48)]
+            answers = replies("alice", gate, [f"CONNECT {p}@{host}" for p in paths])
+            alike = {answer.replace(p, "PATH") for p, answer in zip(paths, answers)}
+            assert len(alike) == 1 and alike.pop().startswith("ERR EACCES "), (form, host, alike)
