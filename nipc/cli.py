@@ -22,7 +22,7 @@ from types import FrameType
 from typing import NoReturn, TextIO
 
 from nipc.client import connect as nipc_connect
-from nipc.client import daemon_socket, peer_identity
+from nipc.client import check_gate, daemon_socket, peer_identity
 from nipc.errors import NipcError
 from nipc.request import check_host, check_path
 
@@ -257,6 +257,9 @@ DAEMON_HINTS: dict[str, str] = {
     "EACCES": "the gate socket's owner/group/mode (or ACL) exclude you: that is the site's "
               "'who may use NIPC' policy; ask for the group in [local] of nipcd.toml.",
     "ENOTSOCK": "that path is not a socket.",
+    "EPERM": "the socket, or a directory on its path, belongs to someone other than root (or "
+             "$NIPC_SOCKET_OWNER, the daemon's [local] owner) or is writable by other users, "
+             "who could have put a socket of their own there.",
 }
 
 
@@ -298,6 +301,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
+        check_gate(daemon)
         with socket.socket(socket.AF_UNIX) as probe:
             probe.settimeout(args.timeout)
             probe.connect(daemon)

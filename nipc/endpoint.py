@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any
 
 from twisted.internet import error as twisted_error
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import (
     IAddress,
@@ -29,7 +29,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nipc.client import daemon_socket as default_daemon_socket
+from nipc.client import check_gate, daemon_socket as default_daemon_socket
 from nipc.errors import NipcError
 from nipc.request import MAX_LINE, check_host, check_path, parse_reply
 
@@ -211,6 +211,10 @@ class NIPCClientEndpoint:
         return f"<NIPCClientEndpoint {self.address.target} via {self.daemon_socket}>"
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        try:
+            check_gate(self.daemon_socket)  # a few lstat() calls: nothing that blocks for long
+        except OSError as e:
+            return fail(e)
         request: RouteRequest
         dialing: Deferred[Any]
 
