@@ -1,12 +1,14 @@
 """The operators' view of the daemon: the table of live connections and the admin socket.
 
 The admin socket is separate from the gate, so the public local protocol (SPEC section 2)
-stays exactly as it is. It speaks one request line, ``STATUS``, answered by one line:
-``OK <json>`` or ``ERR <ERRNO-NAME> <message>``. Who may ask is decided twice: by the
+stays exactly as it is. It speaks one request line, ``STATUS`` or ``RELOAD``, answered by
+one line: ``OK <json>`` or ``ERR <ERRNO-NAME> <message>``. Who may ask is decided twice: by the
 socket file's owner, group and mode, and by the kernel's word for the caller
 (``SO_PEERCRED``, ``SO_PEERGROUPS``): root, the daemon's own uid, or a member of
 ``[admin] group``. A mode widened by hand, or an ACL, still shows nobody else who is
-connected to what.
+connected to what. ``RELOAD`` (``nipc reload``, the unit's ExecReload=) changes what the
+daemon does, so only root and the daemon's own uid may ask for it: its answer is the
+reload's outcome, which is how ``systemctl reload`` learns that a configuration was refused.
 """
 
 from __future__ import annotations
@@ -155,10 +157,12 @@ class AdminProtocol(Protocol):
     """One admin connection: authorisation at accept, one request, one answer line."""
 
     def __init__(self, reactor: Any, group: int | None, status: Callable[[], dict[str, Any]],
-                 timeout: float, fill: Callable[[dict[str, Any]], "Deferred[dict[str, Any]]"] = succeed
-                 ) -> None:
+                 timeout: float, fill: Callable[[dict[str, Any]], "Deferred[dict[str, Any]]"] = succeed,
+                 reload: Callable[[], "Deferred[dict[str, Any]]"] | None = None) -> None:
         self._group = group
         self._status = status
+        self._reload = reload
+        self._caller: Caller | None = None
         self._fill = fill
         self._timeout = timeout
         self._buffer = b""
@@ -167,7 +171,7 @@ class AdminProtocol(Protocol):
         self._done_reading = False
 
     def connectionMade(self) -> None:
-        caller = caller_of(self.transport.getHandle())  # type: ignore[union-attr]
+        self._caller = caller = caller_of(self.transport.getHandle())  # type: ignore[union-attr]
         if not may_administer(caller, self._group):
             log.info("admin socket: uid {uid} (pid {pid}) is not an administrator; refused",
                      uid=caller.uid, pid=caller.pid)
@@ -196,8 +200,27 @@ class AdminProtocol(Protocol):
             d.addCallback(lambda status: self._answer("OK {}\n".format(
                 json.dumps(status, separators=(",", ":"), sort_keys=True)).encode("utf-8")))
             d.addErrback(self._failed)
+        elif request == b"RELOAD":
+            self._done_reading = True
+            self._reload_now()
         else:
-            self._answer(error_reply(NipcError("EINVAL", "unknown admin request (expected STATUS)")))
+            self._answer(error_reply(NipcError(
+                "EINVAL", "unknown admin request (expected STATUS or RELOAD)")))
+
+    def _reload_now(self) -> None:
+        caller = self._caller
+        if caller is None or caller.uid not in (0, os.geteuid()):
+            self._answer(error_reply(NipcError("EPERM", "only root may reload the daemon")))
+            return
+        if self._reload is None:
+            self._answer(error_reply(NipcError("EINVAL", "this daemon has no file to reload")))
+            return
+        self._deadline.cancel()  # a reload takes as long as it takes; it always answers
+        d = self._reload()
+        d.addCallback(lambda outcome: self._answer("OK {}\n".format(
+            json.dumps(outcome, separators=(",", ":"), sort_keys=True)).encode("utf-8")))
+        d.addErrback(lambda f: self._answer(error_reply(NipcError(
+            "EINVAL", f"configuration refused, the running one stays: {f.getErrorMessage()}"))))
 
     def _failed(self, failure: Failure) -> None:
         log.failure("admin STATUS failed", failure)
@@ -220,14 +243,17 @@ class AdminFactory(Factory):
     noisy = False
 
     def __init__(self, reactor: Any, group: int | None, status: Callable[[], dict[str, Any]],
-                 timeout: float) -> None:
+                 timeout: float, reload: Callable[[], "Deferred[dict[str, Any]]"] | None = None
+                 ) -> None:
         self._reactor = reactor
         self._group = group
         self._status = status
         self._timeout = timeout
+        self._reload = reload
 
     def _fill(self, status: dict[str, Any]) -> "Deferred[dict[str, Any]]":
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fill_user_names, status)
 
     def buildProtocol(self, addr: Any) -> AdminProtocol:
-        return AdminProtocol(self._reactor, self._group, self._status, self._timeout, self._fill)
+        return AdminProtocol(self._reactor, self._group, self._status, self._timeout, self._fill,
+                             self._reload)

@@ -370,14 +370,15 @@ def admin_socket() -> str:
         os.path.dirname(daemon_socket()), "admin.sock")
 
 
-def ask_status(path: str, timeout: float) -> dict[str, object]:
-    """Send ``STATUS`` to the admin socket; the answer, or a command error."""
+def ask_status(path: str, timeout: float, request: bytes = b"STATUS") -> dict[str, object]:
+    """Send ``STATUS`` (or another admin request) to the admin socket; the answer, or a
+    command error."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(path)
             try:
-                sock.sendall(b"STATUS\n")
+                sock.sendall(request + b"\n")
             except (BrokenPipeError, ConnectionResetError):
                 pass  # refused at once: the reason is in what the daemon wrote first
             data = b""
@@ -466,6 +467,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Reload and wait for the outcome: non-zero with the reason when it was refused (so
+    ``systemctl reload`` fails), the changed keys otherwise."""
+    outcome = ask_status(args.admin or admin_socket(), args.timeout, b"RELOAD")
+    def names(key: str) -> str:
+        value = outcome.get(key)
+        return ", ".join(map(str, value)) if isinstance(value, list) else ""
+
+    print(f"nipcd reloaded; changed: {names('changed') or 'nothing'}")
+    if names("restart_needed"):
+        print(f"changed but applied only by a restart: {names('restart_needed')}")
+    return 0
+
+
 # -- the demo -----------------------------------------------------------------------------
 
 
@@ -512,7 +527,7 @@ def parser() -> argparse.ArgumentParser:
 
     def verb(name: str, help: str, description: str) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help, description=description)
-        if name not in ("demo", "status"):
+        if name not in ("demo", "status", "reload"):
             sub.add_argument("--daemon", metavar="SOCKET",
                              help="the daemon's socket (default: $NIPC_SOCKET or /run/nipc/nipc.sock)")
         if name != "demo":
@@ -564,6 +579,17 @@ def parser() -> argparse.ArgumentParser:
                         "admin.sock next to the daemon's socket, i.e. /run/nipc/admin.sock)")
     s.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     s.set_defaults(run=cmd_status)
+
+    r = verb("reload", "make the daemon re-read its configuration (root; ExecReload=)",
+             "Ask the daemon, through its admin socket, to re-read its configuration file and "
+             "apply it to new connections; routed connections carry on. Waits for the outcome: "
+             "exit status 0 if the new configuration is in force, non-zero with the reason if "
+             "it was refused (the running one then stays). Keys only a restart applies are "
+             "named. Same as SIGHUP, which cannot report a refusal.")
+    r.add_argument("--admin", metavar="SOCKET",
+                   help="the daemon's admin socket (default: $NIPC_ADMIN_SOCKET, else "
+                        "admin.sock next to the daemon's socket, i.e. /run/nipc/admin.sock)")
+    r.set_defaults(run=cmd_reload)
 
     d = verb("demo", "build a throwaway domain and show NIPC at work (root)",
              "Build the sandbox domain (Samba AD DC, hosts a, b, c as network namespaces), "

@@ -1,4 +1,5 @@
-"""The daemon's configuration: one TOML file, read once at start-up into frozen dataclasses.
+"""The daemon's configuration: one TOML file, read at start-up into frozen dataclasses, and
+again on a reload (SIGHUP, ``nipc reload``; see :mod:`nipc.reload`).
 
 Every key has a default an operator can live with except the ones that name this host and
 its Kerberos identity; unknown keys are an error, so a typo never silently means "default".
@@ -69,6 +70,9 @@ class Import:
 
 @dataclass(frozen=True)
 class Config:
+    """Frozen to every component that holds it; only :func:`nipc.reload.adopt` replaces its
+    fields (all at once, on a reload), so holders read settings when they decide something."""
+
     host_name: str
     realm: str
     mode: CredentialMode
@@ -95,6 +99,9 @@ class Config:
     #: waits four times as long, so that the dialler, which knows when it will reuse a
     #: link, normally closes first).
     link_idle: float = 30.0
+    #: On SIGTERM: how long routed connections may go on (no new ones are accepted) before
+    #: the rest are closed.
+    drain_timeout: float = 30.0
     max_hops: int = 8
     log_file: Path | None = None
     imports: tuple[Import, ...] = ()
@@ -132,6 +139,19 @@ class Config:
     def realms(self) -> tuple[str, ...]:
         """Realms whose principals this daemon accepts (its own unless configured)."""
         return self.trusted_realms or (self.realm,)
+
+
+#: Config fields a reload cannot change (something built at start-up holds them: a listening
+#: socket, the credential source, the krb5 library's settings), with their keys in the file.
+#: A reload keeps their running values and logs each changed one as needing a restart.
+RESTART_ONLY = {
+    "host_name": "host.name", "realm": "host.realm", "mode": "kerberos.mode",
+    "keytab": "kerberos.keytab", "principal": "kerberos.principal",
+    "krb5_config": "kerberos.krb5_config", "ccache_template": "kerberos.ccache_template",
+    "socket_path": "local.socket", "listen_address": "peer.listen", "listen_port": "peer.port",
+    "admin_socket": "admin.socket", "admin_group": "admin.group",
+    "metrics_listen": "metrics.listen",
+}
 
 
 #: [limits] keys and the Config fields they set.
@@ -451,7 +471,8 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         raise ConfigError("[peers] must be a table of host = \"address:port\"")
     times = _section(
         doc, "timeouts",
-        {"request", "handshake", "connect", "kdc", "keepalive_idle", "user_timeout", "link_idle"},
+        {"request", "handshake", "connect", "kdc", "keepalive_idle", "user_timeout", "link_idle",
+         "drain"},
     )
     log = _section(doc, "log", {"file"})
     limits = _section(doc, "limits", set(_LIMITS))
@@ -483,6 +504,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         ("user_timeout", "user_timeout", (int, float)),
         ("keepalive_idle", "keepalive_idle", int),
         ("link_idle", "link_idle", (int, float)),
+        ("drain", "drain_timeout", (int, float)),
     ):
         if key in times:
             value = _typed(times, "timeouts", key, kind)

@@ -79,6 +79,12 @@ class Links:
         self._links: dict[str, ClientLink] = {}
         self._dialling: dict[str, list[Deferred[ClientLink]]] = {}
 
+    def reconfigure(self, tls: Any) -> None:
+        """A reload: links dialled from now on use ``tls`` (client_options of the new
+        settings) and look peers up with the new [dns] settings; open links carry on."""
+        self._tls = tls
+        self._locator = PeerLocator(self._reactor, self._config)
+
     def get(self, host: str) -> "Deferred[ClientLink | Reused]":
         """The link to ``host``'s daemon: the open one, else one being dialled for it."""
         link = self._links.get(host)

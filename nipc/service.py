@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import stat
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import tcp, unix
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -18,20 +20,32 @@ from twisted.python.failure import Failure
 from twisted.python.systemd import ListenFDs  # see inherited_listeners
 
 from nipc import audit
+from nipc import reload as reloading
 from nipc.admin import AdminFactory, Connections
-from nipc.config import Config
+from nipc.config import Config, ConfigError, Import
 from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ProtocolTransition, TicketSource, ticket_source
 from nipc.limits import Limits
+from nipc.logs import LogFile, open_log
+from nipc.notify import Notifier, monotonic_usec
 from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
 from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
-from nipc.tls import UnbufferedTLSFactory, server_options, tune_tcp
+from nipc.tls import UnbufferedTLSFactory, client_options, server_options, tune_tcp
 
 log = Logger()
+#: Signals whose default action (terminate) would end the daemon and every routed connection
+#: without a word; each is logged and otherwise ignored. SIGHUP reloads, SIGUSR1 reopens the
+#: log file (as nginx), SIGTERM and SIGINT drain and stop; SIGQUIT keeps its core dump.
+STRAY_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO",
+                                       "SIGPWR", "SIGSTKFLT") if hasattr(signal, name)
+) + tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+#: How often STATUS= (systemd) is refreshed with the live counts, in seconds.
+STATUS_INTERVAL = 5.0
 #: Bursts of connects wait in the kernel instead of failing with EAGAIN (Twisted's
 #: default is 50); the kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
@@ -113,19 +127,30 @@ class AdoptedUNIXPort(unix.Port):
 class NipcService(Service):
     """Both endpoints of a NIPC daemon: the local gate and the peer listener."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(self, config: Config, reactor: Any = None, source: str | Path | None = None,
+                 logs: LogFile | None = None, notifier: Notifier | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        #: The configuration file a reload reads again (None: nothing to reload).
+        self.source = source
+        self.logs = logs if logs is not None else LogFile()
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.live = Connections()
+        self.limits = Limits(config, reactor.seconds)
         self._ports: list[Any] = []
-        self._trim: LoopingCall | None = None
+        self._imports: dict[str, tuple[Import, Any]] = {}
+        self._loops: list[LoopingCall] = []
         self._tickets: TicketSource | None = None
         self._router: Router | None = None
         self._accepted_links: set[ServerLink] = set()
         self._observers: list[Any] = []
         self._started = 0.0
+        self._ready = False
+        self._draining = False
+        self._reloading: Deferred[dict[str, Any]] | None = None
 
     def startService(self) -> None:
         config, reactor = self.config, self.reactor
@@ -134,32 +159,17 @@ class NipcService(Service):
         reactor.suggestThreadPoolSize(32)
         self._started = reactor.seconds()
         self.registry = registry = Registry()
-        self.live = live = Connections()
+        live, limits = self.live, self.limits
         self._tickets = tickets = ticket_source(reactor, config)
         acceptor = Acceptor(config)
         self._router = router = Router(reactor, config, tickets, registry)
         inbound = Inbound(reactor, config, acceptor, registry, live)
 
-        self.limits = limits = Limits(config, reactor.seconds)
-        gates = GateServices(reactor, config, router, registry, limits, live)
+        self._inbound = inbound
+        self._gates = gates = GateServices(reactor, config, router, registry, limits, live)
         reactor.callWhenRunning(self._warm, tickets, acceptor)
-        self._trim = LoopingCall(HeapTrim(live))
-        self._trim.clock = reactor
-        self._trim.start(HeapTrim.INTERVAL, now=False)
-
-        def peer_server(addr: Any) -> ServerLink:
-            source = source_of(addr)
-
-            def admit_channel() -> Callable[[], None] | None:
-                """Each channel's handshake counts as pending too (it costs a thread)."""
-                if not limits.peer_arrived(source):
-                    return None
-                return lambda: limits.peer_settled(source)
-
-            return ServerLink(reactor, lambda tls: tune_tcp(tls, config), inbound.hello,
-                              config.handshake_timeout, lambda: limits.peer_settled(source),
-                              admit_channel, self._accepted_links, config.link_idle)
-
+        self._every(HeapTrim.INTERVAL, HeapTrim(live))
+        self._every(STATUS_INTERVAL, self._tell_status)
         path = str(config.socket_path)
         self._inherited = inherited = inherited_listeners(config.listen_port)
         unknown = set(inherited) - {path, "peer", *(str(i.socket) for i in config.imports)}
@@ -170,10 +180,7 @@ class NipcService(Service):
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
             clear_stale_socket(path)  # before anything else: never race a live daemon
         # Peers next: the local socket accepting is the sign that the daemon is ready.
-        tls_factory = UnbufferedTLSFactory(
-            server_options(config), False, ServerLinkFactory(peer_server)
-        )
-        peer_factory = Admission(tls_factory, limits.peer_arrived)
+        peer_factory = self._peer_factory(server_options(config))
         peer_socket = inherited.pop("peer", None)
         if peer_socket is None:
             peer_port = reactor.listenTCP(config.listen_port, peer_factory,
@@ -188,6 +195,7 @@ class NipcService(Service):
             log.info("socket activation: adopted the peer port {addr}:{port} from systemd",
                      addr=bound.host, port=bound.port)
         self._ports.append(peer_port)
+        self._peer_port = peer_port
         self._start_admin()
         self._start_metrics()
         if not self._adopt_unix(path, LocalGateFactory(gates)):
@@ -196,23 +204,60 @@ class NipcService(Service):
                 wantPID=False, backlog=LISTEN_BACKLOG,
             ))
             os.chown(path, config.socket_owner, config.socket_group)
+        self._gate_port = self._ports[-1]
         for imported in config.imports:
-            where = str(imported.socket)
-            target = ConnectRequest(imported.path, imported.host)
-            if not self._adopt_unix(where, LocalGateFactory(gates, target)):
-                os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
-                clear_stale_socket(where)
-                self._ports.append(reactor.listenUNIX(
-                    where, LocalGateFactory(gates, target),
-                    mode=imported.mode, wantPID=False, backlog=LISTEN_BACKLOG,
-                ))
-                os.chown(where, imported.owner, imported.group)
-            log.info("import {socket} -> {target}", socket=where, target=target.target)
+            self._open_import(imported)
         peer_addr = peer_port.getHost()
         log.info("nipcd {host} serving {path} and peers on {addr}:{port} ({mode})",
                  host=config.host_name, path=path, addr=peer_addr.host,
                  port=peer_addr.port, mode=config.mode.value)
+        self._handle_signals()
+        watchdog = self.notifier.start_watchdog(reactor)
+        if watchdog is not None:
+            self._loops.append(watchdog)
         super().startService()  # type: ignore[no-untyped-call]
+
+    def _every(self, interval: float, work: Callable[[], object]) -> None:
+        loop = LoopingCall(work)
+        loop.clock = self.reactor
+        loop.start(interval, now=False)
+        self._loops.append(loop)
+
+    def _peer_factory(self, tls: Any) -> Admission:
+        """What accepts peer links: admission, then TLS with ``tls``, then the link."""
+        tls_factory = UnbufferedTLSFactory(tls, False, ServerLinkFactory(self._peer_link))
+        return Admission(tls_factory, self.limits.peer_arrived)
+
+    def _peer_link(self, addr: Any) -> ServerLink:
+        config, limits, source = self.config, self.limits, source_of(addr)
+
+        def admit_channel() -> Callable[[], None] | None:
+            """Each channel's handshake counts as pending too (it costs a thread); a
+            daemon that is stopping takes no new connection, on old links either."""
+            if self._draining or not limits.peer_arrived(source):
+                return None
+            return lambda: limits.peer_settled(source)
+
+        return ServerLink(self.reactor, lambda tls: tune_tcp(tls, config), self._inbound.hello,
+                          config.handshake_timeout, lambda: limits.peer_settled(source),
+                          admit_channel, self._accepted_links, config.link_idle)
+
+    def _open_import(self, imported: Import) -> None:
+        """Listen on an import's socket (or adopt systemd's for it)."""
+        where = str(imported.socket)
+        factory = LocalGateFactory(self._gates, ConnectRequest(imported.path, imported.host))
+        if self._adopt_unix(where, factory):
+            port = self._ports[-1]
+        else:
+            os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
+            clear_stale_socket(where)
+            port = self.reactor.listenUNIX(where, factory, mode=imported.mode, wantPID=False,
+                                           backlog=LISTEN_BACKLOG)
+            self._ports.append(port)
+            os.chown(where, imported.owner, imported.group)
+        self._imports[where] = (imported, port)
+        log.info("import {socket} -> {target}", socket=where,
+                 target=f"{imported.path}@{imported.host}")
 
     def _adopt_unix(self, where: str, factory: LocalGateFactory) -> bool:
         """Serve ``where`` on the socket systemd passed for it, if it did (socket activation):
@@ -243,7 +288,8 @@ class NipcService(Service):
         os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
         clear_stale_socket(where)
         group = config.admin_group
-        factory = AdminFactory(self.reactor, group, self.status, config.request_timeout)
+        factory = AdminFactory(self.reactor, group, self.status, config.request_timeout,
+                               self.reload)
         self._ports.append(self.reactor.listenUNIX(
             where, factory, mode=0o600 if group is None else 0o660, wantPID=False))
         if group is not None:
@@ -288,14 +334,221 @@ class NipcService(Service):
         """Kerberos work the first caller should not wait for, done as the daemon starts."""
         if isinstance(tickets, ProtocolTransition):
             tickets.warm()
-        deferToThreadPool(self.reactor, self.reactor.getThreadPool(), acceptor.warm).addErrback(
-            lambda f: log.warn("cannot load the keytab {keytab}: {error}",
-                               keytab=str(self.config.keytab), error=f.getErrorMessage()))
+        def loaded(_: object) -> None:
+            """Sockets listen (startService) and the keytab loaded: ready for systemd."""
+            self._ready = True
+            self.notifier.send(READY=1, STATUS=self._status_line(), MAINPID=os.getpid())
+
+        def failed(f: Failure) -> None:
+            error = f.getErrorMessage()
+            log.warn("cannot load the keytab {keytab}: {error}", keytab=str(self.config.keytab),
+                     error=error)
+            self.notifier.send(STATUS=f"not ready: cannot load the keytab: {error}")
+
+        if self._draining:
+            return
+        deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                          acceptor.warm).addCallbacks(loaded, failed)
+
+    def _status_line(self) -> str:
+        links = len(self._links_now())
+        return (f"{len(self.live)} connection(s), {self.limits.active} local client(s), "
+                f"{links} peer link(s)")
+
+    def _tell_status(self) -> None:
+        """STATUS= for ``systemctl status``, refreshed with the live counts."""
+        if self._ready and not self._draining:
+            self.notifier.status(self._status_line())
+
+    # -- signals ------------------------------------------------------------------------
+
+    def _handle_signals(self) -> None:
+        """SIGHUP reloads, SIGUSR1 reopens the log file, stray signals are logged instead of
+        ending the daemon. Handlers only hand the work to the reactor thread."""
+        def on(signum: int, work: Callable[[], object]) -> None:
+            signal.signal(signum, lambda *_: self.reactor.callFromThread(work))
+
+        def stray(signum: int) -> Callable[[], None]:
+            name = (f"SIGRTMIN+{signum - signal.SIGRTMIN}" if signum >= signal.SIGRTMIN
+                    else signal.Signals(signum).name)
+            return lambda: log.warn("ignoring signal {signal} ({name}): it means nothing to "
+                                    "nipcd (SIGHUP reloads, SIGUSR1 reopens the log file, "
+                                    "SIGTERM stops)", signal=signum, name=name)
+
+        on(signal.SIGHUP, self._reload_on_signal)
+        on(signal.SIGUSR1, self._reopen_log)
+        for signum in STRAY_SIGNALS:
+            on(signum, stray(signum))
+
+    def _reopen_log(self) -> None:
+        if self.logs.path is None:
+            log.info("SIGUSR1: no [log] file to reopen")
+            return
+        try:
+            self.logs.reopen()
+        except ConfigError as e:
+            log.error("SIGUSR1: cannot reopen the log file: {error}; still logging to the old one",
+                      error=str(e))
+        else:
+            log.info("SIGUSR1: log file {path} reopened", path=str(self.logs.path))
+
+    def _reload_on_signal(self) -> None:
+        self.reload().addErrback(lambda _: None)  # refused: logged by reload itself
+
+    # -- reload -------------------------------------------------------------------------
+
+    def reload(self) -> "Deferred[dict[str, Any]]":
+        """Read the configuration file again and apply it to new connections (SIGHUP, the
+        admin socket's RELOAD). Fires with what changed, or fails with the ConfigError that
+        refused it, the running configuration untouched. Reloads never overlap: one asked
+        for during another runs after it."""
+        if self.source is None:
+            return fail(ConfigError("this daemon was started without a configuration file"))
+        if self._reloading is not None:
+            after: Deferred[dict[str, Any]] = Deferred()
+            self._reloading.addBoth(lambda _: self.reload().chainDeferred(after))
+            return after
+        source = self.source
+        log.info("reloading the configuration from {path}", path=str(source))
+        self.notifier.send(RELOADING=1, MONOTONIC_USEC=monotonic_usec(),
+                           STATUS=f"reloading {source}")
+
+        def prepare() -> tuple[reloading.Reloaded, Any, Any]:
+            """Off the reactor: files, NSS, PEM parsing. Nothing is applied yet."""
+            new = reloading.prepare(self.config, source)
+            try:
+                return new, server_options(new.config), client_options(new.config)
+            except Exception as e:
+                raise ConfigError(f"[peer] TLS: {e}") from None
+
+        def done(result: Any) -> Any:
+            self._reloading = None
+            if self._ready and not self._draining:
+                self.notifier.send(READY=1, STATUS=self._status_line())
+            if isinstance(result, Failure):
+                error = result.value if result.check(ConfigError) else result.getErrorMessage()
+                if not result.check(ConfigError):
+                    log.failure("reload failed", result)
+                log.error("reload refused, the running configuration stays in force: {error}",
+                          error=str(error))
+                self.notifier.send(STATUS=f"reload refused: {error}")
+            return result
+
+        d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), prepare)
+        d.addCallback(lambda prepared: self._apply(*prepared))
+        self._reloading = d.addBoth(done)
+        return self._reloading
+
+    def _apply(self, new: reloading.Reloaded, server_tls: Any, client_tls: Any
+               ) -> dict[str, Any]:
+        """Make ``new`` the running configuration (reactor thread). What can still fail
+        (the log file, new import sockets) is done first and undone on failure."""
+        config = self.config
+        logfile = open_log(new.config.log_file)
+        wanted = {str(i.socket): i for i in new.config.imports}
+        opened: list[str] = []
+        try:
+            for where, imported in wanted.items():
+                if where not in self._imports:
+                    self._open_import(imported)
+                    opened.append(where)
+        except Exception as e:
+            for where in opened:
+                self._close_import(where)
+            if logfile is not None:
+                logfile.close()
+            raise ConfigError(f"imports: {e}") from None
+        previous_owner = (config.socket_owner, config.socket_group, config.socket_mode)
+        reloading.adopt(config, new.config)
+        # From here on nothing fails: the rest follows the settings just adopted.
+        self.logs.switch(config.log_file, logfile)
+        old_factory, self._peer_port.factory = self._peer_port.factory, self._peer_factory(server_tls)
+        self._peer_port.factory.doStart()
+        old_factory.doStop()
+        if self._router is not None:
+            self._router.links.reconfigure(client_tls)
+        for where in list(self._imports):
+            if where not in wanted:
+                self._close_import(where)
+            elif wanted[where] != self._imports[where][0]:
+                self._change_import(wanted[where])
+        gate = str(config.socket_path)
+        if previous_owner != (config.socket_owner, config.socket_group, config.socket_mode) \
+                and not isinstance(self._gate_port, AdoptedUNIXPort):
+            os.chmod(gate, config.socket_mode)
+            os.chown(gate, config.socket_owner, config.socket_group)
+        for key in new.restart_needed:
+            log.warn("reload: {key} changed in {path}, but only a restart applies it (the "
+                     "running value stays)", key=key, path=str(self.source))
+        log.info("configuration reloaded from {path}: changed {changed}", path=str(self.source),
+                 changed=", ".join(new.changed) or "nothing")
+        return new.describe()
+
+    def _close_import(self, where: str) -> None:
+        _, port = self._imports.pop(where)
+        if port in self._ports:
+            self._ports.remove(port)
+        port.stopListening()
+        log.info("import {socket} removed", socket=where)
+
+    def _change_import(self, imported: Import) -> None:
+        """Same socket, new target or permissions: the socket stays, so do its clients."""
+        where = str(imported.socket)
+        _, port = self._imports[where]
+        port.factory = LocalGateFactory(self._gates, ConnectRequest(imported.path, imported.host))
+        if not isinstance(port, AdoptedUNIXPort):
+            os.chmod(where, imported.mode)
+            os.chown(where, imported.owner, imported.group)
+        self._imports[where] = (imported, port)
+        log.info("import {socket} -> {target}", socket=where,
+                 target=f"{imported.path}@{imported.host}")
+
+    # -- stopping -----------------------------------------------------------------------
 
     def stopService(self) -> "Deferred[Any]":
+        """Stop accepting (every socket closes), let routed connections finish for up to
+        ``[timeouts] drain`` seconds, then close what is left."""
         super().stopService()  # type: ignore[no-untyped-call]
-        if self._trim is not None and self._trim.running:
-            self._trim.stop()
+        self._draining = True
+        self.notifier.send(STOPPING=1, STATUS=f"stopping: draining {len(self.live)} connection(s)")
+        ports, self._ports = self._ports, []
+        self._imports = {}
+        d = DeferredList([maybeDeferred(p.stopListening) for p in ports])
+        d.addCallback(lambda _: self._drain())
+        d.addCallback(lambda _: self._stopped())
+        return d
+
+    def _drain(self) -> "Deferred[None]":
+        """Fires once no connection is left, or at the drain deadline after closing the rest."""
+        done: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + self.config.drain_timeout
+        if self.live or self.limits.active:
+            log.info("stopping: draining {count} connection(s) for up to {seconds:g}s",
+                     count=len(self.live), seconds=self.config.drain_timeout)
+
+        def check() -> None:
+            if not self.live and not self.limits.active:
+                poll.stop()
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                poll.stop()
+                log.warn("stopping: drain time ({seconds:g}s) is up; closing {count} "
+                         "connection(s)", seconds=self.config.drain_timeout, count=len(self.live))
+                for live in self.live:
+                    live.caller_end.abort()
+                    live.target_end.abort()
+                done.callback(None)
+
+        poll = LoopingCall(check)
+        poll.clock = self.reactor
+        poll.start(0.1, now=True)
+        return done
+
+    def _stopped(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
         if isinstance(self._tickets, ProtocolTransition):
             self._tickets.stop()
         if self._router is not None:
@@ -303,6 +556,4 @@ class NipcService(Service):
         for observer in self._observers:
             audit.observers.remove(observer)
         self._observers = []
-        ports, self._ports = self._ports, []
-        return DeferredList([maybeDeferred(p.stopListening) for p in ports])
-
+        self.notifier.close()

@@ -5,19 +5,13 @@ from __future__ import annotations
 import os
 
 from twisted.application.service import IServiceMaker
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogPublisher,
-    jsonFileLogObserver,
-)
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
 
 from nipc import config as configuration
 from nipc.heap import take_over_memory
+from nipc.logs import LogFile, open_log
 from nipc.service import NipcService
 
 
@@ -43,19 +37,15 @@ class ServiceMaker:
         options["config"] = os.path.abspath(options["config"])
         try:
             cfg = configuration.load(options["config"])
+            logs = LogFile()
+            logs.switch(cfg.log_file, open_log(cfg.log_file))
         except configuration.ConfigError as e:
             raise SystemExit(f"nipc: {e}") from None
-        if cfg.log_file is not None:
-            # Info and up: the audit lines and what an operator acts on, not debug chatter.
-            globalLogPublisher.addObserver(FilteringLogObserver(
-                jsonFileLogObserver(open(cfg.log_file, "a")),
-                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
-            ))
         take_over_memory()
         # Nothing may be relative to where the daemon was started (issue 14 item 4):
         # its working directory is reachable as /proc/self/cwd by its own threads.
         os.chdir("/")
-        return NipcService(cfg)
+        return NipcService(cfg, source=options["config"], logs=logs)
 
 
 serviceMaker = ServiceMaker()

@@ -1,0 +1,341 @@
+"""Running nipcd as a service (issue 11): reload without cutting connections, signals,
+draining on SIGTERM, systemd's notification protocol and watchdog.
+
+Most tests run a real nipcd on this host (twistd, local connects ``PATH@localhost``, no
+Kerberos: tests/local_daemon.py); the routed ones at the end use the sandbox domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import require_root
+from local_daemon import LocalDaemon, environ_for_cli
+from nipc.cli import ask_status
+from nipc.client import connect
+from support import UnixServer, digest_of, read_line, stream
+
+#: A keytab holding no key: enough for a reload's "is the keytab readable" check.
+EMPTY_KEYTAB = b"\x05\x02"
+
+
+@pytest.fixture
+def make_solo() -> Iterator[Callable[[str], LocalDaemon]]:
+    """Start a daemon per test (these tests change its configuration and stop it), with
+    extra TOML; it is stopped and its directory removed after the test."""
+    started: list[LocalDaemon] = []
+
+    def make(extra: str = "") -> LocalDaemon:
+        require_root()
+        root = Path(tempfile.mkdtemp(prefix="nipc-ops-"))
+        (root / "none.keytab").write_bytes(EMPTY_KEYTAB)
+        started.append(LocalDaemon(root, extra))
+        return started[-1]
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+        shutil.rmtree(daemon.root, ignore_errors=True)
+
+
+@pytest.fixture
+def solo(make_solo: Callable[[str], LocalDaemon]) -> LocalDaemon:
+    return make_solo("")
+
+
+def rewrite(daemon: LocalDaemon, old: str, new: str) -> None:
+    text = daemon.config.read_text()
+    assert old in text, text
+    daemon.config.write_text(text.replace(old, new))
+
+
+def nipc_reload(daemon: LocalDaemon) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nipc.cli", "reload", "--admin", str(daemon.admin)],
+                          capture_output=True, text=True, timeout=60, env=environ_for_cli())
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+def log_count(daemon: LocalDaemon, text: str) -> int:
+    return daemon.log().count(text)
+
+
+def sighup(daemon: LocalDaemon) -> None:
+    """SIGHUP, and wait for the reload it starts to finish (applied or refused)."""
+    before = log_count(daemon, "configuration reloaded") + log_count(daemon, "reload refused")
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    wait_for("the reload's outcome in the log", lambda: log_count(
+        daemon, "configuration reloaded") + log_count(daemon, "reload refused") > before)
+
+
+def echo(daemon: LocalDaemon, server: UnixServer) -> socket.socket:
+    """A local connection through the daemon to the greeting echo server."""
+    sock = connect(f"{server.path}@localhost", daemon=str(daemon.socket), timeout=20)
+    assert sock.recv(4096).endswith(b"\n")  # the greeting
+    return sock
+
+
+def round_trip(sock: socket.socket, data: bytes = b"ping") -> None:
+    sock.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = sock.recv(65536)
+        assert chunk, "connection ended"
+        got += chunk
+    assert got == data
+
+
+def refused_with(daemon: LocalDaemon, server: UnixServer) -> str:
+    """The errno name of the daemon's refusal of a connection to ``server``. Read raw: an
+    over-limit caller is answered at accept, maybe before its request line is written."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(20)
+        sock.connect(str(daemon.socket))
+        try:
+            sock.sendall(f"CONNECT {server.path}@localhost\n".encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = read_line(sock).decode()
+    assert reply.startswith("ERR "), reply
+    return reply.split()[1]
+
+
+# -- signals ------------------------------------------------------------------------------
+
+
+def test_stray_signals_do_not_kill(solo: LocalDaemon) -> None:
+    """SIGUSR1 (reopen the log), SIGUSR2, SIGALRM, SIGVTALRM, SIGPWR and a real-time signal,
+    each of which would end a Python process, leave the daemon serving, with a log line."""
+    server = UnixServer(str(solo.root / "echo.sock"))
+    try:
+        with echo(solo, server) as sock:
+            for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGVTALRM,
+                        signal.SIGPWR, signal.SIGRTMIN + 3):
+                os.kill(solo.proc.pid, sig)
+            wait_for("the last signal logged", lambda: "SIGRTMIN+3" in solo.log())
+            assert solo.proc.poll() is None
+            round_trip(sock)  # the connection made before carries on
+        with echo(solo, server) as sock:  # and new ones are accepted
+            round_trip(sock)
+        log = solo.log()
+        for name in ("SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPWR", "SIGRTMIN+3"):
+            assert f"ignoring signal {int(getattr(signal, name, signal.SIGRTMIN + 3))} ({name})" in log
+        assert "SIGUSR1: no [log] file to reopen" in log
+    finally:
+        server.close()
+
+
+# -- reload ---------------------------------------------------------------------------------
+
+
+def test_reload_applies_new_limits_and_refuses_a_bad_file(make_solo: Callable[[str], LocalDaemon]
+                                                          ) -> None:
+    """``nipc reload`` applies a new limit to new connections without touching the open
+    one; a file that does not load (a typo, an unreadable keytab) is refused as a whole,
+    non-zero exit with the reason, and the running configuration stays in force."""
+    solo = make_solo("[limits]\nmax_per_caller = 1\n")
+    # The start-up probe (a connect without a request line) may still count: wait for it.
+    wait_for("no local client", lambda: ask_status(str(solo.admin), 10)["local_clients"] == 0)
+    server = UnixServer(str(solo.root / "echo.sock"))
+    try:
+        first = echo(solo, server)
+        assert refused_with(solo, server) == "EAGAIN"  # max_per_caller = 1
+
+        rewrite(solo, "max_per_caller = 1", "max_per_caller = 2")
+        done = nipc_reload(solo)
+        assert done.returncode == 0, done.stderr
+        assert "changed: max_per_caller" in done.stdout
+        second = echo(solo, server)
+        assert refused_with(solo, server) == "EAGAIN"  # 2 now
+
+        # A typo anywhere refuses the whole file, its other changes too.
+        rewrite(solo, "max_per_caller = 2", "max_per_caller = 3\nmax_per_callr = 3")
+        refused = nipc_reload(solo)
+        assert refused.returncode != 0
+        assert "unknown key max_per_callr in [limits]; did you mean max_per_caller?" in refused.stderr
+        assert "the running one stays" in refused.stderr
+        assert refused_with(solo, server) == "EAGAIN"  # still 2
+        assert "reload refused, the running configuration stays in force" in solo.log()
+
+        # An unreadable keytab too (it is read on every accept).
+        rewrite(solo, "max_per_callr = 3", "")
+        (solo.root / "none.keytab").rename(solo.root / "moved.keytab")
+        refused = nipc_reload(solo)
+        assert refused.returncode != 0 and "kerberos.keytab: cannot read" in refused.stderr
+        assert refused_with(solo, server) == "EAGAIN"
+        (solo.root / "moved.keytab").rename(solo.root / "none.keytab")
+        assert nipc_reload(solo).returncode == 0
+        with echo(solo, server) as third:  # max_per_caller = 3 in force only now
+            round_trip(third)
+
+        for sock in (first, second):  # the connections made before every reload carry on
+            round_trip(sock, b"still here")
+            sock.close()
+    finally:
+        server.close()
+
+
+def test_restart_only_keys_are_named(solo: LocalDaemon) -> None:
+    """Changing the peer port or the host name is not refused, but not applied either:
+    the log and ``nipc reload`` name each key as needing a restart."""
+    rewrite(solo, 'name = "solo.test"', 'name = "other.test"')
+    text = solo.config.read_text()
+    port_line = next(line for line in text.splitlines() if line.startswith("port = "))
+    rewrite(solo, port_line, "port = 1")
+    done = nipc_reload(solo)
+    assert done.returncode == 0, done.stderr
+    assert "applied only by a restart: host.name, peer.port" in done.stdout
+    log = solo.log()
+    assert "reload: host.name changed in" in log and "reload: peer.port changed in" in log
+    assert "only a restart applies it" in log
+
+
+def test_sighup_keeps_a_stream_byte_exact(solo: LocalDaemon) -> None:
+    """A connection streaming both ways while the configuration changes and SIGHUP reloads
+    it, again and again: every byte arrives, in order, both ways."""
+    size = 48 << 20
+    rewrite(solo, "[metrics]", "[timeouts]\nrequest = 5\n[metrics]")
+    server = UnixServer(str(solo.root / "bulk.sock"), behaviour=f"bulk:{size}:11")
+    try:
+        sock = connect(f"{server.path}@localhost", daemon=str(solo.socket), timeout=20)
+        received = hashlib.sha256()
+        got = [0]
+
+        def read() -> None:
+            while data := sock.recv(1 << 17):
+                received.update(data)
+                got[0] += len(data)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reloads = 0
+        for part in stream(12, size):
+            sock.sendall(part)
+            if got[0] > reloads * (size // 8) and reloads < 6:
+                reloads += 1
+                rewrite(solo, f"request = {reloads + 4}", f"request = {reloads + 5}")
+                sighup(solo)
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(120)
+        sock.close()
+        assert reloads >= 3
+        assert got[0] == size and received.hexdigest() == digest_of(11, size)
+        wait_for("the server saw the end", server.seen[0].ended.is_set)
+        assert server.seen[0].received == digest_of(12, size)
+        assert log_count(solo, "configuration reloaded") == reloads
+        assert "reload refused" not in solo.log()
+        assert "changed request_timeout" in solo.log()
+    finally:
+        server.close()
+
+
+def test_imports_added_and_removed_by_reload(solo: LocalDaemon) -> None:
+    """An [[imports]] entry added on reload gets its socket; removed, the socket goes;
+    the gate and its connections stay."""
+    server = UnixServer(str(solo.root / "echo.sock"))
+    imported = solo.root / "imported.sock"
+    try:
+        with echo(solo, server) as sock:
+            text = solo.config.read_text()
+            solo.config.write_text(text + f'\n[[imports]]\nsocket = "{imported}"\n'
+                                          f'target = "{server.path}@localhost"\nmode = "0600"\n')
+            done = nipc_reload(solo)
+            assert done.returncode == 0, done.stderr
+            assert "changed: imports" in done.stdout
+            assert oct(imported.stat().st_mode & 0o7777) == oct(0o600)
+            with socket.socket(socket.AF_UNIX) as through:
+                through.connect(str(imported))
+                assert b'"uid": 0' in through.recv(4096)
+                round_trip(through)
+            solo.config.write_text(text)
+            assert nipc_reload(solo).returncode == 0
+            assert not imported.exists()
+            round_trip(sock)
+    finally:
+        server.close()
+
+
+def test_log_file_reopened_after_rotation(solo: LocalDaemon) -> None:
+    """logrotate's way: move the file away, then SIGUSR1 (or a reload): the daemon writes a
+    new file at the configured path, and the old one keeps what was written before."""
+    logfile = solo.root / "nipcd.json"
+    rewrite(solo, "[metrics]", f'[log]\nfile = "{logfile}"\n[metrics]')
+    assert nipc_reload(solo).returncode == 0
+    assert logfile.exists()
+    logfile.rename(solo.root / "nipcd.json.1")
+    os.kill(solo.proc.pid, signal.SIGUSR1)
+    wait_for("a new log file", logfile.exists)
+    wait_for("the reopen logged in it", lambda: "reopened" in logfile.read_text())
+    assert "configuration reloaded" in (solo.root / "nipcd.json.1").read_text()
+    logfile.rename(solo.root / "nipcd.json.2")
+    sighup(solo)
+    wait_for("a new log file after SIGHUP", logfile.exists)
+    assert "configuration reloaded" in logfile.read_text()
+
+
+# -- SIGTERM --------------------------------------------------------------------------------
+
+
+def test_sigterm_stops_accepting_and_drains(make_solo: Callable[[str], LocalDaemon]) -> None:
+    """SIGTERM: the gate socket goes at once, the open connection carries on; when it
+    ends, the daemon exits without waiting for the drain time."""
+    solo = make_solo("[timeouts]\ndrain = 60\n")
+    server = UnixServer(str(solo.root / "echo.sock"))
+    try:
+        sock = echo(solo, server)
+        os.kill(solo.proc.pid, signal.SIGTERM)
+        wait_for("the gate socket removed", lambda: not solo.socket.exists())
+        with pytest.raises(OSError):
+            echo(solo, server)
+        time.sleep(0.5)
+        assert solo.proc.poll() is None
+        round_trip(sock, b"draining" * 1000)
+        start = time.monotonic()
+        sock.close()
+        solo.proc.wait(30)
+        assert time.monotonic() - start < 30  # far below the 60 s drain time
+        assert "draining 1 connection(s) for up to 60s" in solo.log()
+    finally:
+        server.close()
+
+
+def test_sigterm_closes_what_is_left_after_the_drain_time(
+        make_solo: Callable[[str], LocalDaemon]) -> None:
+    """SIGTERM with a connection that does not end: closed once ``drain`` seconds are up."""
+    solo = make_solo("[timeouts]\ndrain = 1.5\n")
+    server = UnixServer(str(solo.root / "echo.sock"))
+    try:
+        sock = echo(solo, server)
+        start = time.monotonic()
+        os.kill(solo.proc.pid, signal.SIGTERM)
+        sock.settimeout(30)
+        try:
+            assert sock.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        ended = time.monotonic() - start
+        solo.proc.wait(30)
+        assert 1.0 < ended < 20
+        assert "drain time (1.5s) is up; closing 1 connection(s)" in solo.log()
+        sock.close()
+    finally:
+        server.close()
