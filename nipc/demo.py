@@ -21,6 +21,7 @@ import grp
 import json
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import struct
@@ -262,7 +263,8 @@ def _hand_instructions(sb: Sandbox, a: Host, target: str) -> str:
         ]
     lines += [
         f"Daemon logs: {a.log_path}, {sb.hosts['b'].log_path}",
-        f"Tear down:   python -m nipc.sandbox down --prefix {sb.prefix}",
+        # This interpreter (the virtualenv's) finds nipc from any directory.
+        f"Tear down:   {shlex.quote(sys.executable)} -m nipc.sandbox down --prefix {sb.prefix}",
     ]
     return "\n".join(lines)
 
