@@ -22,10 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from acting import as_user
 from conftest import require_root
 from local_daemon import LocalDaemon, environ_for_cli
 from nipc.cli import ask_status
 from nipc.client import connect
+from nipc.sandbox import Host
 from support import UnixServer, digest_of, read_line, stream
 
 #: A keytab holding no key: enough for a reload's "is the keytab readable" check.
@@ -337,5 +339,221 @@ def test_sigterm_closes_what_is_left_after_the_drain_time(
         assert 1.0 < ended < 20
         assert "drain time (1.5s) is up; closing 1 connection(s)" in solo.log()
         sock.close()
+    finally:
+        server.close()
+
+
+# -- systemd's notification protocol ---------------------------------------------------------
+
+
+class NotifyListener:
+    """systemd's side of sd_notify: a datagram socket bound by the test at ``address``
+    (``@name``: the abstract namespace), recording each message as a dict of its fields."""
+
+    def __init__(self, address: str, on_message: Callable[[dict[str, str]], None] | None = None
+                 ) -> None:
+        self.address = address
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._on_message = on_message
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            if self._on_message is not None:
+                self._on_message(fields)
+            self.messages.append((time.monotonic(), fields))
+
+    def wait(self, what: str, check: Callable[[dict[str, str]], bool], after: int = 0,
+             timeout: float = 30) -> int:
+        """The index of the first message from ``after`` on that passes ``check``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for n, (_, fields) in enumerate(self.messages[after:], after):
+                if check(fields):
+                    return n
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} notification within {timeout}s: "
+                                     f"{[m for _, m in self.messages[after:]]}")
+            time.sleep(0.05)
+
+    def pings(self, since: float) -> int:
+        return sum(1 for at, fields in self.messages if at >= since and fields.get("WATCHDOG") == "1")
+
+    def close(self) -> None:
+        self._sock.close()
+        if not self.address.startswith("@"):
+            Path(self.address).unlink(missing_ok=True)
+
+
+def monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def test_watchdog_reload_and_stop_notifications(make_solo: Callable[[str], LocalDaemon],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With NOTIFY_SOCKET (abstract) and WATCHDOG_USEC: WATCHDOG=1 at half the interval from
+    the reactor, none while the process is frozen (SIGSTOP), so systemd would restart it;
+    RELOADING=1 with MONOTONIC_USEC on SIGHUP; STOPPING=1 on SIGTERM. This daemon has no
+    usable keytab, so it never says READY=1, and STATUS= says why."""
+    listener = NotifyListener(f"@nipc-test-notify-{os.getpid()}")
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")
+    try:
+        solo = make_solo("")
+        start = time.monotonic()
+        listener.wait("status", lambda m: m.get("STATUS", "").startswith(
+            "not ready: cannot load the keytab"))
+        time.sleep(2)
+        assert listener.pings(start) >= 4  # every 0.3 s
+        assert not any("READY" in m for _, m in listener.messages)
+
+        os.kill(solo.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)  # a ping already on its way may still arrive
+            frozen = time.monotonic()
+            time.sleep(2)
+            assert listener.pings(frozen) == 0
+        finally:
+            os.kill(solo.proc.pid, signal.SIGCONT)
+        thawed = time.monotonic()
+        listener.wait("watchdog after SIGCONT", lambda m: m.get("WATCHDOG") == "1",
+                      after=len(listener.messages))
+        assert time.monotonic() - thawed < 5
+
+        mark, before = len(listener.messages), monotonic_usec()
+        sighup(solo)
+        n = listener.wait("reloading", lambda m: m.get("RELOADING") == "1", after=mark)
+        stamp = int(listener.messages[n][1]["MONOTONIC_USEC"])
+        assert before <= stamp <= monotonic_usec()
+        assert not any("READY" in m for _, m in listener.messages)  # still not ready
+
+        mark = len(listener.messages)
+        os.kill(solo.proc.pid, signal.SIGTERM)
+        listener.wait("stopping", lambda m: m.get("STOPPING") == "1", after=mark)
+        # twistd ends by re-raising the signal it stopped for, which systemd counts as a
+        # clean exit for SIGTERM.
+        assert solo.proc.wait(30) == -signal.SIGTERM
+    finally:
+        listener.close()
+
+
+def test_watchdog_pid_of_another_process_is_not_ours() -> None:
+    from nipc.notify import Notifier
+
+    env = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}
+    assert Notifier(env).watchdog is None and env == {}  # and taken from the environment
+    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000"}).watchdog == 1.0
+    assert Notifier({"WATCHDOG_USEC": "1000000"}).watchdog is None  # no socket, no watchdog
+
+
+# -- on the sandbox domain: routed connections, a real keytab ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def routed(samba_hosts: dict[str, Host]) -> Iterator[tuple[Host, Host, NotifyListener]]:
+    """a and b running; a under a (test) service manager: NOTIFY_SOCKET, WATCHDOG_USEC."""
+    a, b = samba_hosts["a"], samba_hosts["b"]
+    originals = {host.name: host.config_path.read_text() for host in (a, b)}
+    ready_while_listening: list[bool] = []
+
+    def accepts(path: Path) -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:
+            return probe.connect_ex(str(path)) == 0
+
+    listener = NotifyListener(str(a.dir / "notify.sock"), lambda m: ready_while_listening.append(
+        accepts(a.socket_path)) if m.get("READY") == "1" else None)
+    listener.ready_while_listening = ready_while_listening  # type: ignore[attr-defined]
+    saved = {key: os.environ.get(key) for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    os.environ.update(NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="4000000")
+    try:
+        a.start_daemon()
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
+    b.start_daemon()
+    yield a, b, listener
+    for host in (a, b):
+        host.stop_daemon()
+        host.config_path.write_text(originals[host.name])
+    listener.close()
+
+
+@pytest.mark.integration
+def test_ready_only_once_listening_with_the_keytab_loaded(
+        routed: tuple[Host, Host, NotifyListener]) -> None:
+    """READY=1 (with MAINPID) comes after the gate socket accepts and the keytab loaded,
+    with a STATUS= of live counts; the watchdog is fed."""
+    a, _, listener = routed
+    n = listener.wait("ready", lambda m: m.get("READY") == "1")
+    ready = listener.messages[n][1]
+    assert ready["MAINPID"] == str(a.daemon_pid())
+    assert "connection(s)" in ready["STATUS"] and "peer link(s)" in ready["STATUS"]
+    assert listener.ready_while_listening[0] is True  # type: ignore[attr-defined]
+    assert "cannot load the keytab" not in a.out_path.read_text()
+    listener.wait("watchdog", lambda m: m.get("WATCHDOG") == "1")
+
+
+@pytest.mark.integration
+def test_routed_stream_byte_exact_across_reloads(routed: tuple[Host, Host, NotifyListener]
+                                                 ) -> None:
+    """alice streams 32 MiB each way from a to a socket on b while both daemons' files
+    change and both reload (SIGHUP) again and again: every byte arrives, both ways; a says
+    RELOADING=1 (with MONOTONIC_USEC) then READY=1 around each reload."""
+    a, b, listener = routed
+    listener.wait("ready", lambda m: m.get("READY") == "1")
+    size = 32 << 20
+    server = UnixServer(str(b.run_dir / "reload-bulk.sock"), behaviour=f"bulk:{size}:21")
+    try:
+        sock = as_user("alice", lambda: connect(f"{server.path}@{b.fqdn}",
+                                                daemon=str(a.socket_path), timeout=60))
+        received = hashlib.sha256()
+        got = [0]
+
+        def read() -> None:
+            while data := sock.recv(1 << 17):
+                received.update(data)
+                got[0] += len(data)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        mark = len(listener.messages)
+        reloads = 0
+        for part in stream(22, size):
+            sock.sendall(part)
+            if got[0] > reloads * (size // 6) and reloads < 4:
+                reloads += 1
+                for host in (a, b):
+                    text = host.config_path.read_text()
+                    host.config_path.write_text(text.replace(
+                        "[timeouts]\n", f"[timeouts]\ndrain = {30 + reloads}\n", 1)
+                        if reloads == 1 else text.replace(f"drain = {29 + reloads}",
+                                                          f"drain = {30 + reloads}"))
+                    before = host.out_path.read_text().count("configuration reloaded")
+                    os.kill(host.daemon_pid() or 0, signal.SIGHUP)
+                    wait_for(f"{host.name} reloaded", lambda: host.out_path.read_text().count(
+                        "configuration reloaded") > before)
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(180)
+        sock.close()
+        assert reloads == 4
+        assert got[0] == size and received.hexdigest() == digest_of(21, size)
+        wait_for("the server saw the end", server.seen[0].ended.is_set, 60)
+        assert server.seen[0].received == digest_of(22, size)
+        for host in (a, b):
+            log = host.out_path.read_text()
+            assert "changed drain_timeout" in log and "reload refused" not in log
+        # Around each of a's reloads: RELOADING=1 with a timestamp, then READY=1.
+        for _ in range(reloads):
+            n = listener.wait("reloading", lambda m: m.get("RELOADING") == "1", after=mark)
+            assert int(listener.messages[n][1]["MONOTONIC_USEC"]) > 0
+            mark = listener.wait("ready again", lambda m: m.get("READY") == "1", after=n + 1) + 1
     finally:
         server.close()
