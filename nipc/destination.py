@@ -1,4 +1,8 @@
-"""The final connect: where a routed connection ends, resolved as the caller.
+"""The final connect: where a routed connection ends, expanded for and resolved as the caller.
+
+Per-user destinations (SPEC section 2): ``%{uid}`` and ``%{user}`` in the path become the
+projected identity's uid and account name on this host, the one making the connect, so
+one request line reaches each caller's own socket (``/run/user/%{uid}/bus``).
 
 The connect is made by a thread of the daemon's own process that has become the caller.
 Whatever the kernel resolves relative to "this process" would therefore be the daemon's:
@@ -29,10 +33,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import socket
 import stat
 
 from nipc.errors import NipcError, from_oserror
+from nipc.identity import LocalIdentity
+from nipc.request import check_path
 
 #: ``f_type`` of procfs (``linux/magic.h``).
 PROC_SUPER_MAGIC = 0x9FA0
@@ -44,6 +51,24 @@ _ROOT = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
 #: ``struct statfs`` is 120 bytes on 64-bit Linux; ``f_type`` (a long) comes first.
 _STATFS_SIZE = 256
+
+
+_PLACEHOLDER = re.compile(r"%\{(uid|user)\}")
+
+
+def expand(path: str, who: LocalIdentity) -> str:
+    """``path`` with ``%{uid}`` and ``%{user}`` replaced by ``who``'s; nothing else that
+    holds ``%`` is touched. The result obeys the request's path rules (``ENAMETOOLONG``
+    when it no longer fits ``sun_path``)."""
+    if not _PLACEHOLDER.search(path):
+        return path
+    if "/" in who.user or who.user in (".", ".."):
+        raise NipcError("EINVAL", f"{path}: the account name {who.user!r} cannot be part of a path")
+    expanded = _PLACEHOLDER.sub(lambda m: str(who.uid) if m[1] == "uid" else who.user, path)
+    try:
+        return check_path(expanded)
+    except NipcError as e:
+        raise NipcError(e.errno_name, f"{path} for {who.user}: {e.message}") from None
 
 
 def on_procfs(fd: int) -> bool:

@@ -184,7 +184,7 @@ class LocalGate(UnixEnd):
         def route(evidence: Routed | None) -> "Deferred[End]":
             if evidence is not None:
                 self._facts.update(chained_from=evidence.conn_id, principal=evidence.principal)
-            return self._router.route(request, caller, self.conn_id, evidence)
+            return self._router.route(request, caller, self.conn_id, evidence, self._facts)
 
         self._routing = d.addCallback(route)
         self._routing.addCallbacks(self._routed, self._route_failed)

@@ -22,7 +22,7 @@ from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.destination import connect_unix
+from nipc.destination import connect_unix, expand
 from nipc.impersonate import on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
 from nipc.peer import Channel
@@ -44,6 +44,8 @@ class _Admission:
     who: LocalIdentity | None = None
     pac: dict[str, Any] | None = None
     sock: socket.socket | None = None
+    #: The path after per-user expansion (SPEC section 2).
+    path: str | None = None
     error: NipcError | None = None
 
 
@@ -108,7 +110,8 @@ class Inbound:
                 who, admission.pac = self._project(acc)
                 admission.who = who
                 switch_to(who)
-                admission.sock = connect_unix(hello.path, conn_id, timeout, who.describe())
+                admission.path = path = expand(hello.path, who)
+                admission.sock = connect_unix(path, conn_id, timeout, who.describe())
             except NipcError as e:
                 admission.error = e
             return admission
@@ -119,6 +122,8 @@ class Inbound:
                 facts["principal"] = acc.principal
             if who is not None:
                 facts.update(user=who.user, uid=who.uid)
+            if admission.path is not None and admission.path != hello.path:
+                facts["expanded"] = admission.path
             if admission.error is not None:
                 refused(admission.error, acc)
                 return

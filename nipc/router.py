@@ -20,7 +20,7 @@ from nipc import wire
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
-from nipc.destination import connect_unix
+from nipc.destination import connect_unix, expand
 from nipc.impersonate import run_as
 from nipc.kerberos import Delegated, Initiation, TicketSource
 from nipc.links import Links, Reused, link_failure
@@ -61,24 +61,27 @@ class Router:
         return host in ("localhost", self._config.host_name)
 
     def route(self, request: ConnectRequest, caller: Caller, conn_id: str,
-              evidence: Routed | None = None) -> "Deferred[End]":
+              evidence: Routed | None = None,
+              facts: dict[str, Any] | None = None) -> "Deferred[End]":
         """Connect for ``caller``; with ``evidence`` (an inbound connection the caller
-        holds), onward in that connection's original caller's name."""
+        holds), onward in that connection's original caller's name. A local connect
+        notes its expanded path in ``facts`` (the audit line's)."""
         # The caller's account name comes from NSS, which may ask a directory (sssd,
         # LDAP): never on the reactor thread, where a slow directory would stall everyone.
         # A recent answer is reused without the thread hop.
         name = self._names.get(caller.uid)
         if name is not None:
-            return self._route_as(identity_of_caller(caller, name), request, conn_id, evidence)
+            return self._route_as(identity_of_caller(caller, name), request, conn_id, evidence,
+                                  facts)
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
                               self._names.answer, caller.uid, name_of_uid)
         return d.addCallback(lambda found: self._route_as(
-            identity_of_caller(caller, found), request, conn_id, evidence))
+            identity_of_caller(caller, found), request, conn_id, evidence, facts))
 
     def _route_as(self, who: LocalIdentity, request: ConnectRequest, conn_id: str,
-                  evidence: Routed | None) -> "Deferred[End]":
+                  evidence: Routed | None, facts: dict[str, Any] | None) -> "Deferred[End]":
         if self.is_local(request.host):
-            return self.connect_as(who, request.path, conn_id)
+            return self.connect_as(who, request.path, conn_id, facts)
         tickets = self._tickets
         hops: tuple[str, ...] = (self._config.host_name,)
         if evidence is not None:
@@ -89,15 +92,23 @@ class Router:
             return fail(NipcError("ELOOP", f"chain longer than {self._config.max_hops} hops"))
         return _Dial(self, tickets, who, request, conn_id, hops).start()
 
-    def connect_as(self, who: LocalIdentity, path: str, conn_id: str) -> "Deferred[End]":
-        """Connect to a local socket on a thread that has become ``who``."""
+    def connect_as(self, who: LocalIdentity, path: str, conn_id: str,
+                   facts: dict[str, Any] | None = None) -> "Deferred[End]":
+        """Connect to a local socket on a thread that has become ``who``; ``%{uid}`` and
+        ``%{user}`` in ``path`` are ``who``'s (SPEC section 2), noted in ``facts``."""
         timeout = self._config.connect_timeout
+        try:
+            expanded = expand(path, who)
+        except NipcError as e:
+            return fail(e)
+        if facts is not None and expanded != path:
+            facts["expanded"] = expanded
 
         def connected(sock: Any) -> End:
             self._registry.add(Routed(conn_id, who, None, (), self._config.host_name))
             return adopt_unix(self._reactor, sock)
 
-        d = run_as(self._reactor, who, lambda: connect_unix(path, conn_id, timeout, who.describe()))
+        d = run_as(self._reactor, who, lambda: connect_unix(expanded, conn_id, timeout, who.describe()))
         return d.addCallback(connected)
 
 

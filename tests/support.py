@@ -44,6 +44,12 @@ def read_line(s: socket.socket) -> bytes:
     return data
 
 
+def audit_lines(log: Path) -> list[dict[str, Any]]:
+    """Every audit line so far in a daemon's JSON log file."""
+    records = log.read_text(errors="replace").split("\x1e")
+    return [json.loads(r)["nipc_audit"] for r in records if '"nipc_audit"' in r]
+
+
 def digest_of(seed: int, size: int) -> str:
     h = hashlib.sha256()
     for part in stream(seed, size):

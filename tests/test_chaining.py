@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grp
 import json
+import os
 import socket
 import struct
 import sys
@@ -18,7 +19,7 @@ import pytest
 from nipc.identity import identity_of_user
 from nipc.impersonate import become
 from nipc.sandbox import Host, Sandbox
-from support import UnixServer, ask_peer, run_client
+from support import UnixServer, ask_peer, audit_lines, run_client
 
 pytestmark = pytest.mark.integration
 
@@ -133,6 +134,31 @@ def test_each_hop_is_its_own_gate(lan: dict[str, Host], sandbox: Sandbox) -> Non
         closed.close()
     assert reply.startswith("OK\nERR EACCES "), reply
     assert not closed.seen
+
+
+def test_a_chain_expands_per_user_paths_at_the_last_hop(lan: dict[str, Host],
+                                                        sandbox: Sandbox) -> None:
+    """%{uid}/%{user} travel literally through b and are expanded by c, the host that
+    makes the final connect, with alice's account there."""
+    a, b, c = lan["a"], lan["b"], lan["c"]
+    alice = sandbox.users["alice"]
+    home = c.run_dir / "user" / str(alice.uid)
+    home.mkdir(parents=True, exist_ok=True)
+    server = UnixServer(str(home / "alice.sock"), mode=0o600)
+    os.chown(server.path, alice.uid, alice.gid)
+    path = f"{c.run_dir}/user/%{{uid}}/%{{user}}.sock"
+    service = chaining_service(b, f"{path}@{c.fqdn}", explicit=False)
+    try:
+        reply = greet_through(a, b, service)
+    finally:
+        service.close()
+        server.close()
+    assert reply.startswith("OK\nOK\n"), reply
+    assert len(server.seen) == 1 and server.seen[0].uid == alice.uid
+    onward = [f for f in audit_lines(b.log_path) if f.get("target") == f"{path}@{c.fqdn}"]
+    assert onward and all("expanded" not in f for f in onward), onward
+    final = [f for f in audit_lines(c.log_path) if f.get("target") == path]
+    assert final and final[-1]["expanded"] == server.path, final
 
 
 def test_no_inbound_connection_no_delegation(lan: dict[str, Host], c_server: UnixServer) -> None:

@@ -19,10 +19,11 @@ import pytest
 from acting import as_user, launch_daemon
 from conftest import require_root
 from local_daemon import stop_process
-from nipc.destination import MAX_SYMLINKS, connect_unix
+from nipc.destination import MAX_SYMLINKS, connect_unix, expand
 from nipc.errors import NipcError
+from nipc.identity import LocalIdentity
 from nipc.sandbox import Host
-from support import UnixServer, read_line
+from support import UnixServer, audit_lines, read_line, run_client
 
 
 def attempt(user: str, path: str) -> str:
@@ -146,15 +147,24 @@ def replies(user: str, daemon: Path, lines: list[str]) -> list[str]:
     return as_user(user, job)
 
 
+#: On b, alice@LAN.TEST is the local account www-data: another uid than hers on a, and a
+#: name longer than "%{user}", so an expansion can overflow sun_path.
+ALICE_ON_B = "www-data"
+ALICE_RULE = r"RULE:[1:$1@$0](alice@LAN\.TEST)s/.*/" + ALICE_ON_B + "/"
+
+
 @pytest.fixture(scope="module")
 def vaulted(samba_hosts: dict[str, Host]) -> Iterator[tuple[Host, Host, Path, int]]:
     """a's daemon, and b's started with its working directory in b's vault (a directory
-    inside a 0700 one, with a 0666 socket); b's daemon pid."""
+    inside a 0700 one, with a 0666 socket); b's daemon pid. On b, alice is www-data."""
     a, b = samba_hosts["a"], samba_hosts["b"]
     (b.dir / "locked").mkdir(mode=0o700, exist_ok=True)
     inner = b.dir / "locked" / "inner"
     inner.mkdir(mode=0o755, exist_ok=True)
     server = UnixServer(str(inner / "secret.sock"), mode=0o666)
+    krb5 = b.krb5_conf.read_text()
+    b.krb5_conf.write_text(krb5.replace("auth_to_local = ", f"auth_to_local = {ALICE_RULE}\n"
+                                        "        auth_to_local = ", 1))
     a.start_daemon()
     proc = launch_daemon(b, ["sh", "-c", 'cd "$0" && exec "$@"', str(inner)])
     try:
@@ -162,6 +172,7 @@ def vaulted(samba_hosts: dict[str, Host]) -> Iterator[tuple[Host, Host, Path, in
     finally:
         stop_process(proc)
         a.stop_daemon()
+        b.krb5_conf.write_text(krb5)
         server.close()
 
 
@@ -189,3 +200,98 @@ def test_no_detour_through_the_daemons_proc_entries(vaulted: tuple[Host, Host, P
             answers = replies("alice", gate, [f"CONNECT {p}@{host}" for p in paths])
             alike = {answer.replace(p, "PATH") for p, answer in zip(paths, answers)}
             assert len(alike) == 1 and alike.pop().startswith("ERR EACCES "), (form, host, alike)
+
+
+# -- per-user destinations (issue 11, SPEC section 2) --
+
+
+def test_expansion_replaces_exactly_the_two_placeholders() -> None:
+    who = LocalIdentity("alice", 4321, 100, (100,))
+    assert expand("/run/user/%{uid}/%{user}.sock", who) == "/run/user/4321/alice.sock"
+    untouched = "/srv/%u/%{UID}/%{uid/%%{x}/100%"
+    assert expand(untouched, who) == untouched
+    assert expand("/a/%{user}%{uid}%{user}", who) == "/a/alice4321alice"
+
+
+def test_an_expansion_past_sun_path_is_enametoolong() -> None:
+    path = "/" + "p" * 99 + "%{user}"  # 107 bytes: fits; with "www-data" 108: does not
+    assert expand(path, LocalIdentity("alice", 1, 1, ())) == "/" + "p" * 99 + "alice"
+    with pytest.raises(NipcError) as e:
+        expand(path, LocalIdentity("www-data", 33, 33, ()))
+    assert e.value.errno_name == "ENAMETOOLONG" and "www-data" in e.value.message
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "."])
+def test_an_account_name_that_would_change_the_path_is_refused(name: str) -> None:
+    with pytest.raises(NipcError) as e:
+        expand("/run/%{user}/x.sock", LocalIdentity(name, 1, 1, ()))
+    assert e.value.errno_name == "EINVAL"
+
+
+def b_account(b: Host, name: str) -> tuple[int, int]:
+    """``name``'s uid and gid on b, as b's NSS says."""
+    uid, gid = b.run(["id", "-u", name]).stdout.split()[0], b.run(["id", "-g", name]).stdout
+    return int(uid), int(gid)
+
+
+@pytest.fixture(scope="module")
+def homes(vaulted: tuple[Host, Host, Path, int]) -> Iterator[dict[str, UnixServer]]:
+    """On b, ``run/user/<uid>/<user>.sock`` for www-data (alice's account there) and bob,
+    each in a 0700 directory of its own, like /run/user."""
+    b = vaulted[1]
+    servers = {}
+    for name in (ALICE_ON_B, "bob"):
+        uid, gid = b_account(b, name)
+        home = b.run_dir / "user" / str(uid)
+        home.mkdir(parents=True, exist_ok=True)
+        (b.run_dir / "user").chmod(0o755)
+        os.chown(home, uid, gid)
+        home.chmod(0o700)
+        servers[name] = UnixServer(str(home / f"{name}.sock"), mode=0o666)
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+@pytest.mark.integration
+def test_one_request_line_reaches_each_callers_own_socket(
+        vaulted: tuple[Host, Host, Path, int], homes: dict[str, UnixServer]) -> None:
+    """alice and bob send the same line; each lands in their own directory on b, found
+    with b's numbers (alice is www-data there); the audit line shows both forms."""
+    a, b, _, _ = vaulted
+    line = f"{b.run_dir}/user/%{{uid}}/%{{user}}.sock@{b.fqdn}"
+    for caller, account in (("alice", ALICE_ON_B), ("bob", "bob")):
+        out = run_client(caller, str(a.socket_path), "greet", line)
+        assert "error" not in out, out
+        assert out["server"]["uid"] == b_account(b, account)[0]
+        assert len(homes[account].seen) == 1
+        uid = b_account(b, account)[0]
+        expanded = f"{b.run_dir}/user/{uid}/{account}.sock"
+        assert any(f.get("direction") == "incoming" and f.get("target") == line.rpartition("@")[0]
+                   and f.get("expanded") == expanded and f.get("result") == "routed"
+                   for f in audit_lines(b.log_path)), audit_lines(b.log_path)[-3:]
+
+
+@pytest.mark.integration
+def test_path_at_localhost_expands_with_the_local_callers_identity(
+        vaulted: tuple[Host, Host, Path, int], homes: dict[str, UnixServer]) -> None:
+    b = vaulted[1]
+    before = len(homes["bob"].seen)
+    out = run_client("bob", str(b.socket_path), "greet",
+                     f"{b.run_dir}/user/%{{uid}}/%{{user}}.sock@localhost")
+    assert "error" not in out, out
+    assert len(homes["bob"].seen) == before + 1
+    local = [f for f in audit_lines(b.log_path) if f.get("direction") == "local" and "expanded" in f]
+    assert local and local[-1]["expanded"].endswith(f"/user/{b_account(b, 'bob')[0]}/bob.sock")
+
+
+@pytest.mark.integration
+def test_an_expansion_past_sun_path_is_refused_by_the_receiving_host(
+        vaulted: tuple[Host, Host, Path, int]) -> None:
+    """107 bytes as sent fit; as www-data on b they do not: ENAMETOOLONG from b."""
+    a, b, _, _ = vaulted
+    path = "/" + "p" * 99 + "%{user}"
+    out = run_client("alice", str(a.socket_path), "greet", f"{path}@{b.fqdn}")
+    assert out.get("error") == "ENAMETOOLONG", out
+    out = run_client("bob", str(a.socket_path), "greet", f"{path}@{b.fqdn}")
+    assert out.get("error") == "ENOENT", out
