@@ -30,6 +30,8 @@ from nipc.request import ConnectRequest, check_host, parse_request
 
 DEFAULT_PORT = 7445
 DEFAULT_SOCKET = "/run/nipc/nipc.sock"
+#: journald's socket for native entries ([log] journal_socket).
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 #: Private key types a TLS certificate of [peer] may have.
 TLS_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
                  ed448.Ed448PrivateKey)
@@ -104,6 +106,10 @@ class Config:
     drain_timeout: float = 30.0
     max_hops: int = 8
     log_file: Path | None = None
+    #: [log] journal: native journal entries with NIPC_* fields (True), twistd's text
+    #: (False), or native exactly when stdout/stderr is journald's stream (None, "auto").
+    log_journal: bool | None = None
+    journal_socket: Path = JOURNAL_SOCKET
     imports: tuple[Import, ...] = ()
     max_connections: int = 4096
     max_per_caller: int = 256
@@ -150,7 +156,8 @@ RESTART_ONLY = {
     "krb5_config": "kerberos.krb5_config", "ccache_template": "kerberos.ccache_template",
     "socket_path": "local.socket", "listen_address": "peer.listen", "listen_port": "peer.port",
     "admin_socket": "admin.socket", "admin_group": "admin.group",
-    "metrics_listen": "metrics.listen",
+    "metrics_listen": "metrics.listen", "log_journal": "log.journal",
+    "journal_socket": "log.journal_socket",
 }
 
 
@@ -474,7 +481,10 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         {"request", "handshake", "connect", "kdc", "keepalive_idle", "user_timeout", "link_idle",
          "drain"},
     )
-    log = _section(doc, "log", {"file"})
+    log = _section(doc, "log", {"file", "journal", "journal_socket"})
+    journal = _opt(log, "log", "journal", (bool, str), "auto")
+    if journal not in (True, False, "auto"):
+        raise ConfigError(f"log.journal: expected true, false or \"auto\", got {journal!r}")
     limits = _section(doc, "limits", set(_LIMITS))
     for key in limits:
         value = _typed(limits, "limits", key, int)
@@ -550,6 +560,9 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         max_hops=max_hops,
         peers=peer_table,
         log_file=Path(log_file) if log_file is not None else None,
+        log_journal=None if journal == "auto" else journal,
+        journal_socket=Path(_opt(log, "log", "journal_socket", str,
+                                 str(Config.journal_socket))),
         imports=_imports(doc.get("imports", [])),
         **_admin_and_metrics(doc),
         **_dns(doc),

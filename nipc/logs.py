@@ -1,4 +1,5 @@
-"""Where the daemon's log goes besides twistd's: the JSON log file of ``[log] file``.
+"""Where the daemon's log goes: the JSON log file of ``[log] file``, and twistd's own log
+as native journal entries under journald (:func:`twistd_observer`).
 
 The file is (re)opened on every reload and on SIGUSR1, so logrotate can move it and then
 ``systemctl reload nipcd`` (no copytruncate, no lost lines): the new file is opened and
@@ -7,18 +8,38 @@ its observer installed before the old one is removed and closed.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
     jsonFileLogObserver,
+    textFileLogObserver,
 )
 
 from nipc.config import ConfigError
+from nipc.journal import DEFAULT_SOCKET, JournalObserver, under_journald
+
+#: [log] journal and journal_socket, set by ``twistd nipc`` (makeService), which twistd runs
+#: before it asks :func:`twistd_observer` for its log observer.
+journal_choice: tuple[bool | None, str] = (None, DEFAULT_SOCKET)
+
+
+def twistd_observer() -> ILogObserver:
+    """``twistd --logger=nipc.logs.twistd_observer`` (etc/nipcd.service): native journal
+    entries with structured fields when the daemon runs under journald (or ``[log] journal
+    = true``), else twistd's text lines on stdout, as without ``--logger``."""
+    wanted, path = journal_choice
+    text = textFileLogObserver(sys.stdout)
+    if wanted is False or (wanted is None and not under_journald()):
+        return text
+    observer: ILogObserver = JournalObserver(path, fallback=text)
+    return observer
 
 
 def open_log(path: Path | None) -> IO[str] | None:

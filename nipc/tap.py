@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 from nipc import config as configuration
 from nipc.heap import take_over_memory
+from nipc import logs as nipc_logs
 from nipc.logs import LogFile, open_log
 from nipc.service import NipcService
 
@@ -39,6 +40,7 @@ class ServiceMaker:
             cfg = configuration.load(options["config"])
             logs = LogFile()
             logs.switch(cfg.log_file, open_log(cfg.log_file))
+            nipc_logs.journal_choice = (cfg.log_journal, str(cfg.journal_socket))
         except configuration.ConfigError as e:
             raise SystemExit(f"nipc: {e}") from None
         take_over_memory()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -53,7 +54,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> int:
 class LocalDaemon:
     """nipcd in ``root`` (a directory), with ``extra`` TOML appended to its config."""
 
-    def __init__(self, root: Path, extra: str = "") -> None:
+    def __init__(self, root: Path, extra: str = "", twistd_args: Sequence[str] = ()) -> None:
         self.root = root
         root.chmod(0o755)
         self.socket = root / "nipc.sock"
@@ -66,7 +67,7 @@ listen = "127.0.0.1:{self.metrics_port}"
 {extra}"""))
         twistd = str(Path(sys.executable).parent / "twistd")
         self.out = open(root / "nipcd.out", "wb")
-        self.proc = subprocess.Popen([twistd, "-n", "--pidfile=", "nipc", "--config", str(self.config)],
+        self.proc = subprocess.Popen([twistd, "-n", "--pidfile=", *twistd_args, "nipc", "--config", str(self.config)],
                                      stdout=self.out, stderr=subprocess.STDOUT, cwd="/")
         deadline = time.monotonic() + 20
         while not self._accepts():

@@ -514,3 +514,13 @@ class TestMessagesSayWhatWasExpected:
                         'target = "/p@h"\nmode = "0600"\n')
         cfg = load(path)
         assert cfg.socket_mode == 0o660 and cfg.imports[0].mode == 0o600
+
+
+def test_log_journal_settings() -> None:
+    """[log] journal is true, false or "auto" (default: native entries exactly under journald)."""
+    assert from_mapping(MINIMAL).log_journal is None
+    assert from_mapping(doc(log={"journal": True})).log_journal is True
+    assert from_mapping(doc(log={"journal": "auto"})).log_journal is None
+    cfg = from_mapping(doc(log={"journal": False, "journal_socket": "/j"}))
+    assert cfg.log_journal is False and cfg.journal_socket == Path("/j")
+    assert 'expected true, false or "auto"' in config_error(doc(log={"journal": "yes"}))

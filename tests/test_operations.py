@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -557,3 +558,121 @@ def test_routed_stream_byte_exact_across_reloads(routed: tuple[Host, Host, Notif
             mark = listener.wait("ready again", lambda m: m.get("READY") == "1", after=n + 1) + 1
     finally:
         server.close()
+
+
+# -- journald -------------------------------------------------------------------------------
+
+
+def parse_journal_entry(data: bytes) -> dict[str, str]:
+    """journald's side of the native protocol: ``KEY=value`` lines and length-prefixed
+    ``KEY\\n<le64><bytes>\\n`` fields."""
+    fields: dict[str, str] = {}
+    while data:
+        line, _, rest = data.partition(b"\n")
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            fields[key.decode()] = value.decode()
+            data = rest
+        else:
+            (size,) = struct.unpack("<Q", rest[:8])
+            fields[line.decode()] = rest[8:8 + size].decode()
+            assert rest[8 + size:9 + size] == b"\n"
+            data = rest[9 + size:]
+    return fields
+
+
+class FakeJournal:
+    """A datagram socket where journald's would be; entries parsed, memfd ones included."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: list[dict[str, str]] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        threading.Thread(target=self._receive, daemon=True).start()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._sock, 1 << 20, 1)
+            except OSError:
+                return
+            if fds:
+                with os.fdopen(fds[0], "rb") as memfd:
+                    memfd.seek(0)
+                    data = memfd.read()
+            self.entries.append(parse_journal_entry(data))
+
+    def wait(self, what: str, check: Callable[[dict[str, str]], bool]) -> dict[str, str]:
+        found: list[dict[str, str]] = []
+        wait_for(what, lambda: found.extend(e for e in list(self.entries) if check(e)) or found)
+        return found[0]
+
+    def close(self) -> None:
+        self._sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+def test_journal_entries_carry_structured_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under journald (JOURNAL_STREAM names the daemon's stdout) with twistd's --logger set
+    as in nipcd.service, every log line is a native journal entry: the audit line of a
+    refused connection has NIPC_RESULT=refused, NIPC_ERRNO, NIPC_CONN_ID, NIPC_TARGET and
+    PRIORITY, so ``journalctl NIPC_RESULT=refused`` finds it; nothing goes to stdout."""
+    require_root()
+    root = Path(tempfile.mkdtemp(prefix="nipc-ops-"))
+    (root / "none.keytab").write_bytes(EMPTY_KEYTAB)
+    journal = FakeJournal(root / "journal.sock")
+    out = root / "nipcd.out"
+    out.touch()
+    st = out.stat()
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    daemon = LocalDaemon(root, f'[log]\njournal_socket = "{journal.path}"\n',
+                         twistd_args=["--logger=nipc.logs.twistd_observer"])
+    try:
+        missing = root / "missing.sock"
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(daemon.socket))
+            sock.sendall(f"CONNECT {missing}@localhost\n".encode())
+            assert read_line(sock).startswith(b"ERR ENOENT ")
+        entry = journal.wait("the refusal's audit entry",
+                             lambda e: e.get("NIPC_TARGET") == f"{missing}@localhost")
+        assert entry["NIPC_RESULT"] == "refused" and entry["NIPC_ERRNO"] == "ENOENT"
+        assert entry["NIPC_CONN_ID"] and entry["MESSAGE"].startswith("nipc-audit ")
+        assert entry["NIPC_UID"] == "0" and entry["PRIORITY"] == "6"
+        assert entry["SYSLOG_IDENTIFIER"] == "nipcd" and entry["NIPC_LOGGER"] == "nipc.gate"
+        started = journal.wait("the start line", lambda e: "serving" in e["MESSAGE"])
+        assert started["NIPC_HOST"] == "solo.test"
+        os.kill(daemon.proc.pid, signal.SIGUSR2)
+        warned = journal.wait("a warning", lambda e: "SIGUSR2" in e["MESSAGE"])
+        assert warned["PRIORITY"] == "4" and warned["NIPC_NAME"] == "SIGUSR2"
+        assert "nipc-audit" not in daemon.log()  # not twice: the journal has it
+    finally:
+        daemon.stop()
+        journal.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_journal_encoding_newlines_and_big_entries(tmp_path: Path) -> None:
+    """A value with a newline (or control characters) stays one field, length-prefixed; an
+    entry too big for one datagram arrives whole through a sealed memfd."""
+    from nipc.journal import JournalObserver, encode, fields_of, under_journald
+
+    journal = FakeJournal(tmp_path / "journal.sock")
+    try:
+        observer = JournalObserver(str(journal.path))
+        hostile = "/tmp/x\nNIPC_RESULT=routed\n"
+        observer({"log_format": "refused {target}", "log_level": None, "target": hostile,
+                  "log_namespace": "t", "nipc_audit": {"result": "refused", "hops": ["a", "b"]}})
+        entry = journal.wait("the entry", lambda e: "NIPC_TARGET" in e)
+        assert entry["NIPC_TARGET"] == hostile and entry["NIPC_RESULT"] == "refused"
+        assert entry["NIPC_HOPS"] == "a,b"
+        big = "x" * (600 << 10)
+        observer.send(encode({"MESSAGE": "big", "NIPC_BIG": big}))
+        assert journal.wait("the big entry", lambda e: e.get("MESSAGE") == "big")["NIPC_BIG"] == big
+    finally:
+        journal.close()
+    assert fields_of({"log_format": "x", "conn-id.x": 1})["NIPC_CONN_ID_X"] == "1"
+    assert not under_journald({"JOURNAL_STREAM": "1:1"})
+    st = os.fstat(2)
+    assert under_journald({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
