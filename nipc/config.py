@@ -117,6 +117,8 @@ class Config:
     handshake_burst: int = 400
     max_pending_peers: int = 256
     max_pending_per_source: int = 32
+    #: HELLOs one peer link may send per second (burst: twice that); beyond, ``EAGAIN``.
+    peer_handshakes_per_second: int = 1000
     #: [admin] socket: relative means next to the gate socket; "" turns it off.
     admin_socket: str = "admin.sock"
     admin_group: int | None = None
@@ -169,6 +171,7 @@ _LIMITS = {
     "handshake_burst": "handshake_burst",
     "max_pending_peers": "max_pending_peers",
     "max_pending_per_source": "max_pending_per_source",
+    "peer_handshakes_per_second": "peer_handshakes_per_second",
 }
 
 

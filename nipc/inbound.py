@@ -120,6 +120,7 @@ class Inbound:
             acc, who = admission.accepted, admission.who
             if acc is not None:
                 facts["principal"] = acc.principal
+                channel.authenticated()  # its link is no longer an unauthenticated one
             if who is not None:
                 facts.update(user=who.user, uid=who.uid)
             if admission.path is not None and admission.path != hello.path:

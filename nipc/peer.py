@@ -53,6 +53,9 @@ MAX_SKIPPED = 4096
 #: A closing link waits this long for the peer's TLS close_notify, then aborts: a peer that
 #: never answers must not keep the connection (and its descriptor) forever.
 CLOSE_GRACE = 5.0
+#: Kerberos refusals a receiving link takes before any of its channels passed Kerberos;
+#: then it is closed (a legitimate dialler's tickets do not keep failing on one link).
+MAX_UNAUTHENTICATED_REFUSALS = 3
 
 
 @implementer(IPushProducer)
@@ -175,8 +178,14 @@ class Channel:
         d.callback(result)
 
     # -- the handshake (receiving side)
+    def authenticated(self) -> None:
+        """The peer's ticket for this channel passed Kerberos (whatever comes next)."""
+        self.link.authenticated()
+
     def answer(self, result: wire.Result) -> None:
-        """Send the RESULT; a refusal ends the channel (the link stays)."""
+        """Send the RESULT; a refusal ends the channel (the link stays, unless it has
+        taken too many refusals before any channel authenticated)."""
+        tried = self.on_settle is not None  # admitted to the Kerberos work
         self._settle()
         if self.closed:
             return
@@ -185,6 +194,8 @@ class Channel:
             self.established = True
         else:
             self._drop()
+            if tried:
+                self.link.refused()
 
     def _settle(self) -> None:
         settle, self.on_settle = self.on_settle, None
@@ -467,6 +478,12 @@ class Link(Protocol):
     def tls_ready(self) -> None:
         pass
 
+    def authenticated(self) -> None:
+        pass
+
+    def refused(self) -> None:
+        pass
+
     def link_lost(self, reason: Failure) -> None:
         pass
 
@@ -537,7 +554,7 @@ class ServerLink(Link):
                  timeout: float, settled: Callable[[], None],
                  admit: Callable[[], Callable[[], None] | None],
                  table: set["ServerLink"] | None = None,
-                 dialler_idle: float = CLIENT_IDLE) -> None:
+                 dialler_idle: float = CLIENT_IDLE, hello_rate: float = 1000.0) -> None:
         super().__init__(reactor, tune, SERVER_IDLE_FACTOR * dialler_idle)
         #: The daemon's accepted links (for ``nipc status``): in it while connected.
         self._table = table if table is not None else set()
@@ -548,17 +565,39 @@ class ServerLink(Link):
         self._deadline = Deadline(reactor)
         #: Channel numbers below ``highest`` not used yet (see _claim).
         self.skipped: set[int] = set()
+        #: One of its channels passed Kerberos: until then the link counts as pending
+        #: (per-source and global caps) and the handshake deadline holds.
+        self.proven = False
+        self._refusals = 0
+        self._hellos = HelloRate(reactor.seconds, hello_rate)
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._table.add(self)
-        # One deadline covers TLS and the first HELLO: a slow or silent peer costs little.
+        # One deadline covers TLS and the HELLOs up to the first that passes Kerberos: an
+        # unauthenticated peer holds a link for no longer than this.
         self._deadline.arm(self._timeout, self._expire)
 
     def _expire(self) -> None:
-        log.info("peer {peer} sent no complete handshake in {timeout}s; closing",
+        log.info("peer {peer}: no channel authenticated in {timeout}s; closing",
                  peer=self.peer, timeout=self._timeout)
         self.abort()
+
+    def authenticated(self) -> None:
+        if not self.proven:
+            self.proven = True
+            self._deadline.cancel()
+            self._settle()
+            self._idle_check()
+
+    def refused(self) -> None:
+        if self.proven:
+            return
+        self._refusals += 1
+        if self._refusals >= MAX_UNAUTHENTICATED_REFUSALS:
+            log.info("peer {peer}: {n} handshakes refused and none authenticated; closing",
+                     peer=self.peer, n=self._refusals)
+            self.close()
 
     def _idle_check(self) -> None:
         if self._deadline.armed:
@@ -581,9 +620,6 @@ class ServerLink(Link):
             raise NipcError("EPROTO", "HELLO before the TLS handshake completed")
         self._claim(number)
         channel = self.add(Channel(self, number))
-        if self._deadline.armed:
-            self._deadline.cancel()
-            self._settle()
         try:
             hello = wire.decode(kind, payload)
             if not isinstance(hello, wire.Hello):
@@ -592,6 +628,10 @@ class ServerLink(Link):
             log.info("peer {peer}: {error}", peer=self.peer, error=e.message)
             channel.answer(wire.Result(e.errno_name, e.message))
             self.close()
+            return
+        if not self._hellos.take():
+            channel.answer(wire.Result("EAGAIN", f"peer link exceeds {self._hellos.rate:g} "
+                                                 "new connections per second"))
             return
         settle = self._admit()
         if settle is None:
@@ -632,6 +672,25 @@ class ServerLink(Link):
         if reason.check(SSL.Error) and is_certificate_failure(ssl_detail(reason.value)):
             log.warn("peer {peer}: TLS certificate refused: {detail}",
                      peer=self.peer, detail=ssl_detail(reason.value))
+
+
+class HelloRate:
+    """A token bucket of HELLOs per link: ``rate`` a second, bursts of twice that."""
+
+    def __init__(self, clock: Callable[[], float], rate: float) -> None:
+        self._clock = clock
+        self.rate = rate
+        self._tokens = 2 * rate
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(2 * self.rate, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 def source_of(addr: Any) -> str:

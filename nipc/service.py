@@ -240,7 +240,8 @@ class NipcService(Service):
 
         return ServerLink(self.reactor, lambda tls: tune_tcp(tls, config), self._inbound.hello,
                           config.handshake_timeout, lambda: limits.peer_settled(source),
-                          admit_channel, self._accepted_links, config.link_idle)
+                          admit_channel, self._accepted_links, config.link_idle,
+                          config.peer_handshakes_per_second)
 
     def _open_import(self, imported: Import) -> None:
         """Listen on an import's socket (or adopt systemd's for it)."""

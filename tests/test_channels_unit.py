@@ -230,13 +230,13 @@ def test_frame_for_a_never_opened_channel_aborts(frame: bytes) -> None:
 class Server:
     """A ServerLink on a StringTransport, past TLS, recording the HELLOs it hands on."""
 
-    def __init__(self) -> None:
+    def __init__(self, hello_rate: float = 1000.0) -> None:
         self.clock = Clock()
         self.hellos: list[tuple[Channel, bytes, wire.Hello]] = []
         self.link_settled = 0
         self.admitted: list[list[int]] = []
         self.link = ServerLink(self.clock, lambda transport: None, self._hello, 10.0,
-                               self._settled, self._admit)
+                               self._settled, self._admit, hello_rate=hello_rate)
         self.transport: StringTransport = TLSTransport()
         self.link.makeConnection(self.transport)  # type: ignore[no-untyped-call]
         self.link.handshakeCompleted()
@@ -265,7 +265,7 @@ def test_server_hands_each_hello_on_with_its_channel_binding() -> None:
         (1, wire.binding(TLSTransport.EXPORTER, 1), HELLO),
         (4, wire.binding(TLSTransport.EXPORTER, 4), HELLO),
     ]
-    assert server.link_settled == 1 and not server.transport.disconnecting
+    assert not server.transport.disconnecting
 
 
 @pytest.mark.parametrize("second", [3, 1], ids=["same number", "a skipped number used"])
@@ -363,6 +363,65 @@ def test_server_link_loss_settles_handshakes_in_progress() -> None:
     assert all(channel.closed for channel, _, _ in server.hellos)
 
 
+# ------------------------------------------------------ unauthenticated links (issue 14)
+
+
+def test_a_link_is_pending_until_a_channel_passes_kerberos() -> None:
+    """HELLOs alone neither free the link's pending slot nor stop the handshake deadline:
+    a link whose HELLOs never authenticate is aborted by it."""
+    server = Server()
+    server.link.dataReceived(wire.encode(HELLO, 1) + wire.encode(HELLO, 2))
+    assert server.link_settled == 0
+    server.clock.advance(10.0)
+    assert server.transport.disconnected
+
+
+def test_an_authenticated_channel_settles_the_link_and_stops_the_deadline() -> None:
+    server = Server()
+    server.link.dataReceived(wire.encode(HELLO, 1))
+    server.hellos[0][0].authenticated()
+    assert server.link_settled == 1
+    server.clock.advance(10.0)
+    assert not server.transport.disconnecting
+    server.hellos[0][0].answer(wire.Result("ENOENT", "no such socket"))  # after Kerberos
+    server.link.dataReceived(wire.encode(HELLO, 2))
+    assert server.link_settled == 1 and len(server.hellos) == 2
+
+
+def test_refusals_before_any_authentication_close_the_link() -> None:
+    """MAX_UNAUTHENTICATED_REFUSALS Kerberos refusals with no success: the link is closed
+    (its RESULTs sent first); after a success, refusals leave it open."""
+    server = Server()
+    for number in range(1, peer.MAX_UNAUTHENTICATED_REFUSALS + 1):
+        assert not server.transport.disconnecting
+        server.link.dataReceived(wire.encode(HELLO, number))
+        server.hellos[-1][0].answer(wire.Result("EKEYREJECTED", "bad ticket"))
+    assert server.transport.disconnecting
+    results = [f for f in frames(server.transport) if f[0] == K.RESULT]
+    assert len(results) == peer.MAX_UNAUTHENTICATED_REFUSALS
+    proven = Server()
+    proven.link.dataReceived(wire.encode(HELLO, 1))
+    proven.hellos[0][0].authenticated()
+    for number in range(2, peer.MAX_UNAUTHENTICATED_REFUSALS + 3):
+        proven.link.dataReceived(wire.encode(HELLO, number))
+        proven.hellos[-1][0].answer(wire.Result("EKEYREJECTED", "bad ticket"))
+    assert not proven.transport.disconnecting
+
+
+def test_hellos_per_link_are_rate_limited() -> None:
+    """Beyond twice the per-second rate at once, a HELLO is EAGAIN before any Kerberos
+    work; the bucket refills with time."""
+    server = Server(hello_rate=2)
+    server.link.dataReceived(b"".join(wire.encode(HELLO, n) for n in range(1, 7)))
+    assert len(server.hellos) == 4
+    refused = [wire.decode(k, p) for k, n, p in frames(server.transport) if k == K.RESULT]
+    assert [r.errno_name for r in refused] == ["EAGAIN", "EAGAIN"]  # type: ignore[union-attr]
+    assert not server.transport.disconnecting  # not Kerberos refusals
+    server.clock.advance(1.0)
+    server.link.dataReceived(wire.encode(HELLO, 7) + wire.encode(HELLO, 8))
+    assert len(server.hellos) == 6
+
+
 # ---------------------------------------------------------------------------- idleness
 
 
@@ -386,6 +445,7 @@ def test_receiving_side_waits_four_times_the_dialler_idle_time() -> None:
     a receiving link closes after 4 x the configured link_idle without a channel."""
     server = Server()
     server.link.dataReceived(wire.encode(HELLO, 1))
+    server.hellos[0][0].authenticated()
     server.hellos[0][0].abort()
     server.clock.advance(4 * CLIENT_IDLE - 1)
     assert not server.transport.disconnecting

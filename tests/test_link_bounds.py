@@ -11,21 +11,38 @@ test_hostile (timeouts 3 s, ``max_pending_peers`` 16) and ``link_idle`` = LINK_I
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from nipc.peer import CLOSE_GRACE
+from acting import open_fds, rss_kib
+from nipc.peer import CLOSE_GRACE, MAX_UNAUTHENTICATED_REFUSALS
 from nipc.sandbox import Host
 from support import UnixServer
-from test_hostile import HANDSHAKE_TIMEOUT, Lan, hostile_config, legit_connect
+from test_hostile import (HANDSHAKE_TIMEOUT, LATENCIES, MAX_PENDING_PEERS, Lan, Prober,
+                          hostile_config, legit_connect)
 
 pytestmark = pytest.mark.integration
 
 LINK_IDLE = 2
+FLOOD = Path(__file__).with_name("link_flood_tool.py")
+REPO = Path(__file__).resolve().parents[1]
+#: How long each flood runs: several handshake timeouts, so held links would pile up.
+FLOOD_SECONDS = 4 * HANDSHAKE_TIMEOUT
+#: b's descriptors during a flood: its baseline, the pending links, and room for the
+#: connections accepted and closed at once, and the caller's own.
+FD_BOUND = MAX_PENDING_PEERS + 40
+RSS_BOUND_KIB = 40 * 1024
+#: What each test measured (printed at the end of the module, for the report).
+MEASURED: dict[str, Any] = {}
 
 
 def link_config(text: str) -> str:
@@ -106,3 +123,75 @@ def test_a_retired_link_to_a_hung_peer_is_aborted_after_the_grace(lan: Lan) -> N
         os.kill(pid, signal.SIGCONT)
     assert wait_for_sockets(lan, 0, 10) == {"a": 0, "b": 0}
     legit_connect(lan)
+
+
+# -- item 1: unauthenticated links are bounded --------------------------------------------
+
+
+class Sampler:
+    """b's descriptors and RSS, sampled every 0.2 s while a flood runs: the maxima."""
+
+    def __init__(self, host: Host) -> None:
+        pid = host.daemon_pid()
+        assert pid
+        self._pid = pid
+        self.before = (open_fds(pid), rss_kib(pid))
+        self.fds, self.rss = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.fds = max(self.fds, open_fds(self._pid))
+            self.rss = max(self.rss, rss_kib(self._pid))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def check(self, what: str) -> None:
+        MEASURED[what] = {"fds_before": self.before[0], "fds_max": self.fds,
+                          "rss_kib_before": self.before[1], "rss_kib_max": self.rss,
+                          "latency": LATENCIES.get(what)}
+        print(f"\n{what}: {MEASURED[what]}")
+        assert self.fds <= self.before[0] + FD_BOUND, MEASURED[what]
+        assert self.rss <= self.before[1] + RSS_BOUND_KIB, MEASURED[what]
+
+
+def flood(lan: Lan, attack: str, concurrency: int, seconds: float = FLOOD_SECONDS) -> dict[str, Any]:
+    """Run link_flood_tool in c's namespace against b's peer port; its JSON."""
+    c = lan.hosts["c"]
+    proc = c.run([sys.executable, str(FLOOD), attack, lan.b.address, str(lan.b.port), lan.b.fqdn,
+                  str(seconds), str(concurrency)], check=False, timeout=seconds + 60,
+                 env={"PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_garbage_hellos_cannot_hold_links(lan: Lan) -> None:
+    """200 links at once from c, each TLS then 10 garbage-token HELLOs, held open: b keeps
+    no more than max_pending_peers of them, each for no longer than the handshake timeout,
+    refuses at most MAX_UNAUTHENTICATED_REFUSALS HELLOs per link after Kerberos work (the
+    others get EAGAIN from the limits, before it); alice (a -> b) is served
+    throughout, and b's fds and RSS stay within the bounds. Before the fix, b held every
+    link (one garbage HELLO freed its pending slot and stopped its deadline)."""
+    legit_connect(lan)
+    with Prober(lan) as probe, Sampler(lan.b) as sample:
+        out = flood(lan, "garbage-hold", 200)
+    MEASURED["garbage-hold flood"] = out
+    print(f"\ngarbage-hold: {out}")
+    probe.check("garbage-hold")
+    sample.check("garbage-hold")
+    assert out["tls"] > MAX_PENDING_PEERS, out  # the attack did get through TLS, often
+    assert out["max_open"] <= MAX_PENDING_PEERS, out
+    assert out["longest"] < HANDSHAKE_TIMEOUT + 2, out
+    # A few links at a time get past the limits to the Kerberos work: refused a few
+    # times, then closed.
+    few = flood(lan, "garbage-hold", 2, seconds=HANDSHAKE_TIMEOUT + 1)
+    MEASURED["garbage-hold, 2 at a time"] = few
+    assert 0 < few["max_refusals"] <= MAX_UNAUTHENTICATED_REFUSALS, few
+    assert few["longest"] < HANDSHAKE_TIMEOUT + 2, few
