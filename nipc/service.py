@@ -405,6 +405,8 @@ class NipcService(Service):
         for during another runs after it."""
         if self.source is None:
             return fail(ConfigError("this daemon was started without a configuration file"))
+        if self._draining:
+            return fail(ConfigError("the daemon is stopping; nothing to reload"))
         if self._reloading is not None:
             after: Deferred[dict[str, Any]] = Deferred()
             self._reloading.addBoth(lambda _: self.reload().chainDeferred(after))

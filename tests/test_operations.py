@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from acting import as_user
 from conftest import require_root
@@ -293,6 +296,49 @@ def test_log_file_reopened_after_rotation(solo: LocalDaemon) -> None:
     sighup(solo)
     wait_for("a new log file after SIGHUP", logfile.exists)
     assert "configuration reloaded" in logfile.read_text()
+
+
+def peer_certificate(daemon: LocalDaemon) -> bytes:
+    """The certificate the daemon's peer port presents to a new TLS connection (DER)."""
+    port = int(next(line for line in daemon.config.read_text().splitlines()
+                    if line.startswith("port = ")).split("=")[1])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_tls_certificate_renewed_by_reload(solo: LocalDaemon) -> None:
+    """A certificate renewed in place is presented to new links after a reload; a file that
+    is not PEM any more is refused, and the certificate in force stays."""
+    from test_tls_ca import CA
+
+    ca = CA(solo.root / "ca", "ops")
+    first = ca.issue("solo.test", "solo")
+    rewrite(solo, 'listen = "127.0.0.1"', f'listen = "127.0.0.1"\ncertificate = '
+            f'"{first.certificate}"\nprivate_key = "{first.private_key}"')
+    assert nipc_reload(solo).returncode == 0
+    presented = peer_certificate(solo)
+    assert x509.load_pem_x509_certificate(first.certificate.read_bytes()).public_bytes(
+        serialization.Encoding.DER) == presented
+
+    renewed = ca.issue("solo.test", "solo")  # the same files, a new key and certificate
+    assert renewed == first
+    done = nipc_reload(solo)
+    assert done.returncode == 0 and "changed: nothing" in done.stdout  # same paths...
+    now = peer_certificate(solo)
+    assert now != presented  # ...new contents, presented to new links
+    assert x509.load_pem_x509_certificate(renewed.certificate.read_bytes()).public_bytes(
+        serialization.Encoding.DER) == now
+
+    renewed.certificate.write_text("not a certificate\n")
+    refused = nipc_reload(solo)
+    assert refused.returncode != 0 and "peer.certificate: no PEM certificate" in refused.stderr
+    assert peer_certificate(solo) == now
 
 
 # -- SIGTERM --------------------------------------------------------------------------------
