@@ -25,6 +25,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from nipc.destination import pattern_problem
 from nipc.errors import NipcError
 from nipc.request import ConnectRequest, check_host, parse_request
 
@@ -133,6 +134,10 @@ class Config:
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     tls_ca_bundle: Path | None = None
+    #: [destinations] allow, deny: path patterns callers from other hosts may (not) reach
+    #: here, matched against the resolved path (nipc.destination.PathPolicy).
+    destination_allow: tuple[str, ...] = ("/**",)
+    destination_deny: tuple[str, ...] = ()
 
     @property
     def service_name(self) -> str:
@@ -364,6 +369,25 @@ def _dns(doc: Mapping[str, Any]) -> dict[str, Any]:
     return kw
 
 
+def _destinations(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """[destinations] allow and deny: lists of path patterns, as Config keyword arguments."""
+    sect = _section(doc, "destinations", {"allow", "deny"})
+    kw: dict[str, Any] = {}
+    for key in ("allow", "deny"):
+        if key not in sect:
+            continue
+        patterns = _typed(sect, "destinations", key, list)
+        for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise ConfigError(f"destinations.{key}: expected a list of path patterns (strings), "
+                                  f"got {pattern!r}")
+            problem = pattern_problem(pattern)
+            if problem is not None:
+                raise ConfigError(f"destinations.{key}: {pattern!r} {problem}")
+        kw[f"destination_{key}"] = tuple(patterns)
+    return kw
+
+
 def _read_pem(path: str, where: str) -> bytes:
     if not path:
         raise ConfigError(f"{where}: expected a file name")
@@ -465,7 +489,7 @@ def _check_modes(text: str, path: str | Path) -> None:
 
 def from_mapping(doc: Mapping[str, Any]) -> Config:
     check_known(doc, {"host", "kerberos", "local", "peer", "peers", "timeouts", "limits", "log",
-                      "imports", "admin", "metrics", "dns"}, "section", "")
+                      "imports", "admin", "metrics", "dns", "destinations"}, "section", "")
     host = _section(doc, "host", {"name", "realm"})
     krb = _section(
         doc,
@@ -569,6 +593,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         imports=_imports(doc.get("imports", [])),
         **_admin_and_metrics(doc),
         **_dns(doc),
+        **_destinations(doc),
         **_tls(peer),
         **{_LIMITS[key]: value for key, value in limits.items()},
         **kw,

@@ -4,6 +4,11 @@ Per-user destinations (SPEC section 2): ``%{uid}`` and ``%{user}`` in the path b
 projected identity's uid and account name on this host, the one making the connect, so
 one request line reaches each caller's own socket (``/run/user/%{uid}/bus``).
 
+Path policy (SPEC section 5): ``[destinations] allow``/``deny`` patterns say which paths
+callers from other hosts may reach here at all. They are matched against the path as
+resolved (every symlink and ``..`` followed as the caller, below), which is what the
+connect then reaches: a link or ``..`` cannot lead out of an allowed place.
+
 The connect is made by a thread of the daemon's own process that has become the caller.
 Whatever the kernel resolves relative to "this process" would therefore be the daemon's:
 ``/proc/self/cwd``, ``/proc/self/root``, ``/proc/self/fd/N``, ``/dev/fd/N``,
@@ -32,10 +37,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import os
 import re
 import socket
 import stat
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Callable
 
 from nipc.errors import NipcError, from_oserror
 from nipc.identity import LocalIdentity
@@ -56,19 +65,79 @@ _STATFS_SIZE = 256
 _PLACEHOLDER = re.compile(r"%\{(uid|user)\}")
 
 
+def _substitute(text: str, who: LocalIdentity, quote: Callable[[str], str] = str) -> str:
+    if "/" in who.user or who.user in (".", ".."):
+        raise NipcError("EINVAL", f"{text}: the account name {who.user!r} cannot be part of a path")
+    return _PLACEHOLDER.sub(lambda m: str(who.uid) if m[1] == "uid" else quote(who.user), text)
+
+
 def expand(path: str, who: LocalIdentity) -> str:
     """``path`` with ``%{uid}`` and ``%{user}`` replaced by ``who``'s; nothing else that
     holds ``%`` is touched. The result obeys the request's path rules (``ENAMETOOLONG``
     when it no longer fits ``sun_path``)."""
     if not _PLACEHOLDER.search(path):
         return path
-    if "/" in who.user or who.user in (".", ".."):
-        raise NipcError("EINVAL", f"{path}: the account name {who.user!r} cannot be part of a path")
-    expanded = _PLACEHOLDER.sub(lambda m: str(who.uid) if m[1] == "uid" else who.user, path)
+    expanded = _substitute(path, who)
     try:
         return check_path(expanded)
     except NipcError as e:
         raise NipcError(e.errno_name, f"{path} for {who.user}: {e.message}") from None
+
+
+def _names(path: str) -> list[str]:
+    return [name for name in path.split("/") if name not in ("", ".")]
+
+
+def _match(pattern: list[str], names: list[str]) -> bool:
+    """Component by component: ``fnmatch`` within one name (``*``, ``?``, ``[...]`` never
+    match ``/``), ``**`` for any number of whole names, none included."""
+    if not pattern:
+        return not names
+    if pattern[0] == "**":
+        return any(_match(pattern[1:], names[i:]) for i in range(len(names) + 1))
+    return bool(names) and fnmatchcase(names[0], pattern[0]) and _match(pattern[1:], names[1:])
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` can never be a destination pattern, or None if it can."""
+    if not pattern.startswith("/"):
+        return "must be an absolute path pattern"
+    if any(not c.isprintable() for c in pattern):
+        return "holds a control character"
+    names = pattern.split("/")
+    if ".." in names or "." in names:
+        return "is matched against resolved paths, which hold no '.' or '..'"
+    if any("**" in name and name != "**" for name in names):
+        return "'**' must be a whole path component (as in /run/**/x.sock)"
+    return None
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """One host's ``[destinations]``: a path is reachable from other hosts when it matches
+    an ``allow`` pattern and no ``deny`` pattern, after ``%{uid}``/``%{user}`` in the
+    patterns became the caller's (their account name quoted, so it stays literal)."""
+
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    host: str
+
+    def permits(self, path: str, who: LocalIdentity) -> bool:
+        names = _names(path)
+
+        def hit(patterns: tuple[str, ...]) -> bool:
+            return any(_match(_names(_substitute(p, who, glob.escape)), names) for p in patterns)
+
+        return hit(self.allow) and not hit(self.deny)
+
+    def check(self, path: str, resolved: str, who: LocalIdentity) -> None:
+        """``EACCES`` that names the policy unless ``resolved`` (where ``path`` led) is
+        permitted."""
+        if not self.permits(resolved, who):
+            via = f" (resolved: {resolved})" if resolved != path else ""
+            raise NipcError("EACCES", f"{path}{via}: outside the destinations {self.host}'s "
+                                      "policy lets callers from other hosts reach "
+                                      "([destinations] in its configuration)")
 
 
 def on_procfs(fd: int) -> bool:
@@ -126,17 +195,25 @@ def open_as_caller(path: str) -> int:
     return fd
 
 
-def connect_unix(path: str, conn_id: str, timeout: float, who: str) -> socket.socket:
-    """Connect to a pathname socket with this thread's credentials, resolved as above.
+def connect_unix(path: str, conn_id: str, timeout: float, who: LocalIdentity,
+                 policy: PathPolicy | None = None) -> socket.socket:
+    """Connect to a pathname socket with this thread's credentials (``who``'s), resolved as
+    above, if ``policy`` permits where it leads.
 
     The client end is bound to the abstract name ``nipc/<conn_id>``, so a server that
     looks at its peer's address can tell which routed connection this is.
     """
-    what = f"connect to {path} as {who}"
+    what = f"connect to {path} as {who.describe()}"
     try:
         fd = open_as_caller(path)
     except OSError as e:
         raise from_oserror(e, what) from None
+    try:
+        if policy is not None:
+            policy.check(path, os.readlink(f"/proc/self/fd/{fd}"), who)
+    except BaseException:
+        os.close(fd)
+        raise
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.bind(b"\0nipc/" + conn_id.encode("ascii"))

@@ -22,7 +22,7 @@ from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.destination import connect_unix, expand
+from nipc.destination import PathPolicy, connect_unix, expand
 from nipc.impersonate import on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
 from nipc.peer import Channel
@@ -100,6 +100,8 @@ class Inbound:
             "direction": "incoming",
         }
         timeout = self._config.connect_timeout
+        policy = PathPolicy(self._config.destination_allow, self._config.destination_deny,
+                            self._config.host_name)
 
         def admit() -> _Admission:
             """On one fresh thread: validate, project, become the caller, connect. The
@@ -111,7 +113,7 @@ class Inbound:
                 admission.who = who
                 switch_to(who)
                 admission.path = path = expand(hello.path, who)
-                admission.sock = connect_unix(path, conn_id, timeout, who.describe())
+                admission.sock = connect_unix(path, conn_id, timeout, who, policy)
             except NipcError as e:
                 admission.error = e
             return admission

@@ -108,7 +108,7 @@ class Router:
             self._registry.add(Routed(conn_id, who, None, (), self._config.host_name))
             return adopt_unix(self._reactor, sock)
 
-        d = run_as(self._reactor, who, lambda: connect_unix(expanded, conn_id, timeout, who.describe()))
+        d = run_as(self._reactor, who, lambda: connect_unix(expanded, conn_id, timeout, who))
         return d.addCallback(connected)
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,20 +21,21 @@ import pytest
 
 from acting import as_user, launch_daemon
 from conftest import require_root
-from local_daemon import stop_process
-from nipc.destination import MAX_SYMLINKS, connect_unix, expand
+from local_daemon import environ_for_cli, stop_process
+from nipc.config import ConfigError, from_mapping
+from nipc.destination import MAX_SYMLINKS, PathPolicy, connect_unix, expand
 from nipc.errors import NipcError
-from nipc.identity import LocalIdentity
+from nipc.identity import LocalIdentity, identity_of_user
 from nipc.sandbox import Host
 from support import UnixServer, audit_lines, read_line, run_client
 
 
-def attempt(user: str, path: str) -> str:
+def attempt(user: str, path: str, policy: PathPolicy | None = None) -> str:
     """``connect_unix`` as ``user``: "OK" or "<ERRNO> <message>"."""
 
     def job() -> str:
         try:
-            connect_unix(path, "t0", 5, user).close()
+            connect_unix(path, "t0", 5, identity_of_user(user), policy).close()
         except NipcError as e:
             return f"{e.errno_name} {e.message}"
         return "OK"
@@ -295,3 +299,161 @@ def test_an_expansion_past_sun_path_is_refused_by_the_receiving_host(
     assert out.get("error") == "ENAMETOOLONG", out
     out = run_client("bob", str(a.socket_path), "greet", f"{path}@{b.fqdn}")
     assert out.get("error") == "ENOENT", out
+
+
+# -- path policy (issue 11, SPEC section 5) --
+
+ALICE = LocalIdentity("alice", 1001, 1001, (1001,))
+
+
+@pytest.mark.parametrize(("allow", "deny", "path", "permitted"), [
+    (("/**",), (), "/anything/at/all.sock", True),  # the default
+    ((), (), "/run/x.sock", False),
+    (("/run/*.sock",), (), "/run/x.sock", True),
+    (("/run/*.sock",), (), "/run/sub/x.sock", False),  # * stays within one name
+    (("/run/**",), (), "/run/a/b/c.sock", True),
+    (("/run/**/c.sock",), (), "/run/c.sock", True),  # ** may be no name at all
+    (("/run/**/c.sock",), (), "/run/a/b/d.sock", False),
+    (("/run/**",), ("/run/secret/**",), "/run/secret/x.sock", False),  # deny wins
+    (("/run/**",), ("/run/secret/**",), "/run/public/x.sock", True),
+    (("/run/user/%{uid}/**",), (), "/run/user/1001/bus", True),
+    (("/run/user/%{uid}/**",), (), "/run/user/1002/bus", False),
+    (("/home/%{user}/*.sock",), (), "/home/alice/x.sock", True),
+    (("/run/[ab]?.sock",), (), "/run/a1.sock", True),
+    (("/run/%{uid}",), (), "/run/%{uid}", False),  # the pattern's %{uid} is the caller's
+], ids=lambda v: repr(v))
+def test_pattern_semantics(allow: tuple[str, ...], deny: tuple[str, ...], path: str,
+                           permitted: bool) -> None:
+    assert PathPolicy(allow, deny, "b").permits(path, ALICE) is permitted
+
+
+def test_an_account_name_in_a_pattern_is_literal() -> None:
+    star = LocalIdentity("a*", 7, 7, ())
+    policy = PathPolicy(("/home/%{user}/x.sock",), (), "b")
+    assert policy.permits("/home/a*/x.sock", star)
+    assert not policy.permits("/home/abc/x.sock", star)
+
+
+@pytest.mark.parametrize(("pattern", "problem"), [
+    ("run/*.sock", "absolute"), ("/run/../etc/*", "'..'"), ("/run/./x", "'.'"),
+    ("/run/**x", "whole path component"), ("/run/\nx", "control character"),
+])
+def test_patterns_that_could_never_match_are_refused_at_load(pattern: str, problem: str) -> None:
+    doc = {"host": {"name": "b.test", "realm": "T"},
+           "kerberos": {"keytab": "/k", "principal": "nipc/b.test"},
+           "destinations": {"allow": ["/ok/**"], "deny": [pattern]}}
+    with pytest.raises(ConfigError) as e:
+        from_mapping(doc)
+    assert "destinations.deny" in str(e.value) and problem in str(e.value)
+    doc["destinations"] = {"allow": "/run/**"}
+    with pytest.raises(ConfigError, match="destinations.allow: expected a list"):
+        from_mapping(doc)
+    doc["destinations"] = {"deny": ["/run/x/**"]}
+    config = from_mapping(doc)
+    assert (config.destination_allow, config.destination_deny) == (("/**",), ("/run/x/**",))
+
+
+def test_the_connect_goes_where_the_policy_looked(vault: Path) -> None:
+    """The race closed: a symlink swapped in after the path was checked (here: by the
+    check itself, the worst moment) does not redirect the connect; it reaches the socket
+    that was checked, held open since its resolution."""
+    top = vault.parent.parent
+    (top / "allowed").mkdir(mode=0o755)
+    (top / "elsewhere").mkdir(mode=0o755)
+    checked = UnixServer(str(top / "allowed" / "app.sock"), mode=0o666)
+    other = UnixServer(str(top / "elsewhere" / "app.sock"), mode=0o666)
+    (top / "allowed" / "current").symlink_to("app.sock")
+
+    class Swapping(PathPolicy):
+        def check(self, path: str, resolved: str, who: LocalIdentity) -> None:
+            link = top / "allowed" / "current"
+            link.unlink()
+            link.symlink_to(other.path)
+            super().check(path, resolved, who)
+
+    alice = identity_of_user("alice")
+    os.chown(top / "allowed", alice.uid, alice.gid)
+    allowed = (f"{top}/allowed/**",)
+    try:
+        assert attempt("alice", str(top / "allowed" / "current"), Swapping(allowed, (), "b")) == "OK"
+        for server in (checked, other):  # the server thread records the accept
+            for _ in range(200):
+                if server.seen:
+                    break
+                time.sleep(0.01)
+        assert len(checked.seen) == 1 and not other.seen
+        assert attempt("alice", str(top / "allowed" / "current"),
+                       PathPolicy(allowed, (), "b")).startswith("EACCES ")
+    finally:
+        checked.close()
+        other.close()
+
+
+
+def reload(host: Host) -> None:
+    """``nipc reload`` on ``host``'s admin socket; it must be applied."""
+    done = subprocess.run([sys.executable, "-m", "nipc.cli", "reload", "--admin",
+                           str(host.socket_path.parent / "admin.sock")],
+                          capture_output=True, text=True, timeout=60, env=environ_for_cli())
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.integration
+def test_a_path_policy_decides_on_where_the_path_leads(
+        vaulted: tuple[Host, Host, Path, int], homes: dict[str, UnixServer]) -> None:
+    """[destinations] on b, applied by a reload: allowed, outside the allow list, denied,
+    and a symlink or '..' from an allowed place to elsewhere (refused: the policy sees the
+    resolved path). Removed by another reload, everything is reachable again."""
+    a, b, _, _ = vaulted
+    run = b.run_dir
+    for name in ("open", "elsewhere"):
+        (run / name).mkdir(mode=0o755, exist_ok=True)
+    servers = [UnixServer(str(run / p), mode=0o666) for p in
+               ("open/public.sock", "open/private-1.sock", "elsewhere/app.sock")]
+    (run / "open" / "sub").mkdir(exist_ok=True)
+    for link, to in (("escape.sock", run / "elsewhere" / "app.sock"),
+                     ("to-private.sock", "private-1.sock"), ("to-public.sock", "sub/../public.sock")):
+        (run / "open" / link).unlink(missing_ok=True)
+        (run / "open" / link).symlink_to(to)
+    original = b.config_path.read_text()
+
+    def answer(caller: str, path: str) -> str:
+        out = run_client(caller, str(a.socket_path), "greet", f"{path}@{b.fqdn}")
+        return out.get("error") or "OK"
+
+    try:
+        b.config_path.write_text(original + f"""
+[destinations]
+allow = ["{run}/user/%{{uid}}/**", "{run}/open/**"]
+deny = ["{run}/open/private-*"]
+""")
+        reload(b)
+        bob_uid = b_account(b, "bob")[0]
+        cases = [
+            ("alice", f"{run}/user/%{{uid}}/%{{user}}.sock", "OK"),
+            ("bob", f"{run}/user/%{{uid}}/%{{user}}.sock", "OK"),
+            ("alice", f"{run}/user/{bob_uid}/bob.sock", "EACCES"),  # bob's place, not hers
+            ("alice", f"{run}/open/public.sock", "OK"),
+            ("alice", f"{run}/open/to-public.sock", "OK"),
+            ("alice", f"{run}/open/private-1.sock", "EACCES"),
+            ("alice", f"{run}/open/to-private.sock", "EACCES"),
+            ("alice", f"{run}/open/escape.sock", "EACCES"),
+            ("alice", f"{run}/open/../elsewhere/app.sock", "EACCES"),
+            ("alice", f"{run}/open/sub/../../elsewhere/app.sock", "EACCES"),
+            ("alice", f"{run}/elsewhere/app.sock", "EACCES"),
+        ]
+        got = [(caller, path, answer(caller, path)) for caller, path, _ in cases]
+        assert got == cases
+        assert not servers[1].seen and not servers[2].seen
+        refusals = [f for f in audit_lines(b.log_path)
+                    if f.get("errno") == "EACCES" and "escape.sock" in f.get("target", "")]
+        assert refusals and "policy" in refusals[-1]["reason"], refusals
+        assert f"resolved: {run}/elsewhere/app.sock" in refusals[-1]["reason"]
+        b.config_path.write_text(original)
+        reload(b)
+        assert answer("alice", f"{run}/open/escape.sock") == "OK"
+        assert answer("alice", f"{run}/elsewhere/app.sock") == "OK"
+    finally:
+        b.config_path.write_text(original)
+        for server in servers:
+            server.close()
