@@ -106,6 +106,9 @@ class Config:
     #: the rest are closed.
     drain_timeout: float = 30.0
     max_hops: int = 8
+    #: [peer] chain_accounts: local uids that may chain onward in the name of callers they
+    #: do not run as (SPEC section 6); everyone else only as themselves.
+    chain_accounts: frozenset[int] = frozenset()
     log_file: Path | None = None
     #: [log] journal: native journal entries with NIPC_* fields (True), twistd's text
     #: (False), or native exactly when stdout/stderr is journald's stream (None, "auto").
@@ -453,6 +456,20 @@ def _tls(peer: Mapping[str, Any]) -> dict[str, Any]:
     return kw
 
 
+def _chain_accounts(peer: Mapping[str, Any]) -> dict[str, Any]:
+    """[peer] chain_accounts (user names or uids), as the Config keyword argument."""
+    accounts = _opt(peer, "peer", "chain_accounts", list, [])
+    uids = set()
+    for account in accounts:
+        if isinstance(account, bool) or not isinstance(account, (str, int)):
+            raise ConfigError("peer.chain_accounts: expected a list of user names or uids")
+        try:
+            uids.add(account if isinstance(account, int) else pwd.getpwnam(account).pw_uid)
+        except KeyError:
+            raise ConfigError(f"peer.chain_accounts: no such user {account!r}") from None
+    return {"chain_accounts": frozenset(uids)}
+
+
 def load(path: str | Path) -> Config:
     """Read and check a configuration file."""
     try:
@@ -499,7 +516,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     )
     local = _section(doc, "local", {"socket", "owner", "group", "mode"})
     peer = _section(doc, "peer", {"listen", "port", "max_hops", "certificate", "private_key",
-                                  "ca_bundle"})
+                                  "ca_bundle", "chain_accounts"})
     peers = doc.get("peers", {})
     if not isinstance(peers, dict):
         raise ConfigError("[peers] must be a table of host = \"address:port\"")
@@ -595,6 +612,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         **_dns(doc),
         **_destinations(doc),
         **_tls(peer),
+        **_chain_accounts(peer),
         **{_LIMITS[key]: value for key, value in limits.items()},
         **kw,
     )

@@ -28,7 +28,7 @@ from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
 from nipc.limits import Limits
-from nipc.registry import Registry, Routed, held_by
+from nipc.registry import Registry, Routed, check_may_chain, held_by, one_caller
 from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
 from nipc.router import Router, new_connection_id
 from nipc.splice import End, Splice, UnixEnd
@@ -166,6 +166,8 @@ class LocalGate(UnixEnd):
             explicit = self._take_attached(NipcError(
                 "EINVAL", "file descriptors cannot be passed over NIPC (only an inbound NIPC "
                 "connection may be attached, to chain from it)"))
+            if explicit is not None:
+                check_may_chain(self.caller.uid, explicit, self._config.chain_accounts)
         except NipcError as e:
             self._refuse(e)
             return
@@ -173,12 +175,12 @@ class LocalGate(UnixEnd):
             self._refuse(NipcError("EACCES", "the attached connection carries no delegation to chain with"))
             return
         d: Deferred[Routed | None]
-        candidates = self._registry.delegations_for(self.caller.uid)
+        candidates = self._registry.delegations_for(self.caller.uid, self._config.chain_accounts)
         if explicit is not None or not candidates or self._router.is_local(request.host):
             d = succeed(explicit)
         else:
             d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), held_by,
-                                  self.caller.pid, candidates)
+                                  self.caller.pid, candidates).addCallback(one_caller)
         caller = self.caller
 
         def route(evidence: Routed | None) -> "Deferred[End]":

@@ -1,5 +1,5 @@
 """The connections this daemon made, so a server can ask who is behind one (``PEER``) and
-a service can chain onward in its caller's name.
+a service can chain onward in its caller's name, and who may (SPEC section 6).
 
 A routed connection is recognised by the kernel's word, never by a claim: the client end
 we connected is bound to the abstract name ``nipc/<conn_id>`` and its ``SO_PEERCRED`` pid
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 
 ABSTRACT_PREFIX = b"\0nipc/"
@@ -117,24 +118,52 @@ class Registry:
             conn_id = connection_id_of(sock)
         return self._routed.get(conn_id) if conn_id else None
 
-    def delegations_for(self, uid: int) -> dict[str, Routed]:
-        """Inbound connections made for ``uid`` that carry delegation evidence."""
-        return dict(self._delegations.get(uid, {}))
+    def delegations_for(self, uid: int, accounts: frozenset[int] = frozenset()) -> dict[str, Routed]:
+        """Inbound connections carrying delegation evidence that a process running as
+        ``uid`` may chain from: those made for ``uid``, or all of them when ``uid`` is one
+        of the service ``accounts`` the operator lets act for others."""
+        if uid not in accounts:
+            return dict(self._delegations.get(uid, {}))
+        return {conn_id: routed for held in self._delegations.values()
+                for conn_id, routed in held.items()}
 
 
-def held_by(pid: int, candidates: dict[str, Routed]) -> Routed | None:
-    """Which of ``candidates`` process ``pid`` holds the server end of, if any.
+def check_may_chain(uid: int, routed: Routed, accounts: frozenset[int]) -> None:
+    """A process running as ``uid`` attached ``routed``: it may act in that connection's
+    caller's name only as that very user, or as one of the service ``accounts``."""
+    if uid == routed.identity.uid or uid in accounts:
+        return
+    raise NipcError("EPERM", f"uid {uid} may not act for {routed.principal or routed.identity.user} "
+                             f"(uid {routed.identity.uid}): only a process running as that user, "
+                             "or an account in [peer] chain_accounts, may chain from its connection")
+
+
+def one_caller(found: list[Routed]) -> Routed | None:
+    """The inbound connection an implicit chain acts from. With connections of several
+    principals in one process, guessing could act for the wrong one: refuse."""
+    principals = sorted({str(routed.principal) for routed in found})
+    if len(principals) > 1:
+        raise NipcError("EINVAL", f"this process holds inbound connections of {len(principals)} "
+                                  f"callers ({', '.join(principals[:3])}): attach the one to act "
+                                  "for to the CONNECT request (SCM_RIGHTS)")
+    return found[0] if found else None
+
+
+def held_by(pid: int, candidates: dict[str, Routed]) -> list[Routed]:
+    """Which of ``candidates`` process ``pid`` holds the server end of.
 
     Looks at the process's sockets through ``pidfd_getfd(2)`` (the daemon is root).
-    The caller passes only connections made for the calling uid, so a root process
-    holding someone's connection does not become them. Blocking: run off the reactor.
+    The caller passes only connections the calling uid may chain from
+    (:meth:`Registry.delegations_for`), so a root process holding someone's connection
+    does not become them. Blocking: run off the reactor.
     """
+    found: list[Routed] = []
     if not candidates:
-        return None
+        return found
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
-        return None
+        return found
     try:
         fds = os.listdir(f"/proc/{pid}/fd")[:MAX_SCAN]
         for entry in fds:
@@ -146,7 +175,7 @@ def held_by(pid: int, candidates: dict[str, Routed]) -> Routed | None:
             local = _libc.syscall(_PIDFD_GETFD, pidfd, int(entry), 0)
             if local < 0:
                 if ctypes.get_errno() in (errno.EPERM, errno.ENOSYS):
-                    return None
+                    return []
                 continue
             try:
                 sock = socket.socket(fileno=local)
@@ -156,9 +185,9 @@ def held_by(pid: int, candidates: dict[str, Routed]) -> Routed | None:
             with sock:
                 conn_id = connection_id_of(sock)
             if conn_id in candidates:
-                return candidates[conn_id]
+                found.append(candidates[conn_id])
     except OSError:
-        return None
+        return []
     finally:
         os.close(pidfd)
-    return None
+    return found

@@ -60,18 +60,19 @@ def relay_reply(upstream: socket.socket, client: socket.socket) -> None:
         client.sendall(data)
 
 
-def chaining_service(b: Host, target: str, *, explicit: bool) -> UnixServer:
-    """A service on b, reachable by alice only, that calls ``target`` as its caller:
-    from a thread running as alice (implicit) or by attaching her connection (explicit)."""
+def chaining_service(b: Host, target: str, *, explicit: bool, user: str = "alice") -> UnixServer:
+    """A service on b, reachable by alice only, that calls ``target`` from a thread
+    running as ``user`` (alice herself by default): finding her connection implicitly,
+    or attaching it (explicit)."""
     alice = identity_of_user("alice")
+    runs_as = identity_of_user(user)
 
     def call(conn: socket.socket) -> None:
-        if not explicit:
-            become(alice, permanent=False)  # this handler thread only; it ends afterwards
+        become(runs_as, permanent=False)  # this handler thread only; it ends afterwards
         with connect_via(str(b.socket_path), target, conn if explicit else None) as up:
             relay_reply(up, conn)
 
-    name = "chain-explicit.sock" if explicit else "chain.sock"
+    name = f"chain-{'explicit' if explicit else 'implicit'}-{user}.sock"
     server = UnixServer(str(b.run_dir / name), mode=0o600, behaviour="call", call=call)
     import os
     os.chown(server.path, alice.uid, alice.gid)
@@ -194,6 +195,89 @@ def test_a_chain_longer_than_the_cap_is_refused(lan: dict[str, Host]) -> None:
                   str(c.run_dir / "dns.sock"), a.principal], check=False, timeout=60,
                  env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.stdout.split() == ["ELOOP"], proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def bob_may_chain(lan: dict[str, Host]) -> Iterator[Host]:
+    """b's daemon restarted with bob as a service account that may act for others."""
+    b = lan["b"]
+    original = b.config_path.read_text()
+    b.config_path.write_text(original.replace("[peer]\n", '[peer]\nchain_accounts = ["bob"]\n', 1))
+    b.stop_daemon()
+    b.start_daemon()
+    yield b
+    b.config_path.write_text(original)
+    b.stop_daemon()
+    b.start_daemon()
+
+
+def test_a_service_may_not_attach_someone_elses_connection(lan: dict[str, Host],
+                                                           c_server: UnixServer) -> None:
+    """A service on b running as bob attaches alice's inbound connection: EPERM (SPEC
+    section 6), c is never asked. (It used to reach c as alice.)"""
+    a, b, c = lan["a"], lan["b"], lan["c"]
+    before = len(c_server.seen)
+    service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=True, user="bob")
+    try:
+        reply = greet_through(a, b, service)
+    finally:
+        service.close()
+    assert reply.startswith("OK\nERR EPERM uid "), reply
+    assert "may not act for alice@LAN.TEST" in reply and "chain_accounts" in reply, reply
+    assert len(c_server.seen) == before
+
+
+def test_a_listed_service_account_may_chain(lan: dict[str, Host], c_server: UnixServer,
+                                            bob_may_chain: Host, sandbox: Sandbox) -> None:
+    """With bob in [peer] chain_accounts, the same service reaches c as alice."""
+    a, b, c = lan["a"], bob_may_chain, lan["c"]
+    service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=True, user="bob")
+    try:
+        reply = greet_through(a, b, service)
+    finally:
+        service.close()
+    lines = reply.split("\n")
+    assert lines[0] == "OK" and lines[1] == "OK", reply
+    assert json.loads(lines[2])["uid"] == sandbox.users["alice"].uid
+
+
+def test_the_implicit_form_refuses_to_guess(lan: dict[str, Host], c_server: UnixServer,
+                                            bob_may_chain: Host) -> None:
+    """A service account's process holding inbound connections of bob and of alice asks
+    without attaching one: EINVAL telling it to attach the fd; attaching works."""
+    a, b, c = lan["a"], bob_may_chain, lan["c"]
+    held = threading.Event()
+    release = threading.Event()
+
+    def keep(conn: socket.socket) -> None:
+        held.set()
+        release.wait(60)
+
+    keeper = UnixServer(str(b.run_dir / "keeper-bob.sock"), behaviour="call", call=keep)
+    bobs: dict[str, object] = {}
+    bob_client = threading.Thread(target=lambda: bobs.update(run_client(
+        "bob", str(a.socket_path), "raw-all", f"CONNECT {keeper.path}@{b.fqdn}\\n")))
+    bob_client.start()
+    before = len(c_server.seen)
+    try:
+        assert held.wait(60), "bob's connection did not reach the keeper"
+        for explicit in (False, True):
+            service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=explicit, user="bob")
+            try:
+                reply = greet_through(a, b, service)
+            finally:
+                service.close()
+            if explicit:
+                assert reply.split("\n")[:2] == ["OK", "OK"], reply
+            else:
+                assert reply.startswith("OK\nERR EINVAL "), reply
+                assert "2 callers" in reply and "attach the one" in reply, reply
+    finally:
+        release.set()
+        bob_client.join(60)
+        keeper.close()
+    assert len(c_server.seen) == before + 1  # only the attached one reached c
+    assert bobs.get("reply") == "OK\n", bobs
 
 
 def test_peer_refuses_what_it_did_not_make(lan: dict[str, Host]) -> None:

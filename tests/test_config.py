@@ -288,6 +288,17 @@ class TestPeerSection:
         """peer.max_hops is positive."""
         assert "peer.max_hops" in config_error(doc(peer={"max_hops": hops}))
 
+    def test_chain_accounts(self) -> None:
+        """peer.chain_accounts: user names or uids, as uids; nobody by default."""
+        assert from_mapping(doc()).chain_accounts == frozenset()
+        cfg = from_mapping(doc(peer={"chain_accounts": ["root", 4242]}))
+        assert cfg.chain_accounts == frozenset({0, 4242})
+
+    @pytest.mark.parametrize("accounts", [["no-such-user-x"], [True], "root", [1.5]])
+    def test_bad_chain_accounts(self, accounts: Any) -> None:
+        """A user that does not exist, or anything but a list of names and uids, is named."""
+        assert "peer.chain_accounts" in config_error(doc(peer={"chain_accounts": accounts}))
+
     def test_peer_value_must_be_a_string(self) -> None:
         """[peers] maps a host to an "address:port" string."""
         assert "peers.b.example" in config_error(doc(peers={"b.example": 7445}))
