@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,7 +43,6 @@ class _Admission:
 
     accepted: Accepted | None = None
     who: LocalIdentity | None = None
-    pac: dict[str, Any] | None = None
     sock: socket.socket | None = None
     #: The path after per-user expansion (SPEC section 2).
     path: str | None = None
@@ -109,8 +109,13 @@ class Inbound:
             admission = _Admission()
             try:
                 admission.accepted = acc = self._acceptor.accept(hello.token, binding)
-                who, admission.pac = self._project(acc)
+                who, pac = self._project(acc)
                 admission.who = who
+                # Known before the destination can accept: a server that at once asks
+                # PEER, or chains by attaching the connection, must find it registered.
+                blockingCallFromThread(self._reactor, self._registry.add, Routed(
+                    conn_id, who, acc.principal, hello.hops, hello.hops[0], pac=pac,
+                    delegation=acc.delegation))
                 switch_to(who)
                 admission.path = path = expand(hello.path, who)
                 admission.sock = connect_unix(path, conn_id, timeout, who, policy)
@@ -130,18 +135,15 @@ class Inbound:
             if admission.error is not None:
                 refused(admission.error, acc)
                 return
-            assert acc is not None and who is not None and admission.sock is not None
-            connected(admission.sock, acc, who, admission.pac)
+            assert acc is not None and admission.sock is not None
+            connected(admission.sock, acc)
 
-        def connected(sock: Any, acc: Accepted, who: LocalIdentity,
-                      pac: dict[str, Any] | None) -> None:
+        def connected(sock: Any, acc: Accepted) -> None:
             end = adopt_unix(self._reactor, sock)
             if channel.closed:
                 end.close()
                 refused(NipcError("ECONNRESET", "peer closed the channel before the connection was made"), acc)
                 return
-            self._registry.add(Routed(conn_id, who, acc.principal, hello.hops, hello.hops[0],
-                                      pac=pac, delegation=acc.delegation))
 
             def ended(splice: Splice) -> None:
                 self._registry.remove(conn_id)
@@ -154,6 +156,7 @@ class Inbound:
             channel.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 
         def refused(error: NipcError, acc: Accepted | None = None) -> None:
+            self._registry.remove(conn_id)  # if it got as far as being registered
             channel.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
             audit(log, "refused", dict(facts, errno=error.errno_name, reason=error.message), started)
 

@@ -324,6 +324,7 @@ def test_delegation_is_dropped_when_the_connection_closes(lan: dict[str, Host],
         release.set()
         for conn in held:
             conn.close()
+        assert keeper.seen[-1].ended.wait(30)  # the keeper's own end is closed too
         alice = identity_of_user("alice")
         result: dict[str, str] = {}
 
