@@ -87,10 +87,47 @@ def log_count(daemon: LocalDaemon, text: str) -> int:
 
 def sighup(daemon: LocalDaemon) -> None:
     """SIGHUP, and wait for the reload it starts to finish (applied or refused)."""
-    before = log_count(daemon, "configuration reloaded") + log_count(daemon, "reload refused")
-    os.kill(daemon.proc.pid, signal.SIGHUP)
-    wait_for("the reload's outcome in the log", lambda: log_count(
-        daemon, "configuration reloaded") + log_count(daemon, "reload refused") > before)
+    sighup_pid(daemon.proc.pid, daemon.log)
+
+
+def sighup_pid(pid: int, log: Callable[[], str]) -> None:
+    def outcomes() -> int:
+        text = log()
+        return text.count("configuration reloaded") + text.count("reload refused")
+
+    before = outcomes()
+    os.kill(pid, signal.SIGHUP)
+    wait_for("the reload's outcome in the log", lambda: outcomes() > before)
+
+
+def stream_across(sock: socket.socket, server: UnixServer, size: int, seeds: tuple[int, int],
+                  reloads: int, reload: Callable[[int], None]) -> None:
+    """Send ``size`` bytes of seed ``seeds[0]`` while reading the server's ``size`` bytes of
+    seed ``seeds[1]``; ``reload(n)`` for n = 1..reloads as the reply passes each step. Then
+    every byte must have arrived, in order, both ways."""
+    received = hashlib.sha256()
+    got = [0]
+
+    def read() -> None:
+        while data := sock.recv(1 << 17):
+            received.update(data)
+            got[0] += len(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    done = 0
+    for part in stream(seeds[0], size):
+        sock.sendall(part)
+        if got[0] > done * (size // (reloads + 2)) and done < reloads:
+            done += 1
+            reload(done)
+    sock.shutdown(socket.SHUT_WR)
+    reader.join(180)
+    sock.close()
+    assert done == reloads, "the stream ended before every reload was done"
+    assert got[0] == size and received.hexdigest() == digest_of(seeds[1], size)
+    wait_for("the server saw the end", server.seen[0].ended.is_set, 60)
+    assert server.seen[0].received == digest_of(seeds[0], size)
 
 
 def echo(daemon: LocalDaemon, server: UnixServer) -> socket.socket:
@@ -223,30 +260,13 @@ def test_sighup_keeps_a_stream_byte_exact(solo: LocalDaemon) -> None:
     server = UnixServer(str(solo.root / "bulk.sock"), behaviour=f"bulk:{size}:11")
     try:
         sock = connect(f"{server.path}@localhost", daemon=str(solo.socket), timeout=20)
-        received = hashlib.sha256()
-        got = [0]
 
-        def read() -> None:
-            while data := sock.recv(1 << 17):
-                received.update(data)
-                got[0] += len(data)
+        def reload(n: int) -> None:
+            rewrite(solo, f"request = {n + 4}", f"request = {n + 5}")
+            sighup(solo)
 
-        reader = threading.Thread(target=read)
-        reader.start()
-        reloads = 0
-        for part in stream(12, size):
-            sock.sendall(part)
-            if got[0] > reloads * (size // 8) and reloads < 6:
-                reloads += 1
-                rewrite(solo, f"request = {reloads + 4}", f"request = {reloads + 5}")
-                sighup(solo)
-        sock.shutdown(socket.SHUT_WR)
-        reader.join(120)
-        sock.close()
-        assert reloads >= 3
-        assert got[0] == size and received.hexdigest() == digest_of(11, size)
-        wait_for("the server saw the end", server.seen[0].ended.is_set)
-        assert server.seen[0].received == digest_of(12, size)
+        reloads = 6
+        stream_across(sock, server, size, (12, 11), reloads, reload)
         assert log_count(solo, "configuration reloaded") == reloads
         assert "reload refused" not in solo.log()
         assert "changed request_timeout" in solo.log()
@@ -561,39 +581,18 @@ def test_routed_stream_byte_exact_across_reloads(routed: tuple[Host, Host, Notif
     try:
         sock = as_user("alice", lambda: connect(f"{server.path}@{b.fqdn}",
                                                 daemon=str(a.socket_path), timeout=60))
-        received = hashlib.sha256()
-        got = [0]
-
-        def read() -> None:
-            while data := sock.recv(1 << 17):
-                received.update(data)
-                got[0] += len(data)
-
-        reader = threading.Thread(target=read)
-        reader.start()
         mark = len(listener.messages)
-        reloads = 0
-        for part in stream(22, size):
-            sock.sendall(part)
-            if got[0] > reloads * (size // 6) and reloads < 4:
-                reloads += 1
-                for host in (a, b):
-                    text = host.config_path.read_text()
-                    host.config_path.write_text(text.replace(
-                        "[timeouts]\n", f"[timeouts]\ndrain = {30 + reloads}\n", 1)
-                        if reloads == 1 else text.replace(f"drain = {29 + reloads}",
-                                                          f"drain = {30 + reloads}"))
-                    before = host.out_path.read_text().count("configuration reloaded")
-                    os.kill(host.daemon_pid() or 0, signal.SIGHUP)
-                    wait_for(f"{host.name} reloaded", lambda: host.out_path.read_text().count(
-                        "configuration reloaded") > before)
-        sock.shutdown(socket.SHUT_WR)
-        reader.join(180)
-        sock.close()
-        assert reloads == 4
-        assert got[0] == size and received.hexdigest() == digest_of(21, size)
-        wait_for("the server saw the end", server.seen[0].ended.is_set, 60)
-        assert server.seen[0].received == digest_of(22, size)
+
+        def reload(n: int) -> None:
+            for host in (a, b):
+                text = host.config_path.read_text()
+                host.config_path.write_text(
+                    text.replace("[timeouts]\n", f"[timeouts]\ndrain = {30 + n}\n", 1) if n == 1
+                    else text.replace(f"drain = {29 + n}", f"drain = {30 + n}"))
+                sighup_pid(host.daemon_pid() or 0, host.out_path.read_text)
+
+        reloads = 4
+        stream_across(sock, server, size, (22, 21), reloads, reload)
         for host in (a, b):
             log = host.out_path.read_text()
             assert "changed drain_timeout" in log and "reload refused" not in log
