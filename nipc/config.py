@@ -123,6 +123,9 @@ class Config:
     max_pending_per_source: int = 32
     #: HELLOs one peer link may send per second (burst: twice that); beyond, ``EAGAIN``.
     peer_handshakes_per_second: int = 1000
+    #: Connections peers route to this host, open at once: in all, and from one address.
+    max_inbound: int = 4096
+    max_inbound_per_source: int = 1024
     #: [admin] socket: relative means next to the gate socket; "" turns it off.
     admin_socket: str = "admin.sock"
     admin_group: int | None = None
@@ -180,6 +183,8 @@ _LIMITS = {
     "max_pending_peers": "max_pending_peers",
     "max_pending_per_source": "max_pending_per_source",
     "peer_handshakes_per_second": "peer_handshakes_per_second",
+    "max_inbound": "max_inbound",
+    "max_inbound_per_source": "max_inbound_per_source",
 }
 
 

@@ -211,10 +211,13 @@ def connect_unix(path: str, conn_id: str, timeout: float, who: LocalIdentity,
     try:
         if policy is not None:
             policy.check(path, os.readlink(f"/proc/self/fd/{fd}"), who)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    except OSError as e:  # EMFILE, ENFILE: this host's overload, not the caller's fault
+        os.close(fd)
+        raise from_oserror(e, what) from None
     except BaseException:
         os.close(fd)
         raise
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.bind(b"\0nipc/" + conn_id.encode("ascii"))
         sock.settimeout(timeout)

@@ -19,6 +19,13 @@ ERRNO_NAMES = frozenset(
 )
 
 MAX_MESSAGE = 400
+#: Which limit of the host ran out, named for the operator.
+_RESOURCE = {
+    "EMFILE": "the daemon's file descriptor limit, RLIMIT_NOFILE",
+    "ENFILE": "the system's file limit, fs.file-max",
+    "ENOBUFS": "kernel buffer memory",
+    "ENOMEM": "memory",
+}
 
 
 class NipcError(Exception):
@@ -61,5 +68,5 @@ def from_oserror(e: OSError, what: str) -> NipcError:
     if name in ("ECONNABORTED", "EPIPE"):
         return NipcError("ECONNRESET", f"{what}: {e.strerror}")
     if name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"):
-        return NipcError("EAGAIN", f"{what}: out of resources ({name})")
+        return NipcError("EAGAIN", f"{what}: out of resources ({name}: {_RESOURCE[name]})")
     return NipcError("EPROTO", f"{what}: {e.strerror or e}")

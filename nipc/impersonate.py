@@ -91,7 +91,10 @@ def on_fresh_thread(reactor: IReactorFromThreads, job: Callable[[], T]) -> "Defe
 
     # Not threading.Thread: its start() waits, holding up the reactor, until the new
     # thread has run; a raw thread is started and left to run.
-    _thread.start_new_thread(main, ())
+    try:
+        _thread.start_new_thread(main, ())
+    except RuntimeError as e:  # RLIMIT_NPROC, memory: overload, refused as such
+        done.errback(Failure(NipcError("EAGAIN", f"this host cannot start a thread now ({e})")))
     return done
 
 

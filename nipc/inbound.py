@@ -26,7 +26,8 @@ from nipc.identity import LocalIdentity
 from nipc.destination import PathPolicy, connect_unix, expand
 from nipc.impersonate import on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
-from nipc.peer import Channel
+from nipc.limits import Limits
+from nipc.peer import Channel, source_of
 from nipc.pac import PacError, decode_logon_info
 from nipc.memo import Memo
 from nipc.projection import project, resolve
@@ -53,12 +54,13 @@ class Inbound:
     """Handles the HELLO of every channel peers open on their links to this daemon."""
 
     def __init__(self, reactor: Any, config: Config, acceptor: Acceptor, registry: Registry,
-                 live: Connections) -> None:
+                 live: Connections, limits: Limits) -> None:
         self._reactor = reactor
         self._config = config
         self._acceptor = acceptor
         self._registry = registry
         self._live = live
+        self._limits = limits
         self._resolved: Memo[str, LocalIdentity] = Memo()
 
     def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
@@ -102,6 +104,14 @@ class Inbound:
         timeout = self._config.connect_timeout
         policy = PathPolicy(self._config.destination_allow, self._config.destination_deny,
                             self._config.host_name)
+        source = source_of(channel.link.transport.getPeer())  # type: ignore[union-attr]
+        counted = False
+
+        def uncount() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self._limits.inbound_left(source)
 
         def admit() -> _Admission:
             """On one fresh thread: validate, project, become the caller, connect. The
@@ -139,13 +149,18 @@ class Inbound:
             connected(admission.sock, acc)
 
         def connected(sock: Any, acc: Accepted) -> None:
-            end = adopt_unix(self._reactor, sock)
+            try:
+                end = adopt_unix(self._reactor, sock)
+            except NipcError as e:
+                refused(e, acc)
+                return
             if channel.closed:
                 end.close()
                 refused(NipcError("ECONNRESET", "peer closed the channel before the connection was made"), acc)
                 return
 
             def ended(splice: Splice) -> None:
+                uncount()
                 self._registry.remove(conn_id)
                 self._live.remove(conn_id)
                 audit(log, "routed", facts, started, splice, channel, end)
@@ -156,6 +171,7 @@ class Inbound:
             channel.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 
         def refused(error: NipcError, acc: Accepted | None = None) -> None:
+            uncount()
             self._registry.remove(conn_id)  # if it got as far as being registered
             channel.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
             audit(log, "refused", dict(facts, errno=error.errno_name, reason=error.message), started)
@@ -166,7 +182,9 @@ class Inbound:
 
         try:
             self._check_route(hello)
+            self._limits.inbound_arrived(source)
         except NipcError as e:
             refused(e)
             return
+        counted = True
         on_fresh_thread(self._reactor, admit).addCallback(admitted).addErrback(failed)

@@ -7,6 +7,7 @@ but a context it accepted with its own keytab, bound to the TLS channel it is ta
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -347,6 +348,18 @@ class Acceptor:
                 self._creds = gssapi.Credentials(usage="both", store=store)
             return self._creds
 
+    def _local_failure(self, e: GSSError) -> NipcError | None:
+        """A system error under the check (the keytab or replay cache could not be opened
+        or written: EMFILE, ENOSPC...) is this host's trouble, never the ticket's."""
+        code = getattr(e, "min_code", 0) or 0
+        if code not in errno.errorcode:
+            return None
+        text = " ".join(str(e.gen_message()).split())[:200]
+        log.warn("cannot check a peer's ticket: {error}", error=text)
+        return NipcError("EAGAIN", f"{self._config.host_name} cannot check tickets now: its "
+                         f"keytab or replay cache failed ({errno.errorcode[code]}: "
+                         f"{os.strerror(code)}); the ticket was not at fault")
+
     def accept(self, token: bytes, channel: bytes) -> Accepted:
         """Validate a peer's first token; blocking (the replay cache is a file)."""
         doing = "validating the peer's ticket"
@@ -359,7 +372,7 @@ class Acceptor:
             # the stored error only when ``complete`` is read: only a complete context counts.
             complete = ctx.complete
         except GSSError as e:
-            raise gss_failure(e, doing) from None
+            raise self._local_failure(e) or gss_failure(e, doing) from None
         if not complete:
             raise NipcError("EKEYREJECTED", f"{doing}: the exchange did not complete")
         name = ctx.initiator_name

@@ -9,6 +9,8 @@ again; an idle one is closed after ``[timeouts] link_idle``.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,7 @@ from twisted.python.failure import Failure
 
 from nipc.config import Config, PeerAddress
 from nipc.discovery import FirstReachable, PeerLocator, show
-from nipc.errors import NipcError
+from nipc.errors import NipcError, from_oserror
 from nipc.peer import ClientLink
 from nipc.splice import Adopted
 from nipc.tls import UnbufferedTLSFactory, check_peer_name, client_options, tls_failure, tune_tcp
@@ -52,6 +54,11 @@ def link_failure(failure: Failure, addresses: Sequence[PeerAddress], host: str) 
     if failure.check(neterror.DNSLookupError):
         return Failure(NipcError(
             "EHOSTUNREACH", f"cannot resolve {', '.join(a.host for a in addresses)}"))
+    cause = failure.value
+    if isinstance(cause, neterror.ConnectError) and cause.osError in (errno.EMFILE, errno.ENFILE):
+        # No socket for the dial: this host's overload, not the peer's absence.
+        return Failure(from_oserror(OSError(cause.osError, os.strerror(cause.osError)),
+                                    f"dialling the {where}"))
     if failure.check(neterror.ConnectError, neterror.ConnectionLost, neterror.ConnectionDone):
         return Failure(NipcError("EHOSTUNREACH", f"{where}: {failure.getErrorMessage()}"))
     return failure

@@ -141,6 +141,9 @@ class _Now:
         yield GaugeMetricFamily("nipc_local_clients",
                                 "Local client connections held (waiting, routing or spliced)",
                                 value=m.limits.active)
+        yield GaugeMetricFamily("nipc_inbound_connections",
+                                "Connections peers routed to this host, open now",
+                                value=m.limits.inbound)
 
 
 class MetricsPage(Resource):

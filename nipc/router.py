@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from nipc import wire
 from nipc.config import Config
-from nipc.errors import NipcError
+from nipc.errors import NipcError, from_oserror
 from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
 from nipc.destination import connect_unix, expand
 from nipc.impersonate import run_as
@@ -42,6 +42,8 @@ def adopt_unix(reactor: Any, sock: Any) -> UnixEnd:
     end = UnixEnd()
     try:
         reactor.adoptStreamConnection(sock.fileno(), sock.family, Adopted(end))
+    except OSError as e:  # EMFILE, ENFILE: the reactor takes a duplicate of the socket
+        raise from_oserror(e, "taking on the connected socket") from None
     finally:
         sock.close()
     return end

@@ -27,7 +27,7 @@ from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ProtocolTransition, TicketSource, ticket_source
-from nipc.limits import Limits
+from nipc.limits import Descriptors, Limits, open_fds
 from nipc.logs import LogFile, open_log
 from nipc.notify import Notifier, monotonic_usec
 from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
@@ -139,7 +139,9 @@ class NipcService(Service):
         self.logs = logs if logs is not None else LogFile()
         self.notifier = notifier if notifier is not None else Notifier()
         self.live = Connections()
-        self.limits = Limits(config, reactor.seconds)
+        self.limits = Limits(config, reactor.seconds, descriptors=Descriptors(
+            config.host_name, reactor.seconds, open_fds,
+            lambda count: deferToThreadPool(reactor, reactor.getThreadPool(), count)))
         self._ports: list[Any] = []
         self._imports: dict[str, tuple[Import, Any]] = {}
         self._loops: list[LoopingCall] = []
@@ -163,7 +165,7 @@ class NipcService(Service):
         self._tickets = tickets = ticket_source(reactor, config)
         acceptor = Acceptor(config)
         self._router = router = Router(reactor, config, tickets, registry)
-        inbound = Inbound(reactor, config, acceptor, registry, live)
+        inbound = Inbound(reactor, config, acceptor, registry, live, limits)
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config, router, registry, limits, live)
@@ -320,6 +322,7 @@ class NipcService(Service):
             "uptime": round(self.reactor.seconds() - self._started, 3),
             "connections": self.live.snapshot(),
             "local_clients": self.limits.active,
+            "inbound_connections": self.limits.inbound,
             "pending_peer_handshakes": self.limits.pending_peers,
             "links": self._links_now(),
         }

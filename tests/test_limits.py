@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
+from twisted.internet.defer import Deferred
 
 from nipc.config import from_mapping
 from nipc.errors import NipcError
-from nipc.limits import Limits
+from nipc.limits import FD_RESERVE, FDS_PER_CONNECTION, RECOUNT_AFTER, Descriptors, Limits
 
 BASE = {"host": {"name": "a.test", "realm": "T"}, "kerberos": {"keytab": "/k", "principal": "p@T"}}
 
@@ -62,3 +65,97 @@ def test_bad_limits_are_refused() -> None:
     for bad in ({"max_connections": 0}, {"max_per_caller": "5"}, {"nope": 1}):
         with pytest.raises(ConfigError):
             from_mapping({**BASE, "limits": bad})
+
+
+def test_inbound_caps_in_all_and_per_source() -> None:
+    """Connections peers route in: at most max_inbound in all and max_inbound_per_source
+    from one address, each refusal naming its key; a release makes room again."""
+    lim, _ = limits(max_inbound=5, max_inbound_per_source=3)
+    for _ in range(3):
+        lim.inbound_arrived("10.0.0.1")
+    with pytest.raises(NipcError) as e:
+        lim.inbound_arrived("10.0.0.1")
+    assert e.value.errno_name == "EAGAIN" and "max_inbound_per_source" in e.value.message
+    lim.inbound_arrived("10.0.0.2")
+    lim.inbound_arrived("10.0.0.2")
+    with pytest.raises(NipcError) as e:
+        lim.inbound_arrived("10.0.0.3")
+    assert e.value.errno_name == "EAGAIN" and "limits.max_inbound)" in e.value.message
+    lim.inbound_left("10.0.0.1")
+    lim.inbound_arrived("10.0.0.3")
+    assert lim.inbound == 5 and lim.inbound_by_source == {"10.0.0.1": 2, "10.0.0.2": 2, "10.0.0.3": 1}
+
+
+class FdWorld:
+    """Open descriptors and RLIMIT_NOFILE as a test sets them; counts run when asked."""
+
+    def __init__(self, open_now: int, limit: int) -> None:
+        self.open_now, self.limit, self.counts = open_now, limit, 0
+        self.queued: list[tuple[Deferred[int], Callable[[], int]]] = []
+
+    def count(self) -> int:
+        self.counts += 1
+        return self.open_now
+
+    def background(self, job: Callable[[], int]) -> "Deferred[int]":
+        d: Deferred[int] = Deferred()
+        self.queued.append((d, job))
+        return d
+
+    def finish_counts(self) -> None:
+        queued, self.queued = self.queued, []
+        for d, job in queued:
+            d.callback(job())
+
+
+def test_descriptor_headroom() -> None:
+    """Admissions are refused with EAGAIN naming RLIMIT_NOFILE once the last count plus
+    what was admitted since would eat into the reserve; a background recount (at most
+    one at a time, not more often than RECOUNT_AFTER) sees what was really used."""
+    now = [0.0]
+    room = 30
+    world = FdWorld(open_now=40, limit=40 + FD_RESERVE + room)
+    fds = Descriptors("b.test", lambda: now[0], world.count, world.background, lambda: world.limit)
+    lim = Limits(from_mapping(BASE), lambda: now[0], descriptors=fds)
+    first = 0
+    while not world.queued:  # a count starts once half the room may be used
+        lim.inbound_arrived("10.0.0.1")
+        first += 1
+    assert (first - 1) * FDS_PER_CONNECTION < room / 2 <= first * FDS_PER_CONNECTION
+    admitted = first
+    with pytest.raises(NipcError) as e:
+        while True:
+            lim.inbound_arrived("10.0.0.1")
+            admitted += 1
+    assert admitted == room // FDS_PER_CONNECTION and len(world.queued) == 1
+    assert e.value.errno_name == "EAGAIN" and "RLIMIT_NOFILE" in e.value.message
+    with pytest.raises(NipcError):
+        lim.admit(1000)
+    assert lim.active == 0 and lim.per_caller == {}  # a refusal counts nothing in
+    world.open_now = 40 + admitted  # each connection took 1 descriptor
+    world.finish_counts()
+    assert fds.estimate == 40 + admitted + (admitted - first) * FDS_PER_CONNECTION
+    lim.inbound_left("10.0.0.1")
+    assert fds.estimate == 40 + admitted + (admitted - first - 1) * FDS_PER_CONNECTION
+    # Connections taking 1 descriptor each, counts finishing promptly: admitted until the
+    # reserve is reached, not before.
+    while True:
+        try:
+            lim.admit(1000)
+        except NipcError:
+            break
+        world.open_now += 1
+        world.finish_counts()
+    assert world.limit - FD_RESERVE - 2 * FDS_PER_CONNECTION <= world.open_now <= world.limit - FD_RESERVE
+    # Refused again at once: no new count before RECOUNT_AFTER; then one, which sees the
+    # descriptors closed meanwhile.
+    world.finish_counts()
+    world.open_now -= 20
+    with pytest.raises(NipcError):
+        lim.admit(1000)
+    assert not world.queued
+    now[0] += RECOUNT_AFTER
+    with pytest.raises(NipcError):
+        lim.admit(1000)
+    world.finish_counts()
+    lim.admit(1000)
