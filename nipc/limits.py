@@ -39,6 +39,16 @@ def fd_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one, and return it. A soft limit below the
+    hard one (1024 by default, for programs that use select()) only makes the daemon
+    refuse early: its reactor uses epoll."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return fd_limit()
+
+
 def open_fds() -> int:
     """How many descriptors this process holds (blocking: O(descriptors))."""
     return len(os.listdir("/proc/self/fd")) - 1  # not the one listdir itself used

@@ -27,7 +27,7 @@ from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ProtocolTransition, TicketSource, ticket_source
-from nipc.limits import Descriptors, Limits, open_fds
+from nipc.limits import Descriptors, Limits, fds_needed, open_fds, raise_fd_limit
 from nipc.logs import LogFile, open_log
 from nipc.notify import Notifier, monotonic_usec
 from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
@@ -165,6 +165,11 @@ class NipcService(Service):
         self._tickets = tickets = ticket_source(reactor, config)
         acceptor = Acceptor(config)
         self._router = router = Router(reactor, config, tickets, registry)
+        fd_limit, needed = raise_fd_limit(), fds_needed(config)
+        if fd_limit < needed:
+            log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
+                     "overload will be refused at the descriptor limit first (raise LimitNOFILE= "
+                     "in nipcd.service)", limit=fd_limit, needed=needed)
         inbound = Inbound(reactor, config, acceptor, registry, live, limits)
 
         self._inbound = inbound

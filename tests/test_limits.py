@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 
 from nipc.config import from_mapping
 from nipc.errors import NipcError
-from nipc.limits import FD_RESERVE, FDS_PER_CONNECTION, RECOUNT_AFTER, Descriptors, Limits
+from nipc.limits import FD_RESERVE, FDS_PER_CONNECTION, RECOUNT_AFTER, Descriptors, Limits, fds_needed
 
 BASE = {"host": {"name": "a.test", "realm": "T"}, "kerberos": {"keytab": "/k", "principal": "p@T"}}
 
@@ -159,3 +159,16 @@ def test_descriptor_headroom() -> None:
         lim.admit(1000)
     world.finish_counts()
     lim.admit(1000)
+
+
+def test_unit_file_fd_limit_covers_the_limits() -> None:
+    """etc/nipcd.service's LimitNOFILE holds what the default [limits] allow, and what its
+    comment's arithmetic says (so the figures there stay true)."""
+    from pathlib import Path
+
+    unit = (Path(__file__).resolve().parents[1] / "etc" / "nipcd.service").read_text()
+    limit = int(unit.split("\nLimitNOFILE=", 1)[1].split()[0])
+    assert fds_needed(from_mapping(BASE)) == 13_120
+    assert "= 13,120 with the defaults" in unit
+    hub = from_mapping({**BASE, "limits": {"max_connections": 131072, "max_inbound": 131072}})
+    assert fds_needed(hub) == 394_048 <= limit and "(394,048)" in unit
