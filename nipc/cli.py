@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -22,7 +23,7 @@ from types import FrameType
 from typing import NoReturn, TextIO
 
 from nipc.client import connect as nipc_connect
-from nipc.client import check_gate, daemon_socket, peer_identity
+from nipc.client import daemon_socket, open_gate, peer_identity, send_connect
 from nipc.errors import NipcError
 from nipc.request import check_host, check_path
 
@@ -86,8 +87,24 @@ def _shutdown(sock: socket.socket, how: int) -> Callable[[], None]:
     return end
 
 
+def _end_output(fd: int) -> Callable[[], None]:
+    """The server's EOF passed on at once: ``fd`` (our stdout) is half-closed if it is a
+    socket and released (pointed at /dev/null), so whoever reads it sees EOF now, while
+    stdin may still flow to the server. ``ssh -W``-style ProxyCommand users depend on it."""
+
+    def end() -> None:
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            with socket.socket(fileno=os.dup(fd)) as out:
+                _shutdown(out, socket.SHUT_WR)()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return end
+
+
 def bridge(sock: socket.socket, stdin: int, stdout: int) -> None:
-    """stdin -> socket and socket -> stdout, each direction half-closed on its own EOF.
+    """stdin -> socket and socket -> stdout, each direction half-closed on its own EOF
+    (stdout closed as soon as the server ends its side).
 
     Returns when the socket gave EOF and stdin did too (or stdin is a terminal, which
     would otherwise keep an interactive session open after the server has gone).
@@ -104,7 +121,7 @@ def bridge(sock: socket.socket, stdin: int, stdout: int) -> None:
     sender = threading.Thread(target=upstream, name="nipc-stdin", daemon=True)
     sender.start()
     try:
-        pump(sock.recv, _write_fd(stdout), lambda: None)
+        pump(sock.recv, _write_fd(stdout), _end_output(stdout))
     except BrokenPipeError:  # the reader of our stdout went away (``| head``)
         raise SystemExit(128 + signal.SIGPIPE) from None
     if not os.isatty(stdin):
@@ -127,6 +144,22 @@ def cmd_connect(args: argparse.Namespace) -> int:
 # -- forwarding ---------------------------------------------------------------------------
 
 
+#: How long a refused client of ``nipc forward`` may take to send its first bytes, which
+#: turn the close into a reset (see :func:`_reset`).
+RESET_WAIT = 5.0
+
+
+def _reset(client: socket.socket) -> None:
+    """End a refused client's connection as a reset (``ECONNRESET``), not a clean EOF it
+    could take for an empty answer. An AF_UNIX close is a reset only while bytes the client
+    sent lie unread (SO_LINGER does nothing there), so wait, up to :data:`RESET_WAIT`, for
+    its first bytes, unread, before closing; a client that sends nothing sees EOF."""
+    poller = select.poll()
+    poller.register(client, select.POLLIN)
+    poller.poll(RESET_WAIT * 1000)
+    client.close()
+
+
 def _splice(client: socket.socket, target: str, daemon: str | None, timeout: float,
             log: TextIO) -> None:
     """One accepted connection: route it, then relay both ways with half-close."""
@@ -135,6 +168,7 @@ def _splice(client: socket.socket, target: str, daemon: str | None, timeout: flo
             routed = route(target, daemon, timeout)
         except CommandError as e:
             print(f"nipc forward: {e}", file=log, flush=True)
+            _reset(client)
             return
         with routed:
 
@@ -299,12 +333,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     except OSError:
         report.note(f"{host} does not resolve here (fine if it is in the daemon's [peers] table)")
 
+    # The CONNECT goes over this very connection: a probe closed without a request would
+    # leave a "refused EINVAL" audit line behind in the daemon's log.
     started = time.monotonic()
     try:
-        check_gate(daemon)
-        with socket.socket(socket.AF_UNIX) as probe:
-            probe.settimeout(args.timeout)
-            probe.connect(daemon)
+        gate = open_gate(daemon)
     except OSError as e:
         name = errno.errorcode.get(e.errno or 0, "ERROR")
         report.step(False, started, f"local daemon socket {daemon}: {name} {e.strerror}",
@@ -315,7 +348,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     started = time.monotonic()
     target = f"{PROBE_PATH}@{host}"
     try:
-        nipc_connect(target, daemon=daemon, timeout=args.timeout).close()
+        with gate:
+            send_connect(gate, target, args.timeout)
     except OSError as e:
         name = errno.errorcode.get(e.errno or 0, "ERROR")
         if name == "ENOENT":
@@ -538,14 +572,17 @@ def parser() -> argparse.ArgumentParser:
     c = verb("connect", "bridge stdin/stdout to PATH@HOST",
              "Connect to PATH@HOST and copy stdin to it and it to stdout, verbatim. EOF on "
              "stdin half-closes the connection (the server sees EOF) while its answer keeps "
-             "flowing to stdout. Usable in pipelines and as an ssh ProxyCommand.")
+             "flowing to stdout; when the server ends its side, stdout is closed at once "
+             "while stdin still flows. Usable in pipelines and as an ssh ProxyCommand.")
     c.add_argument("target", metavar="PATH@HOST")
     c.set_defaults(run=cmd_connect)
 
     f = verb("forward", "serve a local socket that routes to PATH@HOST",
              "Listen on LOCAL_SOCKET and route each accepted connection to PATH@HOST through "
              "the daemon, as you: whoever can connect to LOCAL_SOCKET acts with your identity, "
-             "hence mode 0600 by default. The socket is removed on exit (Ctrl-C, SIGTERM).")
+             "hence mode 0600 by default. A refused route resets the client's connection (once it "
+             "has sent something, up to 5 s) and the reason goes to stderr. The socket is "
+             "removed on exit (Ctrl-C, SIGTERM).")
     f.add_argument("local_socket", metavar="LOCAL_SOCKET")
     f.add_argument("target", metavar="PATH@HOST")
     f.add_argument("--mode", type=_mode, default=0o600, metavar="OCTAL",

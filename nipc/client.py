@@ -141,17 +141,29 @@ def peer_identity(conn: socket.socket, *, daemon: str | None = None,
     raise (error.to_oserror() if error else OSError(errno.EPROTO, "unexpected PEER answer"))
 
 
+def open_gate(path: str | None = None) -> socket.socket:
+    """A connection to the daemon (``path``, else :func:`daemon_socket`) once it is trusted,
+    ready for one request (:func:`send_connect`)."""
+    return _open_gate(path or daemon_socket())
+
+
+def send_connect(sock: socket.socket, target: str, timeout: float | None = None) -> None:
+    """Send ``CONNECT target`` on a fresh connection to the daemon and read its reply:
+    returns once routed, raises ``OSError`` for a refusal."""
+    sock.settimeout(timeout)
+    sock.sendall(f"CONNECT {target}\n".encode("utf-8"))
+    error = parse_reply(_read_reply(sock))
+    if error is not None:
+        raise error.to_oserror()
+
+
 def connect(target: str, *, daemon: str | None = None, timeout: float | None = None) -> socket.socket:
     """Connect to ``target`` (``/path@host``) through the local NIPC daemon."""
     # A blocking connect waits for room in the daemon's listen queue; with a timeout set,
     # an AF_UNIX connect would fail at once with EAGAIN when the queue is full.
-    sock = _open_gate(daemon or daemon_socket())
+    sock = open_gate(daemon)
     try:
-        sock.settimeout(timeout)
-        sock.sendall(f"CONNECT {target}\n".encode("utf-8"))
-        error = parse_reply(_read_reply(sock))
-        if error is not None:
-            raise error.to_oserror()
+        send_connect(sock, target, timeout)
         return sock
     except BaseException:
         sock.close()

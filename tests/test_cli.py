@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
+from local_daemon import LocalDaemon
 from nipc import cli
 from nipc.sandbox import Host, Sandbox
 from support import CLIENT_PYTHON, UnixServer, client_dir, read_line
@@ -130,6 +131,44 @@ def test_connect_refusal_is_one_line_and_nonzero(tmp_path: Path) -> None:
         d.close()
 
 
+def test_connect_closes_stdout_as_soon_as_the_server_ends(tmp_path: Path) -> None:
+    """The server says goodbye and ends its side: stdout reaches EOF at once, although
+    stdin is still open (ssh -W and ProxyCommand users depend on it); what stdin sends
+    afterwards still reaches the server."""
+    got: list[bytes] = []
+
+    def goodbye(conn: socket.socket) -> None:
+        conn.sendall(b"bye\n")
+        conn.shutdown(socket.SHUT_WR)
+        got.append(b"".join(iter(lambda: conn.recv(65536), b"")))
+
+    d = FakeDaemon(tmp_path / "d.sock", serve=goodbye)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NIPC_SOCKET": str(d.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "nipc.cli", "connect", "/srv/x.sock@b.example"],
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        out: list[bytes] = []
+        reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(30)
+        assert out == [b"bye\n"], "stdout still open while stdin is"
+        proc.stdin.write(b"late words\n")
+        proc.stdin.close()
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+        for _ in range(300):
+            if got:
+                break
+            time.sleep(0.01)
+        assert got == [b"late words\n"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        d.close()
+
+
 def test_connect_without_daemon_names_the_socket(tmp_path: Path) -> None:
     out = nipc("connect", "/srv/x.sock@b.example", "--daemon", str(tmp_path / "none.sock"), input=b"")
     assert out.returncode == 1
@@ -218,7 +257,10 @@ def test_forward_routes_each_connection_and_cleans_up(fake: FakeDaemon, tmp_path
     assert not local.exists()
 
 
-def test_forward_closes_the_client_on_refusal(tmp_path: Path) -> None:
+def test_forward_resets_a_refused_client(tmp_path: Path) -> None:
+    """A refused route is a reset at the local client, not a clean EOF it could take for
+    an empty answer, even when the client speaks only after the refusal; the reason goes
+    to stderr."""
     d = FakeDaemon(tmp_path / "d.sock", reply=b"ERR ENOENT no such socket\n")
     local = tmp_path / "app.sock"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -226,12 +268,19 @@ def test_forward_closes_the_client_on_refusal(tmp_path: Path) -> None:
                              str(local), "/srv/app.sock@b.example"], env=env, stderr=subprocess.PIPE)
     try:
         wait_until_listening(proc, local)
-        assert talk(local, b"") == b""  # (with unread bytes the close is a reset)
+        for delay in (0.0, 0.5):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(30)
+                s.connect(str(local))
+                time.sleep(delay)  # the refusal is back by now
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                with pytest.raises(ConnectionResetError):
+                    s.recv(4096)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=10)
         d.close()
-    assert b"nipc forward: ENOENT: no such socket" in err
+    assert err.count(b"nipc forward: ENOENT: no such socket") == 2
     assert not local.exists()
 
 
@@ -256,6 +305,31 @@ def test_check_enoent_proves_the_path(tmp_path: Path) -> None:
         assert d.requests == [b"CONNECT /nonexistent-nipc-check@b.example\n"]
     finally:
         d.close()
+
+
+def test_check_leaves_no_refused_einval_audit_line(tmp_path: Path) -> None:
+    """Against a real daemon: the check's only trace is the audit line of its probe
+    (ENOENT), not one more "refused EINVAL" for a connection closed without a request."""
+    require_root()
+    (tmp_path / "solo").mkdir()
+    daemon = LocalDaemon(tmp_path / "solo")
+
+    def audits() -> list[str]:
+        return [line for line in daemon.log().splitlines() if "nipc-audit" in line]
+
+    try:
+        time.sleep(0.5)  # the start-up probe's own line (LocalDaemon's) is written
+        before = len(audits())
+        out = nipc("check", "localhost", daemon=daemon.socket)
+        assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+        deadline = time.monotonic() + 20
+        while "nonexistent-nipc-check" not in daemon.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        new = audits()[before:]
+        assert len(new) == 1 and "errno=ENOENT" in new[0], new
+    finally:
+        daemon.stop()
 
 
 @pytest.mark.parametrize(("answer", "hint"), [
