@@ -61,7 +61,8 @@ class Inbound:
         self._registry = registry
         self._live = live
         self._limits = limits
-        self._resolved: Memo[str, LocalIdentity] = Memo()
+        #: Keyed by the realms too: a reload that stops trusting a realm applies at once.
+        self._resolved: Memo[tuple[str, tuple[str, ...]], LocalIdentity] = Memo()
 
     def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
         """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
@@ -80,7 +81,7 @@ class Inbound:
                 "protocol_transition": "S-1-18-2" in info.extra_sids,
             }
         realms = self._config.realms()
-        resolved = self._resolved.answer(acc.principal, lambda p: resolve(p, realms))
+        resolved = self._resolved.answer((acc.principal, realms), lambda key: resolve(*key))
         return project(acc.principal, realms, self._config.allow_root, resolved), pac
 
     def _check_route(self, hello: wire.Hello) -> None:

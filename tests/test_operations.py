@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ from local_daemon import LocalDaemon, environ_for_cli
 from nipc.cli import ask_status
 from nipc.client import connect
 from nipc.sandbox import Host
-from support import UnixServer, digest_of, read_line, stream
+from support import CLIENT_PYTHON, UnixServer, client_dir, digest_of, read_line, stream
 
 #: A keytab holding no key: enough for a reload's "is the keytab readable" check.
 EMPTY_KEYTAB = b"\x05\x02"
@@ -235,6 +236,18 @@ def test_reload_applies_new_limits_and_refuses_a_bad_file(make_solo: Callable[[s
             sock.close()
     finally:
         server.close()
+
+
+def test_only_root_may_reload(make_solo: Callable[[str], LocalDaemon]) -> None:
+    """A member of the [admin] group may ask for STATUS, not RELOAD: EPERM, nothing done."""
+    solo = make_solo('[admin]\ngroup = "nogroup"\n')
+    nobody = pwd.getpwnam("nobody")  # primary group nogroup
+    argv = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--init-groups",
+            "--", CLIENT_PYTHON, "-m", "nipc.cli", "reload", "--admin", str(solo.admin)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/",
+                         env={"PYTHONPATH": str(client_dir()), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 1 and "EPERM: only root may reload" in out.stderr, out.stderr
+    assert "reloading the configuration" not in solo.log()
 
 
 def test_restart_only_keys_are_named(solo: LocalDaemon) -> None:
@@ -721,3 +734,37 @@ def test_journal_encoding_newlines_and_big_entries(tmp_path: Path) -> None:
     assert not under_journald({"JOURNAL_STREAM": "1:1"})
     st = os.fstat(2)
     assert under_journald({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+
+
+@pytest.mark.integration
+def test_trusted_realms_reloaded_for_new_connections_only(
+        routed: tuple[Host, Host, NotifyListener]) -> None:
+    """b stops trusting a's realm by a reload: a new connection from a is refused (EACCES),
+    the one already routed carries on; trusting it again by another reload lets new ones in."""
+    a, b, _ = routed
+    server = UnixServer(str(b.run_dir / "realms.sock"))
+    original = b.config_path.read_text()
+
+    def alice() -> socket.socket:
+        sock = as_user("alice", lambda: connect(f"{server.path}@{b.fqdn}",
+                                                daemon=str(a.socket_path), timeout=60))
+        assert read_line(sock).startswith(b"{")
+        return sock
+
+    try:
+        with alice() as before:
+            b.config_path.write_text(original.replace(
+                "[kerberos]\n", '[kerberos]\ntrusted_realms = ["ELSEWHERE.TEST"]\n', 1))
+            sighup_pid(b.daemon_pid() or 0, b.out_path.read_text)
+            assert "changed trusted_realms" in b.out_path.read_text()
+            with pytest.raises(PermissionError):
+                alice()
+            round_trip(before, b"still routed")
+            b.config_path.write_text(original)
+            sighup_pid(b.daemon_pid() or 0, b.out_path.read_text)
+            with alice() as after:
+                round_trip(after)
+            round_trip(before)
+    finally:
+        b.config_path.write_text(original)
+        server.close()
