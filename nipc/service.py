@@ -143,6 +143,8 @@ class NipcService(Service):
             config.host_name, reactor.seconds, open_fds,
             lambda count: deferToThreadPool(reactor, reactor.getThreadPool(), count)))
         self._ports: list[Any] = []
+        #: The operators' sockets (admin, metrics): open while connections drain, to watch.
+        self._watch_ports: list[Any] = []
         self._imports: dict[str, tuple[Import, Any]] = {}
         self._loops: list[LoopingCall] = []
         self._tickets: TicketSource | None = None
@@ -298,7 +300,7 @@ class NipcService(Service):
         group = config.admin_group
         factory = AdminFactory(self.reactor, group, self.status, config.request_timeout,
                                self.reload)
-        self._ports.append(self.reactor.listenUNIX(
+        self._watch_ports.append(self.reactor.listenUNIX(
             where, factory, mode=0o600 if group is None else 0o660, wantPID=False))
         if group is not None:
             os.chown(where, -1, group)
@@ -315,8 +317,8 @@ class NipcService(Service):
         self.metrics = metrics = Metrics(self.live, self.limits, self._links_now)
         audit.observers.append(metrics.audited)
         self._observers.append(metrics.audited)
-        self._ports.append(self.reactor.listenTCP(where.port, metrics_site(metrics),
-                                                  interface=where.host))
+        self._watch_ports.append(self.reactor.listenTCP(where.port, metrics_site(metrics),
+                                                        interface=where.host))
         log.info("metrics on http://{addr}:{port}/metrics", addr=where.host, port=where.port)
 
     def status(self) -> dict[str, Any]:
@@ -517,8 +519,9 @@ class NipcService(Service):
     # -- stopping -----------------------------------------------------------------------
 
     def stopService(self) -> "Deferred[Any]":
-        """Stop accepting (every socket closes), let routed connections finish for up to
-        ``[timeouts] drain`` seconds, then close what is left."""
+        """Stop accepting (the gate, peer and import sockets close), let routed connections
+        finish for up to ``[timeouts] drain`` seconds, then close what is left; the admin
+        socket and the metrics endpoint close last, so operators can watch the drain."""
         super().stopService()  # type: ignore[no-untyped-call]
         self._draining = True
         self.notifier.send(STOPPING=1, STATUS=f"stopping: draining {len(self.live)} connection(s)")
@@ -527,6 +530,8 @@ class NipcService(Service):
         d = DeferredList([maybeDeferred(p.stopListening) for p in ports])
         d.addCallback(lambda _: self._drain())
         d.addCallback(lambda _: self._stopped())
+        d.addCallback(lambda _: DeferredList([maybeDeferred(p.stopListening)
+                                              for p in self._watch_ports]))
         return d
 
     def _drain(self) -> "Deferred[None]":

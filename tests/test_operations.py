@@ -391,6 +391,9 @@ def test_sigterm_stops_accepting_and_drains(make_solo: Callable[[str], LocalDaem
         time.sleep(0.5)
         assert solo.proc.poll() is None
         round_trip(sock, b"draining" * 1000)
+        # The admin socket stays for operators to watch the drain.
+        (draining,) = ask_status(str(solo.admin), 10)["connections"]
+        assert draining["bytes_in"] == 8000
         start = time.monotonic()
         sock.close()
         solo.proc.wait(30)
@@ -768,3 +771,27 @@ def test_trusted_realms_reloaded_for_new_connections_only(
     finally:
         b.config_path.write_text(original)
         server.close()
+
+
+def test_watchdog_pings_come_from_the_reactor(tmp_path: Path) -> None:
+    """The pings are scheduled on the reactor's clock: no turn of the reactor, no ping."""
+    from twisted.internet.task import Clock
+
+    from nipc.notify import Notifier
+
+    listener = NotifyListener(str(tmp_path / "notify.sock"))
+    try:
+        clock = Clock()
+        notifier = Notifier({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "2000000"})
+        ping = notifier.start_watchdog(clock)
+        assert ping is not None
+        listener.wait("the first ping", lambda m: m.get("WATCHDOG") == "1")
+        time.sleep(0.5)
+        assert listener.pings(0) == 1  # real time passes, the reactor's does not: no ping
+        clock.advance(1.0)
+        clock.advance(1.0)
+        wait_for("two more pings", lambda: listener.pings(0) == 3)
+        ping.stop()
+        notifier.close()
+    finally:
+        listener.close()
