@@ -4,21 +4,30 @@ as native journal entries under journald (:func:`twistd_observer`).
 The file is (re)opened on every reload and on SIGUSR1, so logrotate can move it and then
 ``systemctl reload nipcd`` (no copytruncate, no lost lines): the new file is opened and
 its observer installed before the old one is removed and closed.
+
+A file that cannot be written (a full disk, an I/O error) costs the lines it drops, never
+routing: each record is one ``write(2)``; a failure is counted (``nipc_log_lines_dropped``)
+and logged once on the other observers, and once more when writing works again. (Raised,
+it would reach Twisted's publisher, which reports it with a traceback per line.)
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    Logger,
+    eventAsJSON,
     globalLogPublisher,
-    jsonFileLogObserver,
     textFileLogObserver,
 )
 
@@ -58,9 +67,15 @@ class LogFile:
 
     def __init__(self, publisher: Any = globalLogPublisher) -> None:
         self._publisher = publisher
+        #: Says that the file fails, and that it works again, to the other observers.
+        self._log = Logger(namespace=__name__, observer=publisher)
         self._file: IO[str] | None = None
         self._observer: Any = None
         self.path: Path | None = None
+        #: Records the file could not take, since start (the metric).
+        self.dropped = 0
+        #: Records dropped since writing last worked; None while it works.
+        self._failing: int | None = None
 
     def switch(self, path: Path | None, opened: IO[str] | None) -> None:
         """Log to ``opened`` (from :func:`open_log` of ``path``) from now on."""
@@ -68,7 +83,7 @@ class LogFile:
         self.path, self._file, self._observer = path, opened, None
         if opened is not None:
             self._observer = FilteringLogObserver(
-                jsonFileLogObserver(opened),
+                cast(ILogObserver, partial(self._write, opened.fileno())),
                 [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
             )
             self._publisher.addObserver(self._observer)
@@ -76,6 +91,30 @@ class LogFile:
             self._publisher.removeObserver(old_observer)
         if old_file is not None:
             old_file.close()
+
+    def _write(self, fd: int, event: dict[str, Any]) -> None:
+        """One RFC 7464 record (``jsonFileLogObserver``'s format) in one ``write(2)`` on
+        the append-mode file, bypassing Python's buffer, which would keep a failed line and
+        write it, torn, later. A record cut short by a full disk is followed by the next
+        record's separator, so readers resynchronise."""
+        record = ("\x1e" + eventAsJSON(event) + "\n").encode("utf-8")
+        try:
+            done = 0
+            while done < len(record):
+                done += os.write(fd, record[done:])
+        except OSError as e:
+            self.dropped += 1
+            if self._failing is None:
+                self._failing = 0
+                self._log.error("cannot write the log file {path}: {error}; dropping its lines "
+                          "(counted in nipc_log_lines_dropped) until it can be written again",
+                          path=str(self.path), error=e.strerror or errno.errorcode.get(e.errno or 0))
+            self._failing += 1
+            return
+        if self._failing is not None:
+            lost, self._failing = self._failing, None
+            self._log.info("the log file {path} is written again; {lost} line(s) were lost",
+                     path=str(self.path), lost=lost)
 
     def reopen(self) -> None:
         """Open the same path again (after logrotate moved the file away)."""

@@ -36,11 +36,14 @@ class Metrics:
     """The daemon's metrics in their own registry (embedding never mixes two daemons')."""
 
     def __init__(self, live: Connections, limits: Limits,
-                 links: Callable[[], list[dict[str, Any]]] = list) -> None:
+                 links: Callable[[], list[dict[str, Any]]] = list,
+                 log_dropped: Callable[[], int] = lambda: 0) -> None:
         self.live = live
         self.limits = limits
         #: The peer links now (as ``nipc status`` shows them).
         self.links = links
+        #: Lines the [log] file could not take so far (:class:`nipc.logs.LogFile`).
+        self.log_dropped = log_dropped
         self.registry = CollectorRegistry()
         self.routed = Counter(
             "nipc_routed_connections", "Connections routed (OK sent), by direction: outgoing "
@@ -138,6 +141,9 @@ class _Now:
             channels.add_metric([direction], open_channels)
         yield links
         yield channels
+        yield CounterMetricFamily("nipc_log_lines_dropped", "Log lines (audit lines included) "
+                                  "the [log] file could not take: a full disk, an I/O error",
+                                  value=m.log_dropped())
         yield GaugeMetricFamily("nipc_local_clients",
                                 "Local client connections held (waiting, routing or spliced)",
                                 value=m.limits.active)

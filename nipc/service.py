@@ -314,7 +314,8 @@ class NipcService(Service):
             return
         from nipc.metrics import Metrics, metrics_site  # prometheus_client only when used
 
-        self.metrics = metrics = Metrics(self.live, self.limits, self._links_now)
+        self.metrics = metrics = Metrics(self.live, self.limits, self._links_now,
+                                         lambda: self.logs.dropped)
         audit.observers.append(metrics.audited)
         self._observers.append(metrics.audited)
         self._watch_ports.append(self.reactor.listenTCP(where.port, metrics_site(metrics),
