@@ -455,6 +455,8 @@ class Link(Protocol):
             return
         self._grace.arm(CLOSE_GRACE, self.abort)
         self.transport.unregisterProducer()  # type: ignore[union-attr]
+        if self.paused:  # nobody will resume it now; and the peer's close_notify is to be read
+            self.resumeProducing()
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:
@@ -569,6 +571,9 @@ class ServerLink(Link):
         #: (per-source and global caps) and the handshake deadline holds.
         self.proven = False
         self._refusals = 0
+        # No DATA is due before a channel is authenticated: a partial frame held for an
+        # unauthenticated peer costs at most a handshake frame's size.
+        self._decoder.data_limit = wire.MAX_HANDSHAKE
         self._hellos = HelloRate(reactor.seconds, hello_rate)
 
     def connectionMade(self) -> None:
@@ -586,9 +591,24 @@ class ServerLink(Link):
     def authenticated(self) -> None:
         if not self.proven:
             self.proven = True
+            self._decoder.data_limit = wire.MAX_DATA
             self._deadline.cancel()
             self._settle()
             self._idle_check()
+
+    # -- the TLS transport's producer: also stop reading while output cannot go out. Each
+    # HELLO read is answered; a peer that sends HELLOs but reads no RESULTs would otherwise
+    # grow our write buffer without bound. Only the receiving side stops: the dialler keeps
+    # reading (what it reads makes bounded output: credit), so the two never wait on each
+    # other.
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if not self.closed:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def refused(self) -> None:
         if self.proven:

@@ -188,12 +188,13 @@ class FrameDecoder:
     """Incremental splitter of a byte stream into ``(kind, channel, payload)`` frames.
 
     Handshake frames are limited to :data:`MAX_HANDSHAKE` bytes, data frames to
-    :data:`MAX_DATA`: a peer cannot make us buffer more than that per frame. Channel 0
-    is never used.
+    ``data_limit`` (:data:`MAX_DATA`; lower on a link nobody has authenticated on yet): a
+    peer cannot make us buffer more than that per frame. Channel 0 is never used.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, data_limit: int = MAX_DATA) -> None:
         self._buffer = bytearray()
+        self.data_limit = data_limit
 
     def feed(self, data: bytes) -> list[Frame]:
         # Most reads end on a frame boundary: parse them where they lie, and copy each
@@ -204,7 +205,7 @@ class FrameDecoder:
         source = self._buffer if buffered else data
         frames: list[Frame] = []
         with memoryview(source) as view:
-            pos = self._split(view, frames)
+            pos = self._split(view, frames, self.data_limit)
             if not buffered and pos < len(data):
                 self._buffer += view[pos:]
         if buffered:
@@ -212,12 +213,12 @@ class FrameDecoder:
         return frames
 
     @staticmethod
-    def _split(view: memoryview, frames: list[Frame]) -> int:
+    def _split(view: memoryview, frames: list[Frame], data_limit: int) -> int:
         """Append the whole frames in ``view`` to ``frames``; where the rest starts."""
         pos, size = 0, len(view)
         while size - pos >= HEADER.size:
             kind, channel, length = HEADER.unpack_from(view, pos)
-            limit = MAX_DATA if kind == Kind.DATA else MAX_HANDSHAKE
+            limit = data_limit if kind == Kind.DATA else MAX_HANDSHAKE
             if kind not in _KINDS:
                 raise _proto(f"unknown frame type {kind}")
             if not channel:

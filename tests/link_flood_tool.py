@@ -1,21 +1,26 @@
 """Floods a daemon's peer port with unauthenticated links, as a hostile host would.
 
-    link_flood_tool.py ATTACK ADDRESS PORT HOST SECONDS CONCURRENCY
+    link_flood_tool.py ATTACK ADDRESS PORT HOST SECONDS CONCURRENCY [DAEMON_PRINCIPAL]
     ATTACK: garbage-hold   TLS, then HELLOS garbage-token HELLOs, then hold the link open
                            and read what comes (the issue 14 item 1 attack)
             partial-data   TLS, then a DATA frame header announcing 1 MiB and all but one
                            byte of it, then hold (item 3)
-            unread-hellos  TLS, then HELLOs as fast as TCP takes them, never reading (item 3)
+            unread-hellos  TLS, one HELLO with a valid ticket (alice's, made with this host's
+                           keytab as forge_tool does: the link is authenticated), then
+                           garbage HELLOs as fast as TCP takes them, never reading (item 3)
 
 Keeps CONCURRENCY links open or opening for SECONDS, reopening each one the peer closes.
 Prints JSON: links attempted, how many got through TLS, the most held open at once after
-TLS, the most RESULTs one link got (and of those not EAGAIN), the longest a link lived, bytes sent.
+TLS, the most RESULTs one link got (and of those not EAGAIN), the longest a link lived
+after TLS, bytes sent.
 Run inside the attacking host's network namespace; talks only to ADDRESS.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 from typing import Any
 
@@ -26,6 +31,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from nipc import wire
+from nipc.tls import EXPORTER_LABEL
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forge_tool import token_for  # noqa: E402 - a sibling script, not a package
 
 reactor: Any = _reactor
 HELLOS = 10
@@ -41,6 +50,7 @@ class Stats:
         self.max_refusals = 0
         self.longest = 0.0
         self.sent = 0
+        self.authenticated: list[str] = []
 
 
 @implementer(IHandshakeListener)
@@ -54,9 +64,15 @@ class Attacker(Protocol):
         self.through = False
         self.next_channel = 1
 
+    def connectionMade(self) -> None:
+        if self.flood.attack == "unread-hellos":  # a small window: b's answers pile up at b
+            self.transport.transport.getHandle().setsockopt(  # type: ignore[union-attr]
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
     def handshakeCompleted(self) -> None:
         stats = self.flood.stats
         self.through = True
+        self.started = reactor.seconds()  # a link's life counts from its TLS handshake
         stats.tls += 1
         stats.open += 1
         stats.max_open = max(stats.max_open, stats.open)
@@ -66,15 +82,22 @@ class Attacker(Protocol):
         elif attack == "partial-data":
             self.send(wire.data_header(1, wire.MAX_DATA) + b"\0" * (wire.MAX_DATA - 1))
         elif attack == "unread-hellos":
-            self.transport.pauseProducing()  # type: ignore[union-attr]  # never read
-            self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-            self.resumeProducing()
+            exporter = self.transport.getHandle().export_keying_material(  # type: ignore[union-attr]
+                EXPORTER_LABEL, 32)
+            token = token_for(wire.binding(exporter, 1), self.flood.principal, self.flood.host)
+            self.transport.write(self.hello(token))  # type: ignore[union-attr]
 
-    def hello(self) -> bytes:
+    def flood_unread(self) -> None:
+        """Authenticated: from now on read nothing, and send HELLOs while TCP takes them."""
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.resumeProducing()
+
+    def hello(self, token: bytes = b"\x60\x82garbage") -> bytes:
         number, self.next_channel = self.next_channel, self.next_channel + 1
         self.flood.stats.sent += 1
         return wire.encode(wire.Hello("/run/flood.sock", self.flood.host, ("flood.test",),
-                                      b"\x60\x82garbage", "flood"), number)
+                                      token, "flood"), number)
 
     def send(self, data: bytes) -> None:
         self.flood.stats.sent += len(data)
@@ -97,7 +120,13 @@ class Attacker(Protocol):
             frames = self.decoder.feed(data)
         except Exception:  # noqa: BLE001 - the peer's business
             return
-        for kind, _, payload in frames:
+        for kind, number, payload in frames:
+            if self.flood.attack == "unread-hellos" and kind == wire.Kind.RESULT and number == 1:
+                result = wire.decode(kind, payload)
+                assert isinstance(result, wire.Result)
+                self.flood.stats.authenticated.append(result.errno_name)
+                self.flood_unread()
+                return
             if kind == wire.Kind.RESULT:
                 self.results += 1
                 # EAGAIN: turned away before any Kerberos work (a limit); others: refused
@@ -116,8 +145,9 @@ class Attacker(Protocol):
 
 class Flood(ClientFactory):
     def __init__(self, attack: str, address: str, port: int, host: str, seconds: float,
-                 concurrency: int) -> None:
+                 concurrency: int, principal: str) -> None:
         self.attack, self.address, self.port, self.host = attack, address, port, host
+        self.principal = principal
         self.stats = Stats()
         self.until = reactor.seconds() + seconds
         self.concurrency = concurrency
@@ -159,8 +189,9 @@ class Flood(ClientFactory):
 
 
 def main() -> None:
-    attack, address, port, host, seconds, concurrency = sys.argv[1:]
-    flood = Flood(attack, address, int(port), host, float(seconds), int(concurrency))
+    attack, address, port, host, seconds, concurrency, *principal = sys.argv[1:]
+    flood = Flood(attack, address, int(port), host, float(seconds), int(concurrency),
+                  principal[0] if principal else "")
     reactor.callWhenRunning(flood.start)
     reactor.run()
 

@@ -422,6 +422,29 @@ def test_hellos_per_link_are_rate_limited() -> None:
     assert len(server.hellos) == 6
 
 
+def test_a_receiving_link_stops_reading_while_its_output_is_paused() -> None:
+    """A peer that sends HELLOs and reads no RESULT: the link stops reading its transport
+    while the transport cannot take more, and reads again once it can."""
+    server = Server()
+    server.link.pauseProducing()
+    assert server.transport.producerState == "paused"
+    server.link.resumeProducing()
+    assert server.transport.producerState == "producing"
+
+
+def test_partial_data_frames_are_capped_until_a_channel_authenticated() -> None:
+    """Before any channel passed Kerberos no DATA is due: a DATA frame announcing more than
+    a handshake frame's size aborts the link at its header; afterwards 1 MiB is fine."""
+    server = Server()
+    server.link.dataReceived(wire.encode(HELLO, 1) + wire.data_header(1, wire.MAX_HANDSHAKE + 1))
+    assert server.transport.disconnected
+    proven = Server()
+    proven.link.dataReceived(wire.encode(HELLO, 1))
+    proven.hellos[0][0].authenticated()
+    proven.link.dataReceived(wire.data_header(1, wire.MAX_DATA) + b"x" * 1000)
+    assert not proven.transport.disconnecting
+
+
 # ---------------------------------------------------------------------------- idleness
 
 

@@ -6,7 +6,8 @@ the daemons' sockets are counted with ``ss`` inside their namespaces. Floods mea
 legitimate caller's latency (alice, a -> b) and b's descriptors and memory while they run.
 
 Test configuration (written into a's and b's nipcd.toml, restored afterwards): the one of
-test_hostile (timeouts 3 s, ``max_pending_peers`` 16) and ``link_idle`` = LINK_IDLE.
+test_hostile (timeouts 3 s, ``max_pending_peers`` 16), ``link_idle`` = LINK_IDLE and
+``peer_handshakes_per_second`` = HELLO_RATE.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from test_hostile import (HANDSHAKE_TIMEOUT, LATENCIES, MAX_PENDING_PEERS, Lan, 
 pytestmark = pytest.mark.integration
 
 LINK_IDLE = 2
+#: [limits] peer_handshakes_per_second: most of a HELLO flood is turned away cheaply.
+HELLO_RATE = 50
 FLOOD = Path(__file__).with_name("link_flood_tool.py")
 REPO = Path(__file__).resolve().parents[1]
 #: How long each flood runs: several handshake timeouts, so held links would pile up.
@@ -46,7 +49,8 @@ MEASURED: dict[str, Any] = {}
 
 
 def link_config(text: str) -> str:
-    return hostile_config(text).replace("[timeouts]\n", f"[timeouts]\nlink_idle = {LINK_IDLE}\n")
+    return (hostile_config(text).replace("[timeouts]\n", f"[timeouts]\nlink_idle = {LINK_IDLE}\n")
+            + f"peer_handshakes_per_second = {HELLO_RATE}\n")
 
 
 @pytest.fixture(scope="module")
@@ -153,20 +157,20 @@ class Sampler:
         self._stop.set()
         self._thread.join(5)
 
-    def check(self, what: str) -> None:
+    def check(self, what: str, rss_bound_kib: int = RSS_BOUND_KIB) -> None:
         MEASURED[what] = {"fds_before": self.before[0], "fds_max": self.fds,
                           "rss_kib_before": self.before[1], "rss_kib_max": self.rss,
                           "latency": LATENCIES.get(what)}
         print(f"\n{what}: {MEASURED[what]}")
         assert self.fds <= self.before[0] + FD_BOUND, MEASURED[what]
-        assert self.rss <= self.before[1] + RSS_BOUND_KIB, MEASURED[what]
+        assert self.rss <= self.before[1] + rss_bound_kib, MEASURED[what]
 
 
 def flood(lan: Lan, attack: str, concurrency: int, seconds: float = FLOOD_SECONDS) -> dict[str, Any]:
     """Run link_flood_tool in c's namespace against b's peer port; its JSON."""
     c = lan.hosts["c"]
     proc = c.run([sys.executable, str(FLOOD), attack, lan.b.address, str(lan.b.port), lan.b.fqdn,
-                  str(seconds), str(concurrency)], check=False, timeout=seconds + 60,
+                  str(seconds), str(concurrency), c.principal], check=False, timeout=seconds + 60,
                  env={"PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -195,3 +199,38 @@ def test_garbage_hellos_cannot_hold_links(lan: Lan) -> None:
     MEASURED["garbage-hold, 2 at a time"] = few
     assert 0 < few["max_refusals"] <= MAX_UNAUTHENTICATED_REFUSALS, few
     assert few["longest"] < HANDSHAKE_TIMEOUT + 2, few
+
+
+# -- item 3: bounded buffering on links -------------------------------------------------------
+
+
+def test_partial_data_frames_on_unauthenticated_links_are_cut_at_the_header(lan: Lan) -> None:
+    """200 links at a time from c, each TLS then a DATA frame header announcing 1 MiB and
+    all but one byte of it, held: before any channel authenticated no DATA is due, so b
+    closes each link at the header instead of buffering up to 1 MiB until the handshake
+    timeout. b's RSS and fds stay bounded, alice is served."""
+    legit_connect(lan)
+    with Prober(lan) as probe, Sampler(lan.b) as sample:
+        out = flood(lan, "partial-data", 200)
+    MEASURED["partial-data flood"] = out
+    print(f"\npartial-data: {out}")
+    probe.check("partial-data")
+    # At most max_pending_peers / 2 links from c, each holding < 64 KiB (before: 1 MiB)
+    sample.check("partial-data", rss_bound_kib=6 * 1024)
+    assert out["tls"] > MAX_PENDING_PEERS, out
+    assert out["longest"] < HANDSHAKE_TIMEOUT - 1, out  # cut at the header, not at the deadline
+
+
+def test_a_peer_that_reads_no_results_cannot_grow_the_write_buffer(lan: Lan) -> None:
+    """From c, a link that authenticates (one HELLO with a valid ticket), then send HELLOs
+    as fast as TCP takes them and never read a RESULT: b stops reading them once its output
+    is paused, so its RSS stays bounded (before: it kept answering into an unbounded write
+    buffer)."""
+    legit_connect(lan)
+    with Prober(lan) as probe, Sampler(lan.b) as sample:
+        out = flood(lan, "unread-hellos", 1, seconds=20)
+    MEASURED["unread-hellos flood"] = out
+    print(f"\nunread-hellos: {out}")
+    assert out["authenticated"] and "EKEYREJECTED" not in out["authenticated"], out
+    probe.check("unread-hellos")
+    sample.check("unread-hellos", rss_bound_kib=12 * 1024)
