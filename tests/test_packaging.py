@@ -3,11 +3,20 @@ private Twisted names it relies on."""
 
 from __future__ import annotations
 
+import ast
+import configparser
+import importlib
+import importlib.metadata
+import inspect
 import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Not part of a source tree: tools' caches and what earlier builds left.
@@ -40,3 +49,131 @@ def test_license_is_mit_by_the_nipc_authors() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "Copyright (c) the NIPC authors" in text
     assert "license = MIT" in (ROOT / "setup.cfg").read_text()
+
+
+# -- dependencies: every import declared, with a floor that works --------------------------
+
+
+def _requirements() -> dict[str, Requirement]:
+    """setup.cfg's install_requires, by normalized distribution name."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    reqs = [Requirement(line) for line in parser["options"]["install_requires"].splitlines()
+            if line.strip()]
+    return {canonicalize_name(r.name): r for r in reqs}
+
+
+def _imported_distributions() -> dict[str, str]:
+    """Distribution -> a module of nipc that imports it (third-party imports only)."""
+    by_module = importlib.metadata.packages_distributions()
+    found: dict[str, str] = {}
+    for path in [*(ROOT / "nipc").glob("*.py"), *(ROOT / "twisted" / "plugins").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "nipc":
+                    continue
+                dists = {canonicalize_name(d) for d in by_module.get(top, [])} - {"nipc"}
+                if len(dists) > 1:  # a namespace package: zope.interface, zope.event, ...
+                    dists &= {canonicalize_name(".".join(module.split(".")[:2]))}
+                assert len(dists) == 1, f"{module} (imported by {path.name}): {dists}"
+                found.setdefault(dists.pop(), path.name)
+    return found
+
+
+def test_every_imported_distribution_is_declared() -> None:
+    """nipc imported cryptography directly without declaring it."""
+    declared = _requirements()
+    missing = {d: where for d, where in _imported_distributions().items() if d not in declared}
+    assert not missing, f"imported but not in install_requires: {missing}"
+
+
+@pytest.mark.parametrize(("name", "floor", "below"),
+                         [("pyopenssl", "24.3", "24.2.1"), ("cryptography", "41.0.5", "41.0.4")])
+def test_dependency_floors_that_work(name: str, floor: str, below: str) -> None:
+    """pyOpenSSL 24.0-24.2 refuse the cryptography certificates nipc/tls.py passes; the
+    floors are the lowest versions the tests pass with (see setup.cfg)."""
+    spec = _requirements()[name].specifier
+    assert spec.contains(floor) and not spec.contains(below), f"{name}{spec}"
+    assert importlib.metadata.version(name) in spec
+
+
+# -- the private Twisted names nipc relies on ----------------------------------------------
+
+#: Where nipc overrides or reads a private Twisted name: class -> names (issue 13 gathers them
+#: into one compat module). Tested Twisted range: setup.cfg.
+TWISTED_PRIVATE = {
+    # nipc/tls.py BulkTLSProtocol: bulk SSL_write/recv instead of 16 KiB slices.
+    "twisted.protocols.tls.TLSMemoryBIOProtocol": (
+        "_write", "_flushSendBIO", "_flushReceiveBIO", "_bufferedWrite", "_shutdownTLS",
+        "_tlsShutdownFinished", "_tlsConnection", "_lostTLSConnection", "_aborted", "_producer"),
+    # nipc/tls.py UnbufferedTLSFactory replaces this default protocol (write aggregation).
+    "twisted.protocols.tls.BufferingTLSTransport": (),
+    # nipc/splice.py write_now: whether anything is queued ahead of a write.
+    "twisted.internet.abstract.FileDescriptor": (
+        "_writeDisconnected", "_tempDataLen", "dataBuffer", "offset"),
+    # nipc/service.py: the only holder of systemd's LISTEN_FDS once endpoints is imported.
+    "twisted.internet.endpoints._SystemdParser": ("_sddaemon",),
+    # nipc/service.py AdoptedUNIXPort: adopt a listening socket without unlinking it later.
+    "twisted.internet.unix.Port": ("_fromListeningDescriptor",),
+}
+#: The overridden methods' parameters, as Twisted calls them.
+TWISTED_SIGNATURES = {
+    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_write"): ["self", "bytes"],
+    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_flushSendBIO"): ["self"],
+    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_flushReceiveBIO"): ["self"],
+}
+
+
+def _twisted_class(dotted: str) -> type:
+    module, _, name = dotted.rpartition(".")
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def _has(cls: type, name: str) -> bool:
+    """A class attribute, or an instance attribute its (Twisted) source assigns."""
+    if hasattr(cls, name):
+        return True
+    sources = [inspect.getsource(c) for c in cls.__mro__ if c.__module__.startswith("twisted.")]
+    return any(f"self.{name} =" in source for source in sources)
+
+
+def test_private_twisted_names_nipc_relies_on_exist() -> None:
+    import twisted
+
+    lost = []
+    for dotted, names in TWISTED_PRIVATE.items():
+        try:
+            cls = _twisted_class(dotted)
+        except (ImportError, AttributeError):
+            lost.append(dotted)
+            continue
+        lost += [f"{dotted}.{name}" for name in names if not _has(cls, name)]
+    for (dotted, name), params in TWISTED_SIGNATURES.items():
+        method = getattr(_twisted_class(dotted), name, None)
+        if method is not None and list(inspect.signature(method).parameters) != params:
+            lost.append(f"{dotted}.{name}{inspect.signature(method)} (nipc expects {params})")
+    assert not lost, (f"Twisted {twisted.__version__} lacks private names nipc overrides or "
+                      f"reads (tested range in setup.cfg): {', '.join(lost)}")
+
+
+# -- the version ---------------------------------------------------------------------------
+
+
+def test_nipc_version_is_the_package_version() -> None:
+    """``nipc --version`` (the installed command) says the version the package was built as."""
+    import nipc
+
+    nipc_command = Path(sys.prefix) / "bin" / "nipc"
+    proc = subprocess.run([str(nipc_command), "--version"], capture_output=True, text=True,
+                          timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"nipc {nipc.__version__}"
+    assert importlib.metadata.version("nipc") == nipc.__version__
