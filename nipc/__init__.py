@@ -6,4 +6,8 @@ server on the other host sees your projected identity in ``SO_PEERCRED``.
 
 from nipc.client import connect, peer_identity
 
-__all__ = ["connect", "peer_identity"]
+#: The one place the version is written: setup.cfg reads it, ``nipc --version`` and the
+#: daemon's ``nipc status`` answer show it.
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "connect", "peer_identity"]

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn, TextIO
 
+from nipc import __version__
 from nipc.client import connect as nipc_connect
 from nipc.client import daemon_socket, open_gate, peer_identity, send_connect
 from nipc.errors import NipcError
@@ -464,7 +465,8 @@ def status_table(status: dict[str, object]) -> str:
     """The ``STATUS`` answer as a table an operator reads."""
     conns = status.get("connections")
     rows = [c for c in conns if isinstance(c, dict)] if isinstance(conns, list) else []
-    lines = [f"nipcd {status.get('host')} (pid {status.get('pid')}, up {_age(status.get('uptime'))}): "
+    lines = [f"nipcd {status.get('version', '?')} on {status.get('host')} (pid {status.get('pid')}, "
+             f"up {_age(status.get('uptime'))}): "
              f"{len(rows)} connection(s), {status.get('local_clients', 0)} local client(s), "
              f"{status.get('pending_peer_handshakes', 0)} peer handshake(s) pending"]
     links = status.get("links")
@@ -557,6 +559,7 @@ def parser() -> argparse.ArgumentParser:
         description="Reach Unix-domain sockets on other hosts as yourself, through the local "
                     "NIPC daemon ($NIPC_SOCKET or /run/nipc/nipc.sock).",
     )
+    top.add_argument("--version", action="version", version=f"nipc {__version__}")
     verbs = top.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help: str, description: str) -> argparse.ArgumentParser:

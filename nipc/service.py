@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.systemd import ListenFDs  # see inherited_listeners
 
-from nipc import audit
+from nipc import __version__, audit
 from nipc import reload as reloading
 from nipc.admin import AdminFactory, Connections
 from nipc.config import Config, ConfigError, Import
@@ -326,6 +326,7 @@ class NipcService(Service):
         """The admin socket's ``STATUS`` answer."""
         return {
             "host": self.config.host_name,
+            "version": __version__,
             "pid": os.getpid(),
             "uptime": round(self.reactor.seconds() - self._started, 3),
             "connections": self.live.snapshot(),

@@ -26,6 +26,7 @@ from twisted.internet.testing import StringTransport
 
 from conftest import require_root
 from local_daemon import LocalDaemon, environ_for_cli
+import nipc
 from nipc import admin, cli
 from nipc.admin import AdminProtocol, Connections, fill_user_names, may_administer
 from nipc.config import ConfigError, from_mapping
@@ -174,7 +175,7 @@ def test_protocol_refuses_other_requests(monkeypatch: pytest.MonkeyPatch, reques
 
 def test_status_table() -> None:
     text = cli.status_table({
-        "host": "b.example", "pid": 7, "uptime": 3700, "local_clients": 0,
+        "host": "b.example", "version": "0.1.0", "pid": 7, "uptime": 3700, "local_clients": 0,
         "pending_peer_handshakes": 0,
         "connections": [
             {"conn_id": "abc", "direction": "incoming", "user": "alice", "uid": 1001,
@@ -182,7 +183,8 @@ def test_status_table() -> None:
              "bytes_in": 2048, "bytes_out": 5, "age": 61},
         ]})
     head, columns, row, legend = text.splitlines()
-    assert "b.example" in head and "up 1h01m" in head and "1 connection" in head
+    assert head.startswith("nipcd 0.1.0 on b.example") and "up 1h01m" in head
+    assert "1 connection" in head
     assert columns.split() == ["CONN", "DIR", "USER", "PRINCIPAL", "FROM", "TARGET", "IN", "OUT", "AGE"]
     assert row.split() == ["abc", "incoming", "alice(1001)", "alice@EXAMPLE", "a.example",
                            "/run/x.sock", "2.0K", "5B", "1m01s"]
@@ -251,7 +253,8 @@ def test_status_lists_a_live_local_connection(solo: LocalDaemon) -> None:
             assert table.returncode == 0
             assert "local" in table.stdout and "root(0)" in table.stdout and "1.5K" in table.stdout
         time.sleep(0.3)
-        assert json.loads(status(solo, "--json").stdout)["connections"] == []
+        answer = json.loads(status(solo, "--json").stdout)
+        assert answer["connections"] == [] and answer["version"] == nipc.__version__
     finally:
         server.close()
 
