@@ -48,6 +48,9 @@ SMALL = 16 * 1024
 #: is about to reuse a link, normally closes first.
 CLIENT_IDLE = 30.0
 SERVER_IDLE_FACTOR = 4
+#: The last channel number (4 bytes on the wire): the link that gives it out is retired,
+#: so numbers never wrap (a wrapped number would be refused as reused, for every connect).
+LAST_CHANNEL = 2**32 - 1
 #: How many channel numbers may be skipped (handshakes overtaking one another) at once.
 MAX_SKIPPED = 4096
 #: A closing link waits this long for the peer's TLS close_notify, then aborts: a peer that
@@ -508,7 +511,10 @@ class ClientLink(Link):
 
     def open(self) -> Channel:
         self.highest += 1
-        return self.add(Channel(self, self.highest))
+        channel = self.add(Channel(self, self.highest))
+        if self.highest == LAST_CHANNEL:
+            self.retire()  # the next connect dials a new link
+        return channel
 
     def retire(self) -> None:
         self.retired = True

@@ -179,6 +179,26 @@ def test_channel_numbers_increase_and_are_never_reused() -> None:
     assert link.open().number == 3
 
 
+def test_a_link_is_retired_at_the_last_channel_number_and_never_wraps() -> None:
+    """Channel numbers are 4 bytes: the link that gives out 2^32-1 is retired (dropped from
+    the dialler's table, closed once its channels end), so no number wraps to a used one."""
+    link, transport, _ = connected_client()
+    gone: list[object] = []
+    link.on_lost = gone.append
+    link.highest = 2**32 - 3
+    before = link.open()
+    assert not link.retired and not gone
+    last = link.open()
+    assert last.number == 2**32 - 1
+    assert link.retired and gone == [link]
+    last.exchange(HELLO)
+    assert frames(transport)[-1][:2] == (K.HELLO, 2**32 - 1)  # encodable: no wrap
+    before.abort()
+    assert not transport.disconnecting
+    last.abort()
+    assert transport.disconnecting
+
+
 @pytest.mark.parametrize("late", [
     wire.data_header(1, 3) + b"abc",
     wire.frame(K.EOF, 1),

@@ -1,0 +1,66 @@
+"""The dialler's links over real TLS on loopback (no Kerberos): what a StringTransport
+cannot show, such as a retired link really being replaced and really closing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted  # type: ignore[import-untyped]
+from twisted.internet import reactor as _reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+
+from nipc.config import from_mapping
+from nipc.links import Links
+from nipc.peer import ClientLink
+from nipc.tls import UnbufferedTLSFactory, server_options
+
+reactor: Any = _reactor
+HOST = "b.lan.test"
+
+
+def config(port: int) -> Any:
+    return from_mapping({
+        "host": {"name": "a.lan.test", "realm": "LAN.TEST"},
+        "kerberos": {"keytab": "/nonexistent/nipc.keytab", "principal": "nipc/a.lan.test"},
+        "peers": {HOST: f"127.0.0.1:{port}"},
+    })
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_a_link_at_the_last_channel_number_is_replaced_and_closed() -> None:
+    """The link that gave out channel 2^32-1 is retired: the next connect dials a new TLS
+    link, and the old one closes for real once its last channel ends."""
+    accepted: list[Protocol] = []
+
+    class Hold(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        UnbufferedTLSFactory(server_options(config(1)), False, Factory.forProtocol(Hold)))
+    links = Links(reactor, config(port.getHost().port))
+    try:
+        first = await links.get(HOST)
+        assert isinstance(first, ClientLink)
+        first.highest = 2**32 - 2
+        last = first.open()
+        assert last.number == 2**32 - 1 and first.retired
+        second = await links.get(HOST)
+        assert isinstance(second, ClientLink) and second is not first  # dialled anew
+        assert len(accepted) == 2
+        last.abort()
+        for _ in range(50):
+            if first.closed:
+                break
+            await deferLater(reactor, 0.1)
+        assert first.closed and not second.closed
+        assert accepted[0].transport is None or not accepted[0].transport.connected  # type: ignore[attr-defined]
+    finally:
+        links.close()
+        await port.stopListening()
+        for _ in range(50):
+            if all(p.transport is None or not p.transport.connected for p in accepted):  # type: ignore[attr-defined]
+                break
+            await deferLater(reactor, 0.1)
