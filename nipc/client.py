@@ -19,8 +19,8 @@ import stat
 import struct
 from typing import Any
 
-from nipc.config import DEFAULT_SOCKET
-from nipc.request import MAX_LINE, parse_reply
+# Not nipc.config: the client runs on a host's own Python, without the daemon's dependencies.
+from nipc.request import DEFAULT_SOCKET, MAX_LINE, parse_reply
 
 
 def daemon_socket() -> str:

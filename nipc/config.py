@@ -27,10 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from nipc.destination import pattern_problem
 from nipc.errors import NipcError
-from nipc.request import ConnectRequest, check_host, parse_request
+from nipc.request import DEFAULT_SOCKET, ConnectRequest, check_host, parse_request
 
 DEFAULT_PORT = 7445
-DEFAULT_SOCKET = "/run/nipc/nipc.sock"
 #: journald's socket for native entries ([log] journal_socket).
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 #: Private key types a TLS certificate of [peer] may have.

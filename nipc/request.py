@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from nipc.errors import NipcError, clean_message
 
 MAX_LINE = 4096
+#: Where clients find the daemon's gate unless told otherwise ($NIPC_SOCKET, [local] socket).
+DEFAULT_SOCKET = "/run/nipc/nipc.sock"
 #: ``sun_path`` is 108 bytes including the terminating NUL.
 MAX_PATH = 107
 MAX_HOST = 253

@@ -177,3 +177,15 @@ def test_nipc_version_is_the_package_version() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"nipc {nipc.__version__}"
     assert importlib.metadata.version("nipc") == nipc.__version__
+
+
+def test_client_library_and_command_need_only_the_standard_library() -> None:
+    """``import nipc`` and the ``nipc`` command work on a host's own Python, which need not
+    have the daemon's dependencies (users' programs do not run in the daemon's virtualenv)."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import nipc, nipc.cli; "
+              "print(sorted({m.split('.')[0] for m in sys.modules}"
+              " - set(sys.stdlib_module_names) - {'nipc', '__main__'}))")
+    proc = subprocess.run([sys.executable, "-S", "-c", script, str(ROOT)], capture_output=True,
+                          text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
