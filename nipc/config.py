@@ -101,6 +101,9 @@ class Config:
     #: waits four times as long, so that the dialler, which knows when it will reuse a
     #: link, normally closes first).
     link_idle: float = 30.0
+    #: A peer link with open channels pings a silent peer after this long, and ends its
+    #: channels after as long again without an answer (a hung peer daemon).
+    link_ping: float = 10.0
     #: On SIGTERM: how long routed connections may go on (no new ones are accepted) before
     #: the rest are closed.
     drain_timeout: float = 30.0
@@ -527,7 +530,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     times = _section(
         doc, "timeouts",
         {"request", "handshake", "connect", "kdc", "keepalive_idle", "user_timeout", "link_idle",
-         "drain"},
+         "drain", "link_ping"},
     )
     log = _section(doc, "log", {"file", "journal", "journal_socket"})
     journal = _opt(log, "log", "journal", (bool, str), "auto")
@@ -562,6 +565,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         ("user_timeout", "user_timeout", (int, float)),
         ("keepalive_idle", "keepalive_idle", int),
         ("link_idle", "link_idle", (int, float)),
+        ("link_ping", "link_ping", (int, float)),
         ("drain", "drain_timeout", (int, float)),
     ):
         if key in times:

@@ -114,7 +114,7 @@ class Links:
 
     def _dial(self, host: str) -> None:
         link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._config),
-                          self._config.link_idle)
+                          self._config.link_idle, self._config.link_ping)
 
         def connect(found: list[PeerAddress]) -> "Deferred[Any]":
             link.addresses = found

@@ -47,6 +47,11 @@ SMALL = 16 * 1024
 #: receiving daemon waits this many times longer, so that the dialler, which knows when it
 #: is about to reuse a link, normally closes first.
 CLIENT_IDLE = 30.0
+#: A link with open channels that heard nothing from its peer for ``[timeouts] link_ping``
+#: (this by default) sends a PING; nothing heard for another such spell, it is aborted and
+#: its channels end as a crash would: a hung (stopped) peer daemon, whose kernel still acks
+#: and keeps the TCP connection alive, is found within 3 x link_ping.
+LINK_PING = 10.0
 SERVER_IDLE_FACTOR = 4
 #: The last channel number (4 bytes on the wire): the link that gives it out is retired,
 #: so numbers never wrap (a wrapped number would be refused as reused, for every connect).
@@ -344,9 +349,14 @@ class Link(Protocol):
     lost_reason: Failure | None = None
 
     def __init__(self, reactor: Any, tune: Callable[[Any], None],
-                 idle_after: float = CLIENT_IDLE) -> None:
+                 idle_after: float = CLIENT_IDLE, ping_every: float = LINK_PING) -> None:
         self._reactor = reactor
         self.idle_after = idle_after
+        self.ping_every = ping_every
+        #: Liveness: a frame arrived since the last check; a PING is unanswered.
+        self._heard = False
+        self._pinged = False
+        self._liveness: Any = None
         self._decoder = wire.FrameDecoder()
         self._tune = tune
         self.channels: dict[int, Channel] = {}
@@ -377,6 +387,7 @@ class Link(Protocol):
         self._idle_check()
 
     def dataReceived(self, data: bytes) -> None:
+        self._heard = True
         try:
             for kind, number, payload in self._decoder.feed(data):
                 if self.stopped:
@@ -386,6 +397,11 @@ class Link(Protocol):
             self.violation(e)
 
     def frame(self, kind: int, number: int, payload: bytes) -> None:
+        if kind == wire.Kind.PING:
+            self.write(wire.frame(wire.Kind.PONG, 0))
+            return
+        if kind == wire.Kind.PONG:
+            return  # heard: that is all it is for
         channel = self.channels.get(number)
         if channel is not None:
             channel.received(kind, payload)
@@ -403,7 +419,29 @@ class Link(Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        if self._liveness is None:
+            self._heard, self._pinged = True, False
+            self._liveness = self._reactor.callLater(self.ping_every, self._check_alive)
         return channel
+
+    def _check_alive(self) -> None:
+        """Every ``ping_every`` while channels are open: a silent peer gets a PING; one
+        silent since the PING is taken for dead."""
+        self._liveness = None
+        if self.closed or self.stopped or not self.channels:
+            return
+        if self._heard:
+            self._heard = self._pinged = False
+        elif self._pinged:
+            log.warn("peer link {peer}: no answer to a liveness ping in {seconds}s; "
+                     "ending its {n} channels", peer=self.peer, seconds=self.ping_every,
+                     n=len(self.channels))
+            self.abort()
+            return
+        else:
+            self.write(wire.frame(wire.Kind.PING, 0))
+            self._pinged = True
+        self._liveness = self._reactor.callLater(self.ping_every, self._check_alive)
 
     def forget(self, channel: Channel) -> None:
         self.channels.pop(channel.number, None)
@@ -471,6 +509,9 @@ class Link(Protocol):
         self.closed = True
         self.lost_reason = reason
         self._grace.cancel()
+        if self._liveness is not None:
+            self._liveness.cancel()
+            self._liveness = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -497,8 +538,8 @@ class ClientLink(Link):
     """The dialling daemon's side: opens channels, one per routed connection."""
 
     def __init__(self, reactor: Any, tune: Callable[[Any], None],
-                 idle_after: float = CLIENT_IDLE) -> None:
-        super().__init__(reactor, tune, idle_after)
+                 idle_after: float = CLIENT_IDLE, ping_every: float = LINK_PING) -> None:
+        super().__init__(reactor, tune, idle_after, ping_every)
         self.ready: Deferred[ClientLink] = Deferred()
         #: No new channels (a handshake on it timed out): closed once its last one ends.
         self.retired = False
@@ -562,8 +603,9 @@ class ServerLink(Link):
                  timeout: float, settled: Callable[[], None],
                  admit: Callable[[], Callable[[], None] | None],
                  table: set["ServerLink"] | None = None,
-                 dialler_idle: float = CLIENT_IDLE, hello_rate: float = 1000.0) -> None:
-        super().__init__(reactor, tune, SERVER_IDLE_FACTOR * dialler_idle)
+                 dialler_idle: float = CLIENT_IDLE, hello_rate: float = 1000.0,
+                 ping_every: float = LINK_PING) -> None:
+        super().__init__(reactor, tune, SERVER_IDLE_FACTOR * dialler_idle, ping_every)
         #: The daemon's accepted links (for ``nipc status``): in it while connected.
         self._table = table if table is not None else set()
         self._on_hello = on_hello

@@ -250,7 +250,7 @@ class NipcService(Service):
         return ServerLink(self.reactor, lambda tls: tune_tcp(tls, config), self._inbound.hello,
                           config.handshake_timeout, lambda: limits.peer_settled(source),
                           admit_channel, self._accepted_links, config.link_idle,
-                          config.peer_handshakes_per_second)
+                          config.peer_handshakes_per_second, config.link_ping)
 
     def _open_import(self, imported: Import) -> None:
         """Listen on an import's socket (or adopt systemd's for it)."""

@@ -6,7 +6,9 @@ carries many routed connections, each a channel: HELLO opens one (JSON, with the
 caller's ticket bound to the link and to the channel number, :func:`binding`) and RESULT
 answers it; then DATA, EOF (half-close, which TLS cannot express), CREDIT (the receiver
 lets the sender send that many more bytes: per-channel flow control, so one slow reader
-never stalls its neighbours) and CLOSE. Channel numbers are chosen by the dialling side in
+never stalls its neighbours) and CLOSE. PING and PONG, empty and on channel 0 (the link
+itself), are the liveness check of a link with open channels: a PING is answered by a
+PONG. Channel numbers are chosen by the dialling side in
 increasing order and never reused, so a replayed or duplicated HELLO is refused by number
 before any Kerberos work.
 """
@@ -39,6 +41,8 @@ class Kind(IntEnum):
     EOF = 17
     CLOSE = 18
     CREDIT = 19
+    PING = 20
+    PONG = 21
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,9 @@ def decode(kind: int, payload: bytes) -> Message:
     raise _proto(f"unexpected frame type {kind}")
 
 
-_EMPTY = frozenset({Kind.EOF, Kind.CLOSE})
+_EMPTY = frozenset({Kind.EOF, Kind.CLOSE, Kind.PING, Kind.PONG})
+#: Frames of the link itself, on channel 0 (no other frame may use it).
+_LINK = frozenset({Kind.PING, Kind.PONG})
 
 
 class FrameDecoder:
@@ -189,7 +195,8 @@ class FrameDecoder:
 
     Handshake frames are limited to :data:`MAX_HANDSHAKE` bytes, data frames to
     ``data_limit`` (:data:`MAX_DATA`; lower on a link nobody has authenticated on yet): a
-    peer cannot make us buffer more than that per frame. Channel 0 is never used.
+    peer cannot make us buffer more than that per frame. Channel 0 is the link's own
+    (PING, PONG), never a channel's.
     """
 
     def __init__(self, data_limit: int = MAX_DATA) -> None:
@@ -221,8 +228,8 @@ class FrameDecoder:
             limit = data_limit if kind == Kind.DATA else MAX_HANDSHAKE
             if kind not in _KINDS:
                 raise _proto(f"unknown frame type {kind}")
-            if not channel:
-                raise _proto("frame on channel 0")
+            if (not channel) != (kind in _LINK):
+                raise _proto(f"frame of type {kind} on channel {channel}")
             if (length > limit or (kind in _EMPTY and length)
                     or (kind == Kind.CREDIT and length != CREDIT.size)):
                 raise _proto(f"frame of type {kind} has a bad length ({length} bytes)")

@@ -465,6 +465,46 @@ def test_partial_data_frames_are_capped_until_a_channel_authenticated() -> None:
     assert not proven.transport.disconnecting
 
 
+# ------------------------------------------------------------- liveness (issue 14 item 6)
+
+
+def test_a_silent_peer_is_pinged_then_its_channels_end() -> None:
+    """With channels open: a spell of link_ping without a frame from the peer sends a PING,
+    another one without an answer aborts the link, ending its channels (a hung peer)."""
+    link, transport, clock = connected_client()
+    channel, _, splice = spliced(link)
+    transport.clear()
+    clock.advance(peer.LINK_PING)  # heard since the channel opened: nothing to do
+    clock.advance(peer.LINK_PING)
+    assert frames(transport) == [(K.PING, 0, b"")]
+    assert not transport.disconnecting
+    clock.advance(peer.LINK_PING)
+    assert transport.disconnected  # aborted
+    link.connectionLost(Failure(ConnectionLost()))
+    assert channel.closed and splice.lost_ends == [channel]
+
+
+def test_any_frame_is_an_answer_and_a_ping_gets_a_pong() -> None:
+    link, transport, clock = connected_client()
+    spliced(link)
+    for _ in range(5):
+        clock.advance(peer.LINK_PING)
+        link.dataReceived(wire.frame(K.PONG, 0))
+    assert not transport.disconnecting
+    transport.clear()
+    link.dataReceived(wire.frame(K.PING, 0))
+    assert frames(transport) == [(K.PONG, 0, b"")]
+
+
+def test_a_link_without_channels_is_not_pinged() -> None:
+    link, transport, clock = connected_client()
+    channel, _, _ = spliced(link)
+    channel.abort()
+    transport.clear()
+    clock.advance(3 * peer.LINK_PING)
+    assert frames(transport) == []
+
+
 # ---------------------------------------------------------------------------- idleness
 
 

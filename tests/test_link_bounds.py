@@ -24,16 +24,19 @@ from typing import Any
 
 import pytest
 
-from acting import open_fds, rss_kib
+import nipc
+from acting import as_user, open_fds, rss_kib
 from nipc.peer import CLOSE_GRACE, MAX_UNAUTHENTICATED_REFUSALS
 from nipc.sandbox import Host
 from support import UnixServer
 from test_hostile import (HANDSHAKE_TIMEOUT, LATENCIES, MAX_PENDING_PEERS, Lan, Prober,
-                          hostile_config, legit_connect)
+                          hostile_config, legit_connect, read_reply)
 
 pytestmark = pytest.mark.integration
 
 LINK_IDLE = 2
+#: [timeouts] link_ping of a's daemon in the hung-peer test.
+LINK_PING = 1
 #: [limits] peer_handshakes_per_second: most of a HELLO flood is turned away cheaply.
 HELLO_RATE = 50
 FLOOD = Path(__file__).with_name("link_flood_tool.py")
@@ -234,3 +237,57 @@ def test_a_peer_that_reads_no_results_cannot_grow_the_write_buffer(lan: Lan) -> 
     assert out["authenticated"] and "EKEYREJECTED" not in out["authenticated"], out
     probe.check("unread-hellos")
     sample.check("unread-hellos", rss_bound_kib=12 * 1024)
+
+
+# -- item 6: a hung peer daemon --------------------------------------------------------------
+
+
+def ended_after(s: Any, limit: float) -> float | None:
+    """Seconds until ``s`` reads EOF or a reset; None if it is still open after ``limit``."""
+    start = time.monotonic()
+    s.settimeout(0.2)
+    while time.monotonic() - start < limit:
+        try:
+            if not s.recv(65536):
+                return time.monotonic() - start
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - start
+        except TimeoutError:
+            pass
+    return None
+
+
+def test_a_hung_peer_daemon_ends_its_connections_within_the_ping_bound(lan: Lan) -> None:
+    """b's daemon stopped (SIGSTOP) under alice's open connection: b's kernel still acks,
+    so TCP never notices. a (link_ping = LINK_PING) pings the silent link and ends the
+    connection as a crash would, EOF or reset, within 3 x link_ping; b, once running again,
+    ends its side too. Before the fix the connection stayed open."""
+    a = lan.a
+    a.stop_daemon()
+    a.config_path.write_text(link_config(lan.originals["a"]).replace(
+        "[timeouts]\n", f"[timeouts]\nlink_ping = {LINK_PING}\n"))
+    a.start_daemon()
+    pid = lan.b.daemon_pid()
+    assert pid
+    try:
+        target = f"{lan.server.path}@{lan.b.fqdn}"
+        s = as_user("alice", lambda: nipc.connect(target, daemon=str(a.socket_path), timeout=30))
+        with s:
+            assert read_reply(s, 10).startswith(b"{")
+            served = len(lan.server.seen)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                took = ended_after(s, 3 * LINK_PING + 10)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        MEASURED["hung peer: connection ended after (s)"] = took
+        print(f"\nhung peer: alice's connection ended after {took}s")
+        assert took is not None, "the connection through the hung peer stayed open"
+        assert took < 3 * LINK_PING + 2, took
+        assert lan.server.seen[served - 1].ended.wait(10), "b kept the destination connection"
+        assert wait_for_sockets(lan, 0, 15) == {"a": 0, "b": 0}
+    finally:
+        a.stop_daemon()
+        a.config_path.write_text(link_config(lan.originals["a"]))
+        a.start_daemon()
+    legit_connect(lan)

@@ -254,11 +254,17 @@ class TestFrameDecoder:
         """An unknown frame type is EPROTO as soon as its header is seen."""
         eproto(FrameDecoder().feed, HEADER.pack(kind, 1, 0))
 
-    @pytest.mark.parametrize("kind", list(Kind))
+    @pytest.mark.parametrize("kind", [k for k in Kind if k not in (Kind.PING, Kind.PONG)])
     def test_channel_zero_is_refused(self, kind: Kind) -> None:
-        """Channel 0 is never used: any frame on it is EPROTO from its header alone."""
+        """Channel 0 is the link's own: a channel's frame on it is EPROTO from its header."""
         length = CREDIT.size if kind == Kind.CREDIT else 0
         eproto(FrameDecoder().feed, HEADER.pack(kind, 0, length))
+
+    @pytest.mark.parametrize("kind", [Kind.PING, Kind.PONG])
+    def test_ping_and_pong_are_empty_and_on_channel_zero_only(self, kind: Kind) -> None:
+        assert FrameDecoder().feed(HEADER.pack(kind, 0, 0)) == [(kind, 0, b"")]
+        eproto(FrameDecoder().feed, HEADER.pack(kind, 1, 0))
+        eproto(FrameDecoder().feed, HEADER.pack(kind, 0, 1))
 
     def test_oversized_data_frame(self) -> None:
         """A DATA frame over MAX_DATA is refused from its header alone (nothing buffered)."""
