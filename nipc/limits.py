@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred
 
@@ -130,6 +130,20 @@ class Descriptors:
         self._background(self._count).addCallback(counted).addBoth(done)
 
 
+K = TypeVar("K")
+
+
+def _take_one(counts: dict[K, int], key: K) -> bool:
+    """One fewer under ``key``; True when none is left (the key is gone, so that the
+    tables hold only who holds something)."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+        return False
+    del counts[key]
+    return True
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -171,11 +185,7 @@ class Limits:
     def release(self, uid: int) -> None:
         self._fd_back()
         self.active -= 1
-        left = self.per_caller[uid] - 1
-        if left:
-            self.per_caller[uid] = left
-        else:
-            del self.per_caller[uid]
+        if _take_one(self.per_caller, uid):
             bucket = self._buckets.get(uid)
             if bucket is not None and self._refill(bucket) >= self.config.handshake_burst:
                 del self._buckets[uid]  # a full bucket holds no state worth keeping
@@ -211,11 +221,7 @@ class Limits:
 
     def peer_settled(self, source: str) -> None:
         self.pending_peers -= 1
-        left = self.pending_by_source[source] - 1
-        if left:
-            self.pending_by_source[source] = left
-        else:
-            del self.pending_by_source[source]
+        _take_one(self.pending_by_source, source)
 
     def inbound_arrived(self, source: str) -> None:
         """Count in a connection a peer routes to this host from address ``source``, or
@@ -235,8 +241,4 @@ class Limits:
     def inbound_left(self, source: str) -> None:
         self._fd_back()
         self.inbound -= 1
-        left = self.inbound_by_source[source] - 1
-        if left:
-            self.inbound_by_source[source] = left
-        else:
-            del self.inbound_by_source[source]
+        _take_one(self.inbound_by_source, source)
