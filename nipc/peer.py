@@ -202,7 +202,7 @@ class Channel:
             self.established = True
         else:
             self._drop()
-            if tried:
+            if tried and result.errno_name != "EAGAIN":  # this host's overload: not the peer's
                 self.link.refused()
 
     def _settle(self) -> None:

@@ -428,6 +428,17 @@ def test_refusals_before_any_authentication_close_the_link() -> None:
     assert not proven.transport.disconnecting
 
 
+def test_overload_refusals_do_not_close_an_unproven_link() -> None:
+    """EAGAIN after admission (this host at a limit: inbound connections, descriptors) is
+    no sign against the peer: a new link from a legitimate host stays open however many
+    it gets (issue 14 item 11: they came back as EHOSTUNREACH when it closed)."""
+    server = Server()
+    for number in range(1, peer.MAX_UNAUTHENTICATED_REFUSALS + 3):
+        server.link.dataReceived(wire.encode(HELLO, number))
+        server.hellos[-1][0].answer(wire.Result("EAGAIN", "b is at its file descriptor limit"))
+    assert not server.transport.disconnecting
+
+
 def test_hellos_per_link_are_rate_limited() -> None:
     """Beyond twice the per-second rate at once, a HELLO is EAGAIN before any Kerberos
     work; the bucket refills with time."""
