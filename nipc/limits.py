@@ -23,10 +23,13 @@ from nipc.errors import NipcError
 #: duplicate while the reactor adopts it. (A local caller's own socket is open before it
 #: is admitted; a peer link is shared by many connections.)
 FDS_PER_CONNECTION = 2
+#: Connections a local socket accepts per turn of the reactor: each refused one holds its
+#: descriptor until the next turn, so the reserve below must hold two turns' worth.
+ACCEPTS_PER_TURN = 32
 #: Descriptors always kept free for what is not admitted one by one: accepting a
 #: connection only to refuse it, a peer link, the keytab and replay cache a ticket check
 #: opens, a KDC socket, the log file.
-FD_RESERVE = 64
+FD_RESERVE = 2 * ACCEPTS_PER_TURN
 #: Counting the open descriptors costs ~10 us each, so it is done off the reactor thread
 #: and not more often than this (seconds) near the limit, nor less often when busy.
 RECOUNT_AFTER = 0.5

@@ -27,7 +27,8 @@ from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, ProtocolTransition, TicketSource, ticket_source
-from nipc.limits import Descriptors, Limits, fds_needed, open_fds, raise_fd_limit
+from nipc.limits import (ACCEPTS_PER_TURN, Descriptors, Limits, fds_needed, open_fds,
+                         raise_fd_limit)
 from nipc.logs import LogFile, open_log
 from nipc.notify import Notifier, monotonic_usec
 from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
@@ -113,7 +114,33 @@ def inherited_listeners(peer_port: int) -> dict[str, socket.socket]:
     return found
 
 
-class AdoptedUNIXPort(unix.Port):
+class GatePort(unix.Port):
+    """A local socket the daemon routes from (the gate, an import). It accepts at most
+    ``ACCEPTS_PER_TURN`` connections per turn of the reactor (Twisted grows its batch
+    without bound): a connection refused for want of descriptors holds its own until the
+    next turn, so a burst never meets EMFILE at accept(), where Twisted would close the
+    callers still waiting without a word; each gets its ``ERR EAGAIN`` line."""
+
+    _accepts = ACCEPTS_PER_TURN
+
+    @property
+    def numberAccepts(self) -> int:
+        return self._accepts
+
+    @numberAccepts.setter
+    def numberAccepts(self, wanted: int) -> None:
+        self._accepts = min(wanted, ACCEPTS_PER_TURN)
+
+
+def listen_gate(reactor: Any, where: str, factory: LocalGateFactory, mode: int) -> GatePort:
+    """What ``reactor.listenUNIX`` does, with a :class:`GatePort`."""
+    # str, as listenUNIX takes it (unix.Port's annotation says bytes; both work)
+    port = GatePort(where, factory, LISTEN_BACKLOG, mode, reactor, wantPID=False)  # type: ignore[arg-type]
+    port.startListening()  # type: ignore[no-untyped-call]
+    return port
+
+
+class AdoptedUNIXPort(GatePort):
     """A Unix socket systemd listens on for the daemon (socket activation). The file is the
     socket unit's: it keeps the owner, group and mode systemd gave it and outlives the daemon,
     so clients queue on it across restarts."""
@@ -208,10 +235,7 @@ class NipcService(Service):
         self._start_admin()
         self._start_metrics()
         if not self._adopt_unix(path, LocalGateFactory(gates)):
-            self._ports.append(reactor.listenUNIX(
-                path, LocalGateFactory(gates), mode=config.socket_mode,
-                wantPID=False, backlog=LISTEN_BACKLOG,
-            ))
+            self._ports.append(listen_gate(reactor, path, LocalGateFactory(gates), config.socket_mode))
             os.chown(path, config.socket_owner, config.socket_group)
         self._gate_port = self._ports[-1]
         for imported in config.imports:
@@ -261,8 +285,7 @@ class NipcService(Service):
         else:
             os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
             clear_stale_socket(where)
-            port = self.reactor.listenUNIX(where, factory, mode=imported.mode, wantPID=False,
-                                           backlog=LISTEN_BACKLOG)
+            port = listen_gate(self.reactor, where, factory, imported.mode)
             self._ports.append(port)
             os.chown(where, imported.owner, imported.group)
         self._imports[where] = (imported, port)

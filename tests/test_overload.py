@@ -187,16 +187,18 @@ def test_inbound_connection_caps(hub: Hub) -> None:
     assert_no_tracebacks(hub, "b")
 
 
-def test_fd_limit_overload_is_eagain(hub: Hub) -> None:
+@pytest.mark.parametrize("links", ["up", "new"])
+def test_fd_limit_overload_is_eagain(hub: Hub, links: str) -> None:
     """b's descriptor limit lowered to FD_ROOM above what it holds; a and c (alice and bob
-    on each) open 4 x PER_CALLER connections at once. Every refusal is EAGAIN naming the
-    descriptor limit (no EPROTO, no EKEYREJECTED, no critical log line), b holds no more
-    descriptors than the limit allows, and serves normally once the burst is over."""
+    on each) open 4 x PER_CALLER connections at once, over links already up or over new
+    ones. Every refusal is EAGAIN naming the descriptor limit (no EPROTO, no EKEYREJECTED,
+    no critical log line), and b serves normally once the burst is over."""
     hub.start("max_pending_peers = 1000\nmax_pending_per_source = 1000\n")
     b = hub.hosts["b"]
-    for host in ("a", "c"):
-        for user in USERS:
-            assert greet(hub, host, user) == "OK"  # links up, tickets cached
+    if links == "up":
+        for host in ("a", "c"):
+            for user in USERS:
+                assert greet(hub, host, user) == "OK"  # links up, tickets cached
     pid = b.daemon_pid()
     assert pid is not None
     time.sleep(1)
@@ -213,9 +215,10 @@ def test_fd_limit_overload_is_eagain(hub: Hub) -> None:
             close_all(results)
         ok = replies.count("OK")
         refused = [r for r in replies if r != "OK"]
-        FIGURES.update(attempts=len(replies), ok=ok, refused=len(refused), base_fds=base_fds,
-                       limit=limit, held_fds=held_fds, base_rss_kib=base_rss, held_rss_kib=held_rss)
-        print(f"\nfd-limit burst on b: {FIGURES}")
+        FIGURES[links] = dict(attempts=len(replies), ok=ok, refused=len(refused), base_fds=base_fds,
+                              limit=limit, held_fds=held_fds, base_rss_kib=base_rss,
+                              held_rss_kib=held_rss)
+        print(f"\nfd-limit burst on b, links {links}: {FIGURES[links]}")
         wrong = sorted({r[:120] for r in refused
                         if not (r.startswith("ERR EAGAIN ") and "RLIMIT_NOFILE" in r)})
         assert not wrong, f"refusals other than EAGAIN naming the limit: {wrong}"
@@ -237,7 +240,7 @@ def test_fd_limit_overload_is_eagain(hub: Hub) -> None:
 
 
 #: Measured in test_fd_limit_overload_is_eagain (for the report).
-FIGURES: dict[str, int] = {}
+FIGURES: dict[str, dict[str, int]] = {}
 
 
 def test_replay_cache_failure_is_this_hosts_trouble(hub: Hub) -> None:
@@ -259,3 +262,37 @@ def test_replay_cache_failure_is_this_hosts_trouble(hub: Hub) -> None:
     assert reply.startswith("ERR EAGAIN b.lan.test cannot check tickets") and "replay cache" in reply, reply
     assert greet(hub, "a", "alice") == "OK"
     assert_no_tracebacks(hub, "b")
+
+
+def test_gate_fd_limit_overload_is_eagain(hub: Hub) -> None:
+    """The sending side: a's descriptor limit lowered to 120 above what it holds; alice
+    and bob open PER_CALLER connections each through a's gate at once. Every caller gets an
+    answer (none is left waiting in the listen queue), every refusal is EAGAIN naming the
+    descriptor limit, and a serves normally once the burst is over."""
+    hub.start("")
+    a = hub.hosts["a"]
+    for user in USERS:
+        assert greet(hub, "a", user) == "OK"
+    pid = a.daemon_pid()
+    assert pid is not None
+    time.sleep(1)
+    base_fds = open_fds(pid)
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (base_fds + 120, hard))
+    try:
+        results = bursts(hub, [("a", u, PER_CALLER) for u in USERS])
+        close_all(results)
+        replies = [r for *_, rs, _ in results for r in rs]
+        wrong = sorted({r[:120] for r in replies
+                        if r != "OK" and not (r.startswith("ERR EAGAIN ") and "RLIMIT_NOFILE" in r)})
+        assert not wrong, f"answers other than OK and EAGAIN naming the limit: {wrong}"
+        ok = replies.count("OK")
+        print(f"\nfd-limit burst on a's gate: {ok} OK, {len(replies) - ok} EAGAIN")
+        assert ok and ok < len(replies)
+        back = wait_for_fds(pid, base_fds + 8)
+        assert back <= base_fds + 8, f"a still holds {back} descriptors (baseline {base_fds})"
+        for user in USERS:
+            assert greet(hub, "a", user) == "OK"
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert_no_tracebacks(hub, "a")
