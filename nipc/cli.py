@@ -270,9 +270,11 @@ HINTS: dict[str, str] = {
                     "and that nipcd runs on HOST.",
     "ETIMEDOUT": "the peer did not answer in time: packets dropped (firewall), the peer daemon "
                  "is stuck, or the KDC is slow; see [timeouts] and both daemons' logs.",
-    "EKEYREJECTED": "Kerberos refused: HOST's keytab lacks current keys for nipc/HOST (kvno), "
-                    "the SPN nipc/HOST is on the wrong account, enctypes differ, or the clocks "
-                    "are more than 5 minutes apart.",
+    "EKEYREJECTED": "Kerberos refused. If the message names a host's keytab, that host's "
+                    "keytab lacks the KDC's current keys for its kerberos.principal (klist "
+                    "-kte there; its log has a critical line). Otherwise: the SPN nipc/HOST is "
+                    "on the wrong account, enctypes differ, or the clocks are more than 5 "
+                    "minutes apart.",
     "EKEYEXPIRED": "a ticket expired: run `kinit` again (own-ccache), or check the clocks.",
     "EPROTO": "the peer handshake failed (TLS or protocol version); see both daemons' logs.",
     "EPERM": "no usable identity for you: HOST's auth_to_local/NSS has no account for your "

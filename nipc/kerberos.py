@@ -29,37 +29,105 @@ from nipc.impersonate import run_as
 
 log = Logger()
 
-#: krb5 error codes (com_err table base -1765328384) that deserve their own answer.
+#: krb5 error codes (com_err table base -1765328384) that deserve their own answer. Failures
+#: are told apart by these codes only, never by their text: krb5 translates its messages
+#: (a daemon whose program set a German locale says "Es konnte mit keinem KDC ...").
 _KRB5_BASE = -1765328384
 KDC_ERR_C_PRINCIPAL_UNKNOWN = _KRB5_BASE + 6
 KDC_ERR_S_PRINCIPAL_UNKNOWN = _KRB5_BASE + 7
-KDC_ERR_CLIENT_REVOKED = _KRB5_BASE + 18
 KDC_ERR_BADOPTION = _KRB5_BASE + 13
+KDC_ERR_CLIENT_REVOKED = _KRB5_BASE + 18
 KDC_ERR_KEY_EXPIRED = _KRB5_BASE + 23
+KDC_ERR_PREAUTH_FAILED = _KRB5_BASE + 24
+AP_ERR_BAD_INTEGRITY = _KRB5_BASE + 31
 AP_ERR_TKT_EXPIRED = _KRB5_BASE + 32
 AP_ERR_REPEAT = _KRB5_BASE + 34
+AP_ERR_NOT_US = _KRB5_BASE + 35
 AP_ERR_SKEW = _KRB5_BASE + 37
-AP_ERR_MODIFIED = _KRB5_BASE + 41
+AP_ERR_BADKEYVER = _KRB5_BASE + 44
+AP_ERR_NOKEY = _KRB5_BASE + 45
+KRB5_KDCREP_SKEW = _KRB5_BASE + 148
+KRB5_REALM_UNKNOWN = _KRB5_BASE + 154
+KRB5_KDC_UNREACH = _KRB5_BASE + 156
+KRB5_RC_REPLAY = _KRB5_BASE + 163
+KRB5_KT_NOTFOUND = _KRB5_BASE + 181
+KRB5_KT_END = _KRB5_BASE + 182
+KRB5_KEYTAB_BADVNO = _KRB5_BASE + 213
+KRB5_REALM_CANT_RESOLVE = _KRB5_BASE + 220
+KRB5_KT_KVNONOTFOUND = _KRB5_BASE + 230
+KRB5_KT_FORMAT = _KRB5_BASE + 235
+#: The GSS krb5 mechanism's own table ("k5g"): the keytab has no entry for the name.
+KG_KEYTAB_NOMATCH = 39756033
+
+_SKEW = frozenset({AP_ERR_SKEW, KRB5_KDCREP_SKEW})
+_KDC_UNREACHABLE = frozenset({KRB5_KDC_UNREACH, KRB5_REALM_UNKNOWN, KRB5_REALM_CANT_RESOLVE})
+_REPLAY = frozenset({AP_ERR_REPEAT, KRB5_RC_REPLAY})
+#: The keytab holds no key for the configured principal, or is not a keytab at all.
+_KEYTAB_LACKS = frozenset({KRB5_KT_NOTFOUND, KG_KEYTAB_NOMATCH, KRB5_KT_END})
+_KEYTAB_MALFORMED = frozenset({KRB5_KEYTAB_BADVNO, KRB5_KT_FORMAT})
+#: The keytab's keys are not the ones the KDC has: the KDC refuses the host's proof
+#: (preauthentication), or tickets for the host do not open with them.
+_KEYTAB_STALE = frozenset({KDC_ERR_PREAUTH_FAILED, AP_ERR_BAD_INTEGRITY, AP_ERR_NOT_US,
+                           AP_ERR_BADKEYVER, AP_ERR_NOKEY, KRB5_KT_KVNONOTFOUND})
 #: Time before expiry at which a cached impersonation credential is acquired anew.
 RENEW_MARGIN = 120.0
 #: Threads that may wait on the KDC at once for credentials not yet cached.
 KDC_THREADS = 16
 
 
-def gss_failure(e: GSSError, doing: str) -> NipcError:
-    """Translate a GSS failure into an errno and a message that says what to do."""
-    text = " ".join(str(e.gen_message()).split())[:200]
-    # python-gssapi reports minor codes unsigned; the com_err table is signed.
-    code = ((getattr(e, "min_code", 0) or 0) + (1 << 31)) % (1 << 32) - (1 << 31)
+def minor_code(e: GSSError) -> int:
+    """The minor status as the signed com_err code (python-gssapi reports it unsigned)."""
+    return ((getattr(e, "min_code", 0) or 0) + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+def _detail(e: GSSError) -> str:
+    """The library's own words, for people only (never matched: they may be translated)."""
+    return " ".join(str(e.gen_message()).split())[:200]
+
+
+def keytab_problem(e: GSSError, config: Config, reading: bool = True) -> str | None:
+    """What is wrong with this host's keytab, if the failure lies there, else None.
+
+    ``reading``: the step read the keytab file, so a system error (ENOENT, EACCES,
+    EISDIR...) is the file's. Accepting a ticket reports the keytab's own as krb5 codes;
+    a system error there comes from the replay cache instead.
+    """
+    code = minor_code(e)
+    where = f"{config.host_name}'s keytab {config.keytab}"
+    if reading and 0 < code < 4096 and code in errno.errorcode:
+        return f"{where} cannot be read: {os.strerror(code)} ({errno.errorcode[code]})"
+    if code in _KEYTAB_LACKS:
+        return (f"{where} has no key for {config.principal} (kerberos.principal): "
+                f"`klist -k {config.keytab}` lists what it holds")
+    if code in _KEYTAB_MALFORMED:
+        return f"{where} is not a keytab (unknown format)"
+    if code in _KEYTAB_STALE:
+        return (f"{where} does not hold the KDC's current keys for {config.principal}: export "
+                "it anew (`klist -kte` shows its kvno and enctypes)")
+    return None
+
+
+def gss_failure(e: GSSError, doing: str, keytab_of: Config | None = None,
+                reading: bool = True) -> NipcError:
+    """Translate a GSS failure into an errno and a message that says what to do.
+
+    ``keytab_of``: the failing step used this host's own keytab (accepting a ticket, the
+    daemon's own ticket-granting ticket), so keytab trouble is named as this host's, never
+    blamed on the peer or the caller.
+    """
+    text = _detail(e)
+    code = minor_code(e)
+    if keytab_of is not None and (problem := keytab_problem(e, keytab_of, reading)) is not None:
+        return NipcError("EKEYREJECTED", f"{doing}: {problem}")
     if isinstance(e, gssapi.exceptions.ExpiredCredentialsError) or code in (
         AP_ERR_TKT_EXPIRED, KDC_ERR_KEY_EXPIRED
     ):
         return NipcError("EKEYEXPIRED", f"{doing}: Kerberos credentials expired ({text})")
-    if code == AP_ERR_SKEW or "skew" in text.lower():
+    if code in _SKEW:
         return NipcError(
             "EKEYREJECTED", f"{doing}: clock skew too great between hosts and KDC ({text})"
         )
-    if "Cannot contact any KDC" in text or "Cannot find KDC" in text:
+    if code in _KDC_UNREACHABLE:
         return NipcError("EHOSTUNREACH", f"{doing}: Kerberos KDC unreachable ({text})")
     if code == KDC_ERR_C_PRINCIPAL_UNKNOWN:
         return NipcError("ENOKEY", f"{doing}: the KDC knows no such user ({text})")
@@ -71,7 +139,7 @@ def gss_failure(e: GSSError, doing: str) -> NipcError:
         return NipcError(
             "EKEYREJECTED", f"{doing}: ticket bound to another TLS session (relayed or replayed)"
         )
-    if code == AP_ERR_REPEAT or "replay" in text.lower():
+    if code in _REPLAY:
         return NipcError("EKEYREJECTED", f"{doing}: replayed authenticator ({text})")
     return NipcError("EKEYREJECTED", f"{doing}: {text}")
 
@@ -158,27 +226,17 @@ class ProtocolTransition:
 
     def warm(self) -> "Deferred[None]":
         """Fetch the daemon's own TGT at start (a ticket to itself): the first caller
-        does not pay for it, and a bad keytab or an unreachable KDC shows in the log
-        at once. Only calls that release the GIL (see ``_daemon_creds``)."""
+        does not pay for it, and an unreachable KDC shows in the log at once."""
 
-        def fetch() -> None:
-            with self._daemon_lock:
-                daemon = self._daemon_creds()
-            ctx = gssapi.SecurityContext(name=service_name(self._config.host_name), creds=daemon,
-                                         usage="initiate")
-            ctx.step()
-
-        def done(_: None) -> None:
+        def done(_: Any) -> None:
             log.info("Kerberos ready: {principal} has its ticket-granting ticket",
                      principal=self._config.principal)
 
         def failed(failure: Any) -> None:
-            error = failure.value
-            text = gss_failure(error, "fetching this daemon's own ticket").message \
-                if isinstance(error, GSSError) else str(error)
-            log.warn("Kerberos not ready at start (callers will retry): {error}", error=text)
+            log.warn("Kerberos not ready at start (callers will retry): {error}",
+                     error=failure.getErrorMessage())
 
-        d = deferToThreadPool(self._reactor, self._kdc_pool, fetch)
+        d = deferToThreadPool(self._reactor, self._kdc_pool, self._own_ticket)
         return d.addCallbacks(done, failed)
 
     def _cached(self, principal: str) -> Any:
@@ -202,15 +260,29 @@ class ProtocolTransition:
             )
         return self._daemon
 
+    def _own_ticket(self) -> Any:
+        """The daemon's own credential, with a ticket to itself from its keytab: a fault
+        there is named as this host's before anything is asked in a caller's name (the
+        KDC would otherwise blame the caller). Only calls that release the GIL (see
+        ``_daemon_creds``); once the tickets are cached it needs no KDC (~0.2 ms)."""
+        # Acquiring the daemon's own credential may talk to the KDC: its lock is one only
+        # cache misses wait on, never the cache itself.
+        try:
+            with self._daemon_lock:
+                daemon = self._daemon_creds()
+            gssapi.SecurityContext(name=service_name(self._config.host_name), creds=daemon,
+                                   usage="initiate").step()
+        except GSSError as e:
+            raise gss_failure(e, f"this daemon's own ticket as {self._config.principal}",
+                              keytab_of=self._config) from None
+        return daemon
+
     def _impersonated(self, principal: str) -> Any:
         now = time.monotonic()
         cached = self._cache.get(principal)
         if cached and cached[1] > now:
             return cached[0]
-        # Acquiring (or just inquiring) the daemon's own credential may talk to the KDC:
-        # its lock is one only cache misses wait on, never the cache itself.
-        with self._daemon_lock:
-            daemon = self._daemon_creds()
+        daemon = self._own_ticket()
         creds = daemon.impersonate(principal_name(principal), usage="initiate")
         lifetime = creds.lifetime or 0
         with self._lock:
@@ -323,8 +395,32 @@ def _logon_info(name: Any) -> bytes | None:
     return value
 
 
+class KeytabError(RuntimeError):
+    """This host's keytab cannot serve the configured principal: the daemon does not start."""
+
+
+def check_keytab(config: Config) -> None:
+    """At start, before listening: the keytab exists, is a keytab and holds the configured
+    principal (reading the file only; whether its keys are the KDC's is
+    :meth:`Acceptor.warm`'s question, since the KDC may be away at start)."""
+    try:
+        gssapi.Credentials(name=principal_name(config.principal), usage="accept",
+                           store={"keytab": str(config.keytab)})
+    except GSSError as e:
+        problem = keytab_problem(e, config)
+        if problem is None:
+            problem = f"{config.principal} with {config.keytab}: {_detail(e)}"
+        raise KeytabError(f"cannot start: {problem}") from None
+
+
 class Acceptor:
-    """Validates peers' tickets with this host's keytab, bound to the TLS channel."""
+    """Validates peers' tickets with this host's keytab, bound to the TLS channel.
+
+    Its credential is named by the configured principal, never left for krb5 to pick:
+    unnamed, MIT takes the keytab's first entry (a domain-joined host's keytab starts
+    with whatever the join tool or the admin wrote first, host/... or the SPN), and with
+    usage "both" then asks the KDC for a TGT in that name, which AD refuses to an SPN.
+    """
 
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -332,10 +428,21 @@ class Acceptor:
         self._lock = threading.Lock()
 
     def warm(self) -> None:
-        """Load the keytab at start, off the reactor (acquiring releases the GIL)."""
-        self._acceptor_creds()
+        """At start, off the reactor: load the keytab, then prove it against the KDC: a
+        ticket to this daemon from its keytab's principal, accepted with the same keytab.
+        Raises NipcError (keytab trouble named as this host's, or the KDC unreachable)."""
+        doing = "checking this host's keytab against the KDC"
+        creds = self._acceptor_creds(doing)
+        channel = b"nipc-keytab-self-test"
+        try:
+            ctx = gssapi.SecurityContext(name=service_name(self._config.host_name), creds=creds,
+                                         usage="initiate", channel_bindings=bindings(channel))
+            token = ctx.step()
+        except GSSError as e:
+            raise gss_failure(e, doing, keytab_of=self._config) from None
+        self.accept(token or b"", channel)
 
-    def _acceptor_creds(self) -> Any:
+    def _acceptor_creds(self, doing: str) -> Any:
         with self._lock:
             if self._creds is None:
                 # usage "both": only then does an accepted context keep the delegation
@@ -345,7 +452,11 @@ class Acceptor:
                     "keytab": keytab, "client_keytab": keytab,
                     "ccache": f"MEMORY:nipc-acceptor-{os.getpid()}",
                 }
-                self._creds = gssapi.Credentials(usage="both", store=store)
+                try:
+                    self._creds = gssapi.Credentials(
+                        name=principal_name(self._config.principal), usage="both", store=store)
+                except GSSError as e:
+                    raise gss_failure(e, doing, keytab_of=self._config) from None
             return self._creds
 
     def _local_failure(self, e: GSSError) -> NipcError | None:
@@ -363,16 +474,17 @@ class Acceptor:
     def accept(self, token: bytes, channel: bytes) -> Accepted:
         """Validate a peer's first token; blocking (the replay cache is a file)."""
         doing = "validating the peer's ticket"
+        creds = self._acceptor_creds(doing)
         try:
-            ctx = gssapi.SecurityContext(
-                creds=self._acceptor_creds(), usage="accept", channel_bindings=bindings(channel)
-            )
+            ctx = gssapi.SecurityContext(creds=creds, usage="accept",
+                                         channel_bindings=bindings(channel))
             out = ctx.step(token)
             # python-gssapi may hand back an error token instead of raising, and raise
             # the stored error only when ``complete`` is read: only a complete context counts.
             complete = ctx.complete
         except GSSError as e:
-            raise self._local_failure(e) or gss_failure(e, doing) from None
+            raise self._local_failure(e) or gss_failure(e, doing, keytab_of=self._config,
+                                                        reading=False) from None
         if not complete:
             raise NipcError("EKEYREJECTED", f"{doing}: the exchange did not complete")
         name = ctx.initiator_name

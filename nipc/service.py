@@ -23,10 +23,13 @@ from nipc import __version__, audit
 from nipc import reload as reloading
 from nipc.admin import AdminFactory, Connections
 from nipc.config import Config, ConfigError, Import
+from nipc.errors import NipcError
 from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
 from nipc.inbound import Inbound
-from nipc.kerberos import Acceptor, ProtocolTransition, TicketSource, ticket_source
+from nipc.kerberos import (
+    Acceptor, KeytabError, ProtocolTransition, TicketSource, check_keytab, ticket_source,
+)
 from nipc.limits import (ACCEPTS_PER_TURN, Descriptors, Limits, fds_needed, open_fds,
                          raise_fd_limit)
 from nipc.logs import LogFile, open_log
@@ -187,6 +190,10 @@ class NipcService(Service):
         config, reactor = self.config, self.reactor
         if config.krb5_config is not None:
             os.environ["KRB5_CONFIG"] = str(config.krb5_config)
+        try:
+            check_keytab(config)
+        except KeytabError as e:  # it could never work: stop here, as for a config error
+            raise SystemExit(f"nipc: {e}") from None
         reactor.suggestThreadPoolSize(32)
         self._started = reactor.seconds()
         self.registry = registry = Registry()
@@ -376,9 +383,15 @@ class NipcService(Service):
             self.notifier.send(READY=1, STATUS=self._status_line(), MAINPID=os.getpid())
 
         def failed(f: Failure) -> None:
+            """An unreachable KDC is a warning (callers retry); anything else means peers'
+            tickets and this daemon's own fail until an operator acts: critical."""
             error = f.getErrorMessage()
-            log.warn("cannot load the keytab {keytab}: {error}", keytab=str(self.config.keytab),
-                     error=error)
+            if isinstance(f.value, NipcError) and f.value.errno_name in ("EHOSTUNREACH",
+                                                                         "ETIMEDOUT"):
+                log.warn("cannot load the keytab {keytab}: {error}",
+                         keytab=str(self.config.keytab), error=error)
+            else:
+                log.critical("this host's keytab does not work: {error}", error=error)
             self.notifier.send(STATUS=f"not ready: cannot load the keytab: {error}")
 
         if self._draining:

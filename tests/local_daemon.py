@@ -21,6 +21,17 @@ def free_port() -> int:
         return port
 
 
+def solo_keytab(path: Path) -> Path:
+    """A keytab for nipc/solo.test@SOLO.TEST: the daemon checks it at start, although no
+    KDC ever sees its key (nothing leaves the host)."""
+    if not path.exists():
+        subprocess.run(["ktutil"], input="addent -password -p nipc/solo.test@SOLO.TEST -k 1 "
+                       f"-e aes256-cts-hmac-sha1-96\nSolo-Key-1\nwkt {path}\nquit\n",
+                       text=True, check=True, capture_output=True, timeout=30)
+        path.chmod(0o600)
+    return path
+
+
 def solo_config(root: Path, socket: Path, port: int, extra: str = "") -> str:
     """A one-host daemon config for root-only tests of the local path (no Kerberos)."""
     return f"""
@@ -28,8 +39,8 @@ def solo_config(root: Path, socket: Path, port: int, extra: str = "") -> str:
 name = "solo.test"
 realm = "SOLO.TEST"
 [kerberos]
-keytab = "{root / 'none.keytab'}"
-principal = "nipc/solo.test"
+keytab = "{solo_keytab(root / 'solo.keytab')}"
+principal = "nipc/solo.test@SOLO.TEST"
 [local]
 socket = "{socket}"
 [peer]
