@@ -134,6 +134,9 @@ INSTALL_NEEDS = (
 )
 TEST_NEEDS = (
     prereqs.Need("klist", "krb5-user"),
+    prereqs.Need("ktutil", "krb5-user"),
+    prereqs.Need("/usr/share/locale/de/LC_MESSAGES/mit-krb5.mo", "krb5-locales"),
+    prereqs.Need("/usr/share/i18n/locales/de_DE", "locales"),
     prereqs.Need("chage", "passwd"),
     prereqs.Need("runuser", "util-linux"),
     prereqs.Need("unshare", "util-linux"),
