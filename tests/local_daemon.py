@@ -22,9 +22,10 @@ def free_port() -> int:
 
 
 def solo_keytab(path: Path) -> Path:
-    """A keytab for nipc/solo.test@SOLO.TEST: the daemon checks it at start, although no
-    KDC ever sees its key (nothing leaves the host)."""
-    if not path.exists():
+    """A keytab for nipc/solo.test@SOLO.TEST, unless it holds entries already: the daemon
+    checks it at start, although no KDC ever knows its key (nothing leaves the host)."""
+    if not path.exists() or path.stat().st_size <= 2:  # absent, or only the version
+        path.unlink(missing_ok=True)
         subprocess.run(["ktutil"], input="addent -password -p nipc/solo.test@SOLO.TEST -k 1 "
                        f"-e aes256-cts-hmac-sha1-96\nSolo-Key-1\nwkt {path}\nquit\n",
                        text=True, check=True, capture_output=True, timeout=30)
@@ -39,7 +40,7 @@ def solo_config(root: Path, socket: Path, port: int, extra: str = "") -> str:
 name = "solo.test"
 realm = "SOLO.TEST"
 [kerberos]
-keytab = "{solo_keytab(root / 'solo.keytab')}"
+keytab = "{solo_keytab(root / 'none.keytab')}"
 principal = "nipc/solo.test@SOLO.TEST"
 [local]
 socket = "{socket}"
