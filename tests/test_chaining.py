@@ -89,6 +89,15 @@ def c_server(lan: dict[str, Host]) -> Iterator[UnixServer]:
     server.close()
 
 
+def chain_through(a: Host, b: Host, target: str, *, explicit: bool, user: str = "alice") -> str:
+    """alice, from a, greets a :func:`chaining_service` on b that calls ``target``."""
+    service = chaining_service(b, target, explicit=explicit, user=user)
+    try:
+        return greet_through(a, b, service)
+    finally:
+        service.close()
+
+
 def greet_through(a: Host, b: Host, service: UnixServer) -> str:
     out = run_client("alice", str(a.socket_path), "raw-all",
                      f"CONNECT {service.path}@{b.fqdn}\\nping\\n")
@@ -102,11 +111,7 @@ def test_alice_reaches_c_through_a_service_on_b(lan: dict[str, Host], c_server: 
     """C's server sees alice in SO_PEERCRED/SO_PEERGROUPS and, via PEER, hops a and b,
     her principal and her user SID from the PAC."""
     a, b, c = lan["a"], lan["b"], lan["c"]
-    service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=explicit)
-    try:
-        reply = greet_through(a, b, service)
-    finally:
-        service.close()
+    reply = chain_through(a, b, f"{c_server.path}@{c.fqdn}", explicit=explicit)
     lines = reply.split("\n")
     assert lines[0] == "OK" and lines[1] == "OK", reply  # a's daemon, then b's daemon
     seen = json.loads(lines[2])
@@ -127,11 +132,9 @@ def test_each_hop_is_its_own_gate(lan: dict[str, Host], sandbox: Sandbox) -> Non
     """b admits alice, but c's socket excludes her: the service on b gets ERR EACCES."""
     a, b, c = lan["a"], lan["b"], lan["c"]
     closed = UnixServer(str(c.run_dir / "root-only.sock"), mode=0o600)
-    service = chaining_service(b, f"{closed.path}@{c.fqdn}", explicit=False)
     try:
-        reply = greet_through(a, b, service)
+        reply = chain_through(a, b, f"{closed.path}@{c.fqdn}", explicit=False)
     finally:
-        service.close()
         closed.close()
     assert reply.startswith("OK\nERR EACCES "), reply
     assert not closed.seen
@@ -148,11 +151,9 @@ def test_a_chain_expands_per_user_paths_at_the_last_hop(lan: dict[str, Host],
     server = UnixServer(str(home / "alice.sock"), mode=0o600)
     os.chown(server.path, alice.uid, alice.gid)
     path = f"{c.run_dir}/user/%{{uid}}/%{{user}}.sock"
-    service = chaining_service(b, f"{path}@{c.fqdn}", explicit=False)
     try:
-        reply = greet_through(a, b, service)
+        reply = chain_through(a, b, f"{path}@{c.fqdn}", explicit=False)
     finally:
-        service.close()
         server.close()
     assert reply.startswith("OK\nOK\n"), reply
     assert len(server.seen) == 1 and server.seen[0].uid == alice.uid
@@ -177,11 +178,9 @@ def test_a_loop_is_refused(lan: dict[str, Host]) -> None:
     """a -> b -> back to a: a finds itself in the hop chain and answers ELOOP."""
     a, b = lan["a"], lan["b"]
     back = UnixServer(str(a.run_dir / "loop.sock"))
-    service = chaining_service(b, f"{back.path}@{a.fqdn}", explicit=False)
     try:
-        reply = greet_through(a, b, service)
+        reply = chain_through(a, b, f"{back.path}@{a.fqdn}", explicit=False)
     finally:
-        service.close()
         back.close()
     assert reply.startswith("OK\nERR ELOOP "), reply
     assert not back.seen
@@ -217,11 +216,7 @@ def test_a_service_may_not_attach_someone_elses_connection(lan: dict[str, Host],
     section 6), c is never asked. (It used to reach c as alice.)"""
     a, b, c = lan["a"], lan["b"], lan["c"]
     before = len(c_server.seen)
-    service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=True, user="bob")
-    try:
-        reply = greet_through(a, b, service)
-    finally:
-        service.close()
+    reply = chain_through(a, b, f"{c_server.path}@{c.fqdn}", explicit=True, user="bob")
     assert reply.startswith("OK\nERR EPERM uid "), reply
     assert "may not act for alice@LAN.TEST" in reply and "chain_accounts" in reply, reply
     assert len(c_server.seen) == before
@@ -231,11 +226,7 @@ def test_a_listed_service_account_may_chain(lan: dict[str, Host], c_server: Unix
                                             bob_may_chain: Host, sandbox: Sandbox) -> None:
     """With bob in [peer] chain_accounts, the same service reaches c as alice."""
     a, b, c = lan["a"], bob_may_chain, lan["c"]
-    service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=True, user="bob")
-    try:
-        reply = greet_through(a, b, service)
-    finally:
-        service.close()
+    reply = chain_through(a, b, f"{c_server.path}@{c.fqdn}", explicit=True, user="bob")
     lines = reply.split("\n")
     assert lines[0] == "OK" and lines[1] == "OK", reply
     assert json.loads(lines[2])["uid"] == sandbox.users["alice"].uid
@@ -262,11 +253,7 @@ def test_the_implicit_form_refuses_to_guess(lan: dict[str, Host], c_server: Unix
     try:
         assert held.wait(60), "bob's connection did not reach the keeper"
         for explicit in (False, True):
-            service = chaining_service(b, f"{c_server.path}@{c.fqdn}", explicit=explicit, user="bob")
-            try:
-                reply = greet_through(a, b, service)
-            finally:
-                service.close()
+            reply = chain_through(a, b, f"{c_server.path}@{c.fqdn}", explicit=explicit, user="bob")
             if explicit:
                 assert reply.split("\n")[:2] == ["OK", "OK"], reply
             else:
