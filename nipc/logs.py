@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import unicodedata
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, cast
@@ -27,12 +28,14 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     Logger,
     eventAsJSON,
+    FileLogObserver,
     globalLogPublisher,
-    textFileLogObserver,
+    formatEventAsClassicLogText,
 )
 
 from nipc.config import ConfigError
 from nipc.journal import DEFAULT_SOCKET, JournalObserver, under_journald
+from nipc.request import CONTROL_CATEGORIES
 
 #: [log] journal and journal_socket, set by ``twistd nipc`` (makeService), which twistd runs
 #: before it asks :func:`twistd_observer` for its log observer.
@@ -44,11 +47,22 @@ def twistd_observer() -> ILogObserver:
     entries with structured fields when the daemon runs under journald (or ``[log] journal
     = true``), else twistd's text lines on stdout, as without ``--logger``."""
     wanted, path = journal_choice
-    text = textFileLogObserver(sys.stdout)
+    text = FileLogObserver(sys.stdout, lambda event: escaped(formatEventAsClassicLogText(event)))
     if wanted is False or (wanted is None and not under_journald()):
         return text
     observer: ILogObserver = JournalObserver(path, fallback=text)
     return observer
+
+
+def escaped(text: str | None) -> str | None:
+    """A text log line with every control and format character but newline and tab
+    written as ``\\xNN`` or ``\\uNNNN``, whichever field it came in: a terminal or a
+    log reader shows what was logged, never a carriage return, escape sequence or bidi
+    override. (Newlines in a field are safe: Twisted indents every continuation line.)"""
+    if text is None or text.replace("\n", "").replace("\t", "").isprintable():
+        return text
+    return "".join(c if c in "\n\t" or unicodedata.category(c) not in CONTROL_CATEGORIES
+                   else ascii(c)[1:-1] for c in text)
 
 
 def open_log(path: Path | None) -> IO[str] | None:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import time
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.logger import Logger, LogPublisher, formatEventAsClassicLogText, jsonFileLogObserver
 
+from nipc import logs
 from nipc.audit import audit, field_text
 
 #: ``key=value`` where value is a bare word or a JSON string.
@@ -75,3 +78,19 @@ def test_any_values_make_one_line_that_reads_back(facts: dict[str, Any]) -> None
     for key, value in facts.items():
         if key not in ("result", "duration"):
             assert fields[key] == value
+
+
+def test_the_text_log_escapes_controls_in_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's text log (``twistd --logger=nipc.logs.twistd_observer`` without
+    journald): a carriage return, an escape sequence, a line separator or a bidi override
+    in any field is shown escaped; a newline starts an indented continuation, never a
+    line of its own."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(logs, "journal_choice", (False, ""))
+    observer = logs.twistd_observer()
+    Logger(observer=observer).info("peer {peer}: {error}", peer="192.0.2.1",
+                                   error="a\rb\x1b[2Jc\u2028d\u202ee\nnipc-audit result=routed")
+    text = out.getvalue()
+    assert text.endswith("peer 192.0.2.1: a\\rb\\x1b[2Jc\\u2028d\\u202ee\n\tnipc-audit result=routed\n"), text
+    assert logs.escaped("plain text\n") == "plain text\n"
