@@ -22,6 +22,7 @@ from twisted.python.systemd import ListenFDs  # see inherited_listeners
 from nipc import __version__, audit
 from nipc import reload as reloading
 from nipc.admin import AdminFactory, Connections
+from nipc.client import check_gate
 from nipc.config import Config, ConfigError, Import
 from nipc.errors import NipcError
 from nipc.gate import GateServices, LocalGateFactory
@@ -245,6 +246,7 @@ class NipcService(Service):
             self._ports.append(listen_gate(reactor, path, LocalGateFactory(gates), config.socket_mode))
             os.chown(path, config.socket_owner, config.socket_group)
         self._gate_port = self._ports[-1]
+        self._check_gate(path)
         for imported in config.imports:
             self._open_import(imported)
         peer_addr = peer_port.getHost()
@@ -298,6 +300,14 @@ class NipcService(Service):
         self._imports[where] = (imported, port)
         log.info("import {socket} -> {target}", socket=where,
                  target=f"{imported.path}@{imported.host}")
+
+    def _check_gate(self, path: str) -> None:
+        """Clients refuse a gate socket another user could have put in place
+        (:func:`nipc.client.check_gate`): say so at start, where the operator looks."""
+        try:
+            check_gate(path, self.config.socket_owner)
+        except OSError as e:
+            log.warn("clients will refuse this daemon's gate socket: {error}", error=e.strerror)
 
     def _adopt_unix(self, where: str, factory: LocalGateFactory) -> bool:
         """Serve ``where`` on the socket systemd passed for it, if it did (socket activation):

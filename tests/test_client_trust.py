@@ -192,3 +192,20 @@ def test_the_cli_refuses_it_clearly(home: Path) -> None:
     finally:
         gate.close()
     assert gate.received == b""
+
+
+def test_the_daemon_flags_a_gate_clients_will_refuse(tmp_path: Path) -> None:
+    """A daemon whose gate sits below a directory anyone may write to says at start that
+    clients will refuse it, naming the directory."""
+    require_root()
+    from local_daemon import LocalDaemon
+
+    tmp_path.chmod(0o777)
+    (tmp_path / "solo").mkdir()
+    daemon = LocalDaemon(tmp_path / "solo")
+    try:
+        assert f"clients will refuse this daemon's gate socket: NIPC daemon socket {daemon.socket}: " \
+               f"directory {tmp_path} " in daemon.log(), daemon.log()
+    finally:
+        daemon.stop()
+        tmp_path.chmod(0o755)
