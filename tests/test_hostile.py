@@ -104,21 +104,28 @@ class Lan:
         return proc.stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
+def running_lan(samba_hosts: dict[str, Host], tokens: Path, configure: Callable[[str], str],
+                socket_name: str) -> Iterator[Lan]:
+    """a's and b's daemons running with ``configure(original config)``, a server on b at
+    ``socket_name``; the original configs restored afterwards."""
     originals = {n: samba_hosts[n].config_path.read_text() for n in ("a", "b")}
     for name in ("a", "b"):
-        samba_hosts[name].config_path.write_text(hostile_config(originals[name]))
+        samba_hosts[name].config_path.write_text(configure(originals[name]))
         samba_hosts[name].start_daemon()
-    server = UnixServer(str(samba_hosts["b"].run_dir / "hostile.sock"))
-    lan = Lan(samba_hosts, originals, server, tmp_path_factory.mktemp("forge") / "tokens.hex")
+    server = UnixServer(str(samba_hosts["b"].run_dir / socket_name))
     try:
-        yield lan
+        yield Lan(samba_hosts, originals, server, tokens)
     finally:
         server.close()
         for name in ("a", "b"):
             samba_hosts[name].stop_daemon()
             samba_hosts[name].config_path.write_text(originals[name])
+
+
+@pytest.fixture(scope="module")
+def lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
+    yield from running_lan(samba_hosts, tmp_path_factory.mktemp("forge") / "tokens.hex",
+                           hostile_config, "hostile.sock")
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -28,9 +28,8 @@ import nipc
 from acting import as_user, open_fds, rss_kib
 from nipc.peer import CLOSE_GRACE, MAX_UNAUTHENTICATED_REFUSALS
 from nipc.sandbox import Host
-from support import UnixServer
 from test_hostile import (HANDSHAKE_TIMEOUT, LATENCIES, MAX_PENDING_PEERS, Lan, Prober,
-                          hostile_config, legit_connect, read_reply)
+                          hostile_config, legit_connect, read_reply, running_lan)
 
 pytestmark = pytest.mark.integration
 
@@ -58,19 +57,8 @@ def link_config(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    originals = {n: samba_hosts[n].config_path.read_text() for n in ("a", "b")}
-    for name in ("a", "b"):
-        samba_hosts[name].config_path.write_text(link_config(originals[name]))
-        samba_hosts[name].start_daemon()
-    server = UnixServer(str(samba_hosts["b"].run_dir / "links.sock"))
-    lan = Lan(samba_hosts, originals, server, tmp_path_factory.mktemp("links") / "tokens.hex")
-    try:
-        yield lan
-    finally:
-        server.close()
-        for name in ("a", "b"):
-            samba_hosts[name].stop_daemon()
-            samba_hosts[name].config_path.write_text(originals[name])
+    yield from running_lan(samba_hosts, tmp_path_factory.mktemp("links") / "tokens.hex",
+                           link_config, "links.sock")
 
 
 def daemon_sockets(host: Host, port: int) -> int:
@@ -179,6 +167,20 @@ def flood(lan: Lan, attack: str, concurrency: int, seconds: float = FLOOD_SECOND
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def measured_flood(lan: Lan, attack: str, concurrency: int, seconds: float = FLOOD_SECONDS,
+                   rss_bound_kib: int = RSS_BOUND_KIB) -> dict[str, Any]:
+    """A flood while alice connects and b's fds and RSS are sampled, each checked against
+    its bound; the tool's JSON (all recorded in MEASURED)."""
+    legit_connect(lan)
+    with Prober(lan) as probe, Sampler(lan.b) as sample:
+        out = flood(lan, attack, concurrency, seconds)
+    MEASURED[f"{attack} flood"] = out
+    print(f"\n{attack}: {out}")
+    probe.check(attack)
+    sample.check(attack, rss_bound_kib)
+    return out
+
+
 def test_garbage_hellos_cannot_hold_links(lan: Lan) -> None:
     """200 links at once from c, each TLS then 10 garbage-token HELLOs, held open: b keeps
     no more than max_pending_peers of them, each for no longer than the handshake timeout,
@@ -186,13 +188,7 @@ def test_garbage_hellos_cannot_hold_links(lan: Lan) -> None:
     others get EAGAIN from the limits, before it); alice (a -> b) is served
     throughout, and b's fds and RSS stay within the bounds. Before the fix, b held every
     link (one garbage HELLO freed its pending slot and stopped its deadline)."""
-    legit_connect(lan)
-    with Prober(lan) as probe, Sampler(lan.b) as sample:
-        out = flood(lan, "garbage-hold", 200)
-    MEASURED["garbage-hold flood"] = out
-    print(f"\ngarbage-hold: {out}")
-    probe.check("garbage-hold")
-    sample.check("garbage-hold")
+    out = measured_flood(lan, "garbage-hold", 200)
     assert out["tls"] > MAX_PENDING_PEERS, out  # the attack did get through TLS, often
     assert out["max_open"] <= MAX_PENDING_PEERS, out
     assert out["longest"] < HANDSHAKE_TIMEOUT + 2, out
@@ -212,14 +208,8 @@ def test_partial_data_frames_on_unauthenticated_links_are_cut_at_the_header(lan:
     all but one byte of it, held: before any channel authenticated no DATA is due, so b
     closes each link at the header instead of buffering up to 1 MiB until the handshake
     timeout. b's RSS and fds stay bounded, alice is served."""
-    legit_connect(lan)
-    with Prober(lan) as probe, Sampler(lan.b) as sample:
-        out = flood(lan, "partial-data", 200)
-    MEASURED["partial-data flood"] = out
-    print(f"\npartial-data: {out}")
-    probe.check("partial-data")
     # At most max_pending_peers / 2 links from c, each holding < 64 KiB (before: 1 MiB)
-    sample.check("partial-data", rss_bound_kib=6 * 1024)
+    out = measured_flood(lan, "partial-data", 200, rss_bound_kib=6 * 1024)
     assert out["tls"] > MAX_PENDING_PEERS, out
     assert out["longest"] < HANDSHAKE_TIMEOUT - 1, out  # cut at the header, not at the deadline
 
@@ -229,14 +219,8 @@ def test_a_peer_that_reads_no_results_cannot_grow_the_write_buffer(lan: Lan) -> 
     as fast as TCP takes them and never read a RESULT: b stops reading them once its output
     is paused, so its RSS stays bounded (before: it kept answering into an unbounded write
     buffer)."""
-    legit_connect(lan)
-    with Prober(lan) as probe, Sampler(lan.b) as sample:
-        out = flood(lan, "unread-hellos", 1, seconds=20)
-    MEASURED["unread-hellos flood"] = out
-    print(f"\nunread-hellos: {out}")
+    out = measured_flood(lan, "unread-hellos", 1, seconds=20, rss_bound_kib=12 * 1024)
     assert out["authenticated"] and "EKEYREJECTED" not in out["authenticated"], out
-    probe.check("unread-hellos")
-    sample.check("unread-hellos", rss_bound_kib=12 * 1024)
 
 
 # -- item 6: a hung peer daemon --------------------------------------------------------------
