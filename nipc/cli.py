@@ -262,9 +262,8 @@ def _check_target(target: str) -> None:
 
 #: What each refusal of the probe means and what to do about it.
 HINTS: dict[str, str] = {
-    "ENOKEY": "no Kerberos credentials for you. In own-ccache mode run `kinit` (check with "
-              "`klist`); in protocol-transition mode the daemon's account needs protocol "
-              "transition (AD: 'trust for delegation to specified services, any protocol').",
+    "ENOKEY": "no Kerberos credentials for you: in own-ccache mode run `kinit` (check with "
+              "`klist`); in protocol-transition mode the KDC knows no principal of your name.",
     "EHOSTUNREACH": "the daemon found no way to the peer: add HOST to [peers] in nipcd.toml, "
                     "or fix DNS (SRV _nipc._tcp.HOST, A/AAAA), check the firewall (TCP 7445) "
                     "and that nipcd runs on HOST.",
@@ -272,15 +271,18 @@ HINTS: dict[str, str] = {
                  "is stuck, or the KDC is slow; see [timeouts] and both daemons' logs.",
     "EKEYREJECTED": "Kerberos refused. If the message names a host's keytab, that host's "
                     "keytab lacks the KDC's current keys for its kerberos.principal (klist "
-                    "-kte there; its log has a critical line). Otherwise: the SPN nipc/HOST is "
-                    "on the wrong account, enctypes differ, or the clocks are more than 5 "
-                    "minutes apart.",
+                    "-kte there; its log has a critical line). 'refused delegation': the "
+                    "sending host's account lacks nipc/HOST in its delegation list "
+                    "(msDS-AllowedToDelegateTo, krbAllowedToDelegateTo) or the protocol-"
+                    "transition flag, or its krb5.conf lacks forwardable = true. Otherwise: the "
+                    "SPN nipc/HOST is on the wrong account, enctypes differ, or the clocks are "
+                    "more than 5 minutes apart.",
     "EKEYEXPIRED": "a ticket expired: run `kinit` again (own-ccache), or check the clocks.",
     "EPROTO": "the peer handshake failed (TLS or protocol version); see both daemons' logs.",
     "EPERM": "no usable identity for you: HOST's auth_to_local/NSS has no account for your "
              "principal, or it maps to root (kerberos.allow_root).",
-    "EACCES": "refused by policy, e.g. your realm is not in HOST's kerberos.trusted_realms; "
-              "the daemons' logs say which.",
+    "EACCES": "refused by policy: your account is disabled or locked at the KDC, or your "
+              "realm is not in HOST's kerberos.trusted_realms; the daemons' logs say which.",
     "ELOOP": "the connection would chain through too many daemons or loop back.",
     "EAGAIN": "a daemon limit was hit ([limits] in nipcd.toml: connections, per-user "
               "connections or new connections per second); try again, or see the logs.",

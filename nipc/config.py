@@ -84,6 +84,10 @@ class Config:
     ccache_template: str = "FILE:/tmp/krb5cc_%{uid}"
     trusted_realms: tuple[str, ...] = ()
     allow_root: bool = False
+    #: [kerberos] caller_ticket_reuse (minutes in the file, seconds here): the longest a
+    #: ticket obtained in a caller's name is reused before the KDC is asked again, so a
+    #: user locked at the KDC loses access within it.
+    caller_ticket_reuse: float = 600.0
     socket_path: Path = Path(DEFAULT_SOCKET)
     socket_owner: int = 0
     socket_group: int = 0
@@ -519,7 +523,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         doc,
         "kerberos",
         {"mode", "keytab", "principal", "krb5_config", "ccache_template", "trusted_realms",
-         "allow_root"},
+         "allow_root", "caller_ticket_reuse"},
     )
     local = _section(doc, "local", {"socket", "owner", "group", "mode"})
     peer = _section(doc, "peer", {"listen", "port", "max_hops", "certificate", "private_key",
@@ -591,6 +595,9 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     if max_hops <= 0:
         raise ConfigError("peer.max_hops must be positive")
     krb5_config = _opt(krb, "kerberos", "krb5_config", str, None)
+    reuse = _opt(krb, "kerberos", "caller_ticket_reuse", (int, float), 10)
+    if isinstance(reuse, bool) or not (reuse > 0 and math.isfinite(reuse)):
+        raise ConfigError("kerberos.caller_ticket_reuse must be a positive number of minutes")
     log_file = _opt(log, "log", "file", str, None)
 
     return Config(
@@ -603,6 +610,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         ccache_template=_opt(krb, "kerberos", "ccache_template", str, Config.ccache_template),
         trusted_realms=tuple(realms),
         allow_root=_opt(krb, "kerberos", "allow_root", bool, False),
+        caller_ticket_reuse=reuse * 60.0,
         socket_path=Path(_opt(local, "local", "socket", str, DEFAULT_SOCKET)),
         socket_owner=_uid(local.get("owner", 0)),
         socket_group=_gid(local.get("group", 0)),

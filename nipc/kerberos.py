@@ -35,6 +35,7 @@ log = Logger()
 _KRB5_BASE = -1765328384
 KDC_ERR_C_PRINCIPAL_UNKNOWN = _KRB5_BASE + 6
 KDC_ERR_S_PRINCIPAL_UNKNOWN = _KRB5_BASE + 7
+KDC_ERR_POLICY = _KRB5_BASE + 12
 KDC_ERR_BADOPTION = _KRB5_BASE + 13
 KDC_ERR_CLIENT_REVOKED = _KRB5_BASE + 18
 KDC_ERR_KEY_EXPIRED = _KRB5_BASE + 23
@@ -133,6 +134,15 @@ def gss_failure(e: GSSError, doing: str, keytab_of: Config | None = None,
         return NipcError("ENOKEY", f"{doing}: the KDC knows no such user ({text})")
     if code == KDC_ERR_CLIENT_REVOKED:
         return NipcError("EACCES", f"{doing}: the account is disabled or locked ({text})")
+    if code == KDC_ERR_POLICY:  # what Samba/AD answer S4U2Self for a disabled user
+        return NipcError("EACCES", f"{doing}: the KDC's policy refuses it: the account is "
+                         f"disabled, locked or expired ({text})")
+    if code == KDC_ERR_BADOPTION:  # the KDC's word for a refused S4U2Self/S4U2Proxy
+        return NipcError("EKEYREJECTED", f"{doing}: the KDC refused delegation (BADOPTION): "
+                         "the sending account needs nipc/<target> in its delegation list "
+                         "(msDS-AllowedToDelegateTo; MIT krbAllowedToDelegateTo), protocol "
+                         "transition allowed (AD 'any protocol'; MIT ok_to_auth_as_delegate) "
+                         "and forwardable = true in krb5.conf")
     if code == KDC_ERR_S_PRINCIPAL_UNKNOWN:
         return NipcError("EHOSTUNREACH", f"{doing}: the KDC knows no NIPC service there ({text})")
     if isinstance(e, gssapi.exceptions.BadChannelBindingsError):
@@ -204,7 +214,9 @@ def _start(creds: Any, target_host: str, channel: bytes, principal: str, doing: 
 class ProtocolTransition:
     """S4U2Self + S4U2Proxy from the host keytab: the caller needs no credentials at all.
 
-    Impersonated credentials are cached per principal until shortly before they expire.
+    Impersonated credentials are cached per principal until shortly before they expire,
+    and at most ``kerberos.caller_ticket_reuse``: the bound on how long a user the KDC
+    has locked since can still connect.
     """
 
     def __init__(self, reactor: Any, config: Config) -> None:
@@ -285,11 +297,14 @@ class ProtocolTransition:
         daemon = self._own_ticket()
         creds = daemon.impersonate(principal_name(principal), usage="initiate")
         lifetime = creds.lifetime or 0
+        # Reused until shortly before it expires, but never longer than the revocation bound:
+        # only a new request lets the KDC refuse a user locked since.
+        keep = min(max(0.0, lifetime - RENEW_MARGIN), self._config.caller_ticket_reuse)
         with self._lock:
             # Drop what has expired, so the cache holds only live credentials.
             for stale in [p for p, (_, until) in self._cache.items() if until <= now]:
                 del self._cache[stale]
-            self._cache[principal] = (creds, now + max(0.0, lifetime - RENEW_MARGIN))
+            self._cache[principal] = (creds, now + keep)
         return creds
 
     def _initiate(self, principal: str, target_host: str, channel: bytes) -> Initiation:

@@ -518,6 +518,9 @@ def test_expired_ticket(lan: Lan, sandbox: Sandbox, short_lived_y: Host, tmp_pat
     (6, "ENOKEY"),         # KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN
     (18, "EACCES"),        # KRB5KDC_ERR_CLIENT_REVOKED
     (7, "EHOSTUNREACH"),   # KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN
+    (12, "EACCES"),        # KRB5KDC_ERR_POLICY: Samba's answer for a disabled user's S4U2Self
+    (156, "EHOSTUNREACH"), # KRB5_KDC_UNREACH
+    (37, "EKEYREJECTED"),  # KRB5KRB_AP_ERR_SKEW
 ])
 def test_gss_minor_codes_are_mapped(code: int, errno_name: str) -> None:
     from gssapi.raw.misc import GSSError
