@@ -165,18 +165,19 @@ def open_as_caller(path: str) -> int:
     failed, or ``NipcError(EACCES)`` for procfs."""
     fd = os.open("/", _ROOT)
     try:
+        dev = os.fstat(fd).st_dev
         todo = _components(path)
         links = 0
         while todo:
             name = todo.pop()
             step = os.open(name, _STEP, dir_fd=fd)
             try:
-                is_link = stat.S_ISLNK(os.fstat(step).st_mode)
-                target = os.readlink("", dir_fd=step) if is_link else ""
+                st = os.fstat(step)
+                target = os.readlink("", dir_fd=step) if stat.S_ISLNK(st.st_mode) else None
             except BaseException:
                 os.close(step)
                 raise
-            if is_link:
+            if target is not None:
                 os.close(step)
                 links += 1
                 if links > MAX_SYMLINKS:
@@ -186,9 +187,12 @@ def open_as_caller(path: str) -> int:
                 todo.extend(_components(target))
                 continue
             fd = _swap(fd, step)
-            if on_procfs(fd):
-                raise NipcError("EACCES", f"{path}: destinations under /proc (or /dev/fd) cannot "
-                                          "be reached over NIPC")
+            # Only a step onto another file system (st_dev) can land on procfs.
+            if st.st_dev != dev:
+                dev = st.st_dev
+                if on_procfs(fd):
+                    raise NipcError("EACCES", f"{path}: destinations under /proc (or /dev/fd) "
+                                              "cannot be reached over NIPC")
     except BaseException:
         os.close(fd)
         raise
