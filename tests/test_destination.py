@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -172,7 +173,10 @@ def vaulted(samba_hosts: dict[str, Host]) -> Iterator[tuple[Host, Host, Path, in
     a.start_daemon()
     proc = launch_daemon(b, ["sh", "-c", 'cd "$0" && exec "$@"', str(inner)])
     try:
-        yield a, b, inner, proc.pid
+        with socket.socket(socket.AF_UNIX) as s:  # the daemon's pid, whatever wraps it
+            s.connect(str(b.socket_path))
+            pid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        yield a, b, inner, pid
     finally:
         stop_process(proc)
         a.stop_daemon()
