@@ -28,7 +28,7 @@ from nipc.impersonate import on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
 from nipc.limits import Limits
 from nipc.peer import Channel, source_of
-from nipc.pac import PacError, decode_logon_info
+from nipc.pac import PacError, decode_delegation_info, decode_logon_info
 from nipc.memo import Memo
 from nipc.projection import project, resolve
 from nipc.registry import Registry, Routed
@@ -66,13 +66,22 @@ class Inbound:
 
     def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
         """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
-        pac = None
+        pac: dict[str, Any] | None = None
+        if acc.delegation_info is not None:
+            try:
+                delegation = decode_delegation_info(acc.delegation_info)
+            except PacError as e:
+                raise NipcError("EKEYREJECTED", f"malformed PAC in {acc.principal}'s ticket: {e}") from None
+            # The KDC's own, signed record of the services that delegated, first hop first
+            # (beside "hops", which is only the sending daemon's word).
+            pac = {"kdc_transited": list(delegation.transited)}
         if acc.logon_info is not None:
             try:
                 info = decode_logon_info(acc.logon_info)
             except PacError as e:
                 raise NipcError("EKEYREJECTED", f"malformed PAC in {acc.principal}'s ticket: {e}") from None
             pac = {
+                **(pac or {}),
                 "user_sid": info.user_sid,
                 "group_sids": list(info.group_sids),
                 "extra_sids": list(info.extra_sids),

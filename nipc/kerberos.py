@@ -391,17 +391,21 @@ class Accepted:
     delegation: Any
     #: The PAC's logon-info buffer, only if the KDC's signature on it was verified.
     logon_info: bytes | None
+    #: The PAC's delegation-info buffer (the KDC's record of the services that delegated),
+    #: likewise only when verified.
+    delegation_info: bytes | None = None
 
 
 LOGON_INFO = b"urn:mspac:logon-info"
+DELEGATION_INFO = b"urn:mspac:delegation-info"
 
 
-def _logon_info(name: Any) -> bytes | None:
-    """The PAC's logon-info buffer if the KDC issued a PAC and its signature checked out."""
+def _pac_buffer(name: Any, attribute: bytes) -> bytes | None:
+    """A PAC buffer if the KDC issued a PAC and its signature checked out."""
     try:
-        if LOGON_INFO not in (name.attributes or ()):
+        if attribute not in (name.attributes or ()):
             return None
-        result = gssapi.raw.get_name_attribute(name, LOGON_INFO)
+        result = gssapi.raw.get_name_attribute(name, attribute)
     except (GSSError, AttributeError, NotImplementedError):
         return None
     if not result.authenticated or not result.values:
@@ -503,4 +507,5 @@ class Acceptor:
         if not complete:
             raise NipcError("EKEYREJECTED", f"{doing}: the exchange did not complete")
         name = ctx.initiator_name
-        return Accepted(str(name), out or b"", ctx.delegated_creds, _logon_info(name))
+        return Accepted(str(name), out or b"", ctx.delegated_creds,
+                        _pac_buffer(name, LOGON_INFO), _pac_buffer(name, DELEGATION_INFO))

@@ -8,8 +8,9 @@ length, count, pointer and conformance value is checked before it is used, count
 capped, nothing recurses, and the only exception that leaves this module is
 :class:`PacError`.  Pure: no I/O, stdlib only.
 
-References: MS-PAC 2.5 (KERB_VALIDATION_INFO), 2.10 (UPN_DNS_INFO); MS-RPCE 2.2.6 (type
-serialization version 1) and the NDR rules of C706 ch. 14; MS-DTYP 2.4.2 (SID).
+References: MS-PAC 2.5 (KERB_VALIDATION_INFO), 2.9 (S4U_DELEGATION_INFO), 2.10
+(UPN_DNS_INFO); MS-RPCE 2.2.6 (type serialization version 1) and the NDR rules of C706
+ch. 14; MS-DTYP 2.4.2 (SID).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 __all__ = [
+    "DelegationInfo",
     "LogonInfo",
     "PacError",
     "UpnDnsInfo",
+    "decode_delegation_info",
     "decode_logon_info",
     "decode_upn_dns_info",
     "format_sid",
@@ -66,6 +69,19 @@ class LogonInfo:
     resource_group_sids: tuple[str, ...]
     logon_time: datetime | None
     user_flags: int
+
+
+@dataclass(frozen=True)
+class DelegationInfo:
+    """S4U_DELEGATION_INFO: the KDC's own record of constrained delegation (PAC type 11).
+
+    ``transited`` lists the services that delegated, first hop first, as the KDC wrote
+    them (each S4U2Proxy appends its requester); ``target`` is the service the last
+    S4U2Proxy asked for (MS-PAC 2.9).
+    """
+
+    target: str
+    transited: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -344,6 +360,30 @@ def decode_logon_info(data: bytes) -> LogonInfo:
         logon_time=_filetime(logon_time),
         user_flags=user_flags,
     )
+
+
+def decode_delegation_info(data: bytes) -> DelegationInfo:
+    """Decode the ``urn:mspac:delegation-info`` buffer: a serialized pointer to
+    S4U_DELEGATION_INFO (MS-PAC 2.9)."""
+    r = _Ndr(_object_buffer(_as_bytes(data)))
+    if r.u32() == 0:
+        raise PacError("null S4U_DELEGATION_INFO pointer")
+    target_h = r.string_header("S4U2proxyTarget")
+    count, services_ptr = r.u32(), r.u32()
+    # The deferred referents in pointer order: the target's characters, then the array of
+    # RPC_UNICODE_STRINGs, then each element's characters.
+    target = r.string_body(target_h)
+    if services_ptr == 0:
+        if count:
+            raise PacError(f"S4UTransitedServices: null pointer with count {count}")
+        headers: list[_StrHeader] = []
+    else:
+        r.conformance(count, 8, "S4UTransitedServices")
+        headers = [r.string_header("S4UTransitedServices") for _ in range(count)]
+    transited = tuple(r.string_body(h) for h in headers)
+    if r.remaining() >= 8:
+        raise PacError(f"{r.remaining()} unexplained bytes after S4U_DELEGATION_INFO")
+    return DelegationInfo(target=target, transited=transited)
 
 
 _UPN_HEADER = struct.Struct("<HHHHI")

@@ -6,7 +6,7 @@ reports it). Each also checks the invariants a caller relies on (a refusal is on
 what decodes re-encodes to the same thing).
 
     python tests/fuzz_targets.py TARGET [libFuzzer/atheris flags] [CORPUS_DIR ...]
-    TARGET: request | frames | logon_info | upn_dns_info
+    TARGET: request | frames | logon_info | upn_dns_info | delegation_info
 
 runs TARGET under atheris (coverage-guided, libFuzzer) with the nipc modules instrumented;
 ``tests/test_fuzz.py`` runs each target that way for a bounded number of runs.
@@ -121,6 +121,15 @@ def upn_dns_info_target(data: bytes) -> None:
         pass
 
 
+def delegation_info_target(data: bytes) -> None:
+    try:
+        info = pac.decode_delegation_info(data)
+    except PacError:
+        return
+    for name in (info.target, *info.transited):
+        assert isinstance(name, str) and "\x00" not in name, name
+
+
 def canary_target(data: bytes) -> None:
     """A deliberately broken parser: proves the harness reports an escaping exception."""
     if b"boom" in data:
@@ -133,6 +142,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "frames": frames_target,
     "logon_info": logon_info_target,
     "upn_dns_info": upn_dns_info_target,
+    "delegation_info": delegation_info_target,
 }
 
 
@@ -158,8 +168,7 @@ def seeds(target: str) -> list[bytes]:
                 + wire.credit_frame(1, 5) + wire.frame(wire.Kind.CLOSE, 1))
         return [b"\x05\x09\x11" + hello, b"\x00\x00\x00" + result + data, b"\x01\x02\x03" + refusal,
                 b"\x00\x00\x00" + wire.HEADER.pack(1, 3, 2) + b"{}"]
-    prefix = "logon_info" if target == "logon_info" else "upn_dns_info"
-    return [p.read_bytes() for p in sorted(DATA.glob(f"{prefix}_*.bin"))]
+    return [p.read_bytes() for p in sorted(DATA.glob(f"{target}_*.bin"))]
 
 
 def main() -> None:

@@ -123,6 +123,8 @@ def test_alice_reaches_c_through_a_service_on_b(lan: dict[str, Host], c_server: 
     peer = json.loads(body)
     assert peer["principal"] == "alice@LAN.TEST"
     assert peer["hops"] == ["a.lan.test", "b.lan.test"] and peer["origin"] == "a.lan.test"
+    # The KDC's own, signed record of the same chain (the PAC's delegation-info).
+    assert peer["kdc_transited"] == ["A$@LAN.TEST", "B$@LAN.TEST"]
     assert peer["user"] == "alice" and peer["uid"] == alice.uid
     assert peer["user_sid"].startswith("S-1-5-21-")
     assert any(sid.endswith("-513") for sid in peer["group_sids"])  # Domain Users
@@ -358,6 +360,7 @@ def test_peer_identity_library_call_and_cli(lan: dict[str, Host], sandbox: Sandb
         assert answer["principal"] == "alice@LAN.TEST" and answer["hops"] == ["a.lan.test"]
         assert answer["uid"] == sandbox.users["alice"].uid
         assert str(answer["user_sid"]).startswith("S-1-5-21-")
+        assert answer["kdc_transited"] == ["A$@LAN.TEST"]  # the KDC's record of the hop
     with socket.socket(socket.AF_UNIX) as plain, socket.socket(socket.AF_UNIX) as other:
         plain.bind(str(c.run_dir / "plain-peer.sock"))
         plain.listen()

@@ -50,7 +50,8 @@ def atheris_available() -> None:
     pytest.importorskip("atheris", reason="atheris (test extra) not installed")
 
 
-@pytest.mark.parametrize("target", ["request", "frames", "logon_info", "upn_dns_info"])
+@pytest.mark.parametrize("target", ["request", "frames", "logon_info", "upn_dns_info",
+                                    "delegation_info"])
 def test_atheris(target: str, tmp_path: Path, atheris_available: None) -> None:
     """Coverage-guided fuzzing, bounded: no input makes the parser raise a foreign error."""
     proc = run_atheris(target, tmp_path, ATHERIS_RUNS, ATHERIS_SECONDS)
@@ -159,3 +160,9 @@ def test_logon_info(data: bytes) -> None:
 @given(st.one_of(st.binary(max_size=300), mutated(ft.seeds("upn_dns_info"))))
 def test_upn_dns_info(data: bytes) -> None:
     ft.upn_dns_info_target(data)
+
+
+@FAST
+@given(st.one_of(st.binary(max_size=300), mutated(ft.seeds("delegation_info"))))
+def test_delegation_info(data: bytes) -> None:
+    ft.delegation_info_target(data)

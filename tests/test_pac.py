@@ -4,7 +4,9 @@ The samples in ``tests/data`` are the raw ``urn:mspac:logon-info`` / ``urn:mspac
 name attributes python-gssapi returned on host b of a ``nipc.sandbox`` domain (Samba 4.17):
 ``*_alice_s4u`` after protocol transition (a's keytab, S4U2Self + S4U2Proxy for alice),
 ``*_alice_kinit`` after alice's own kinit and a normal context, ``*_dave_s4u`` for a user
-with a non-ASCII full name in several groups. ``logon_info_samba_resource_groups.bin`` is
+with a non-ASCII full name in several groups; ``delegation_info_alice_one_hop`` on b after
+a's S4U2Proxy, ``delegation_info_alice_chain`` on c after b delegated onward with the
+evidence ticket (``urn:mspac:delegation-info``). ``logon_info_samba_resource_groups.bin`` is
 dave's buffer edited and re-encoded with Samba's own NDR code (resource groups, two more
 extra SIDs, a logon time), since the sandbox issues no resource groups. The expected values
 below agree with Samba's decoder (``samba.dcerpc.krb5pac.PAC_LOGON_INFO_CTR`` on the blob
@@ -25,9 +27,11 @@ from hypothesis import strategies as st
 from nipc.pac import (
     MAX_BUFFER,
     MAX_COUNT,
+    DelegationInfo,
     LogonInfo,
     PacError,
     UpnDnsInfo,
+    decode_delegation_info,
     decode_logon_info,
     decode_upn_dns_info,
     format_sid,
@@ -480,3 +484,56 @@ def test_fuzz_mutated_logon_info(blob: bytes) -> None:
 @given(_mutated(UPN_SAMPLES))
 def test_fuzz_mutated_upn_dns_info(blob: bytes) -> None:
     _only_pac_error(blob)
+
+
+# -- S4U_DELEGATION_INFO -----------------------------------------------------------------
+
+DELEGATION_SAMPLES = [_load(n) for n in ("delegation_info_alice_one_hop.bin",
+                                         "delegation_info_alice_chain.bin")]
+
+
+def test_delegation_info_samples() -> None:
+    """The KDC's record of the hops: A$ delegated to b; then A$ and B$ to c."""
+    one, chain = DELEGATION_SAMPLES
+    assert decode_delegation_info(one) == DelegationInfo("nipc/b.lan.test", ("A$@LAN.TEST",))
+    assert decode_delegation_info(chain) == DelegationInfo(
+        "nipc/c.lan.test", ("A$@LAN.TEST", "B$@LAN.TEST"))
+
+
+@pytest.mark.parametrize(("at", "fmt", "value", "why"), [
+    (16, "<I", 0, "null S4U_DELEGATION_INFO pointer"),
+    (20, "<H", 0x20, "Length 32 exceeds MaximumLength"),
+    (20, "<H", 0x1D, "odd byte length"),
+    (32, "<I", 0, "null pointer with count 1"),
+    (36, "<I", 5, "array size 5 differs from MaximumLength"),
+    (28, "<I", 3, "array size 1 differs from count 3"),
+    (28, "<I", 1 << 30, "array size 1 differs from count"),
+    (48, "<H", 0, "contains NUL"),
+    (104, "<H", 0xD800, "not valid UTF-16"),
+])
+def test_malformed_delegation_info(at: int, fmt: str, value: int, why: str) -> None:
+    blob = bytearray(DELEGATION_SAMPLES[0])
+    struct.pack_into(fmt, blob, at, value)
+    with pytest.raises(PacError, match=why):
+        decode_delegation_info(bytes(blob))
+
+
+def test_delegation_info_truncated_and_padded() -> None:
+    for sample in DELEGATION_SAMPLES:
+        for cut in range(0, len(sample), 7):
+            with pytest.raises(PacError):
+                decode_delegation_info(sample[:cut])
+    padded = bytearray(DELEGATION_SAMPLES[0] + bytes(8))
+    struct.pack_into("<I", padded, 8, len(padded) - 16)
+    with pytest.raises(PacError, match="unexplained bytes"):
+        decode_delegation_info(bytes(padded))
+
+
+@settings(max_examples=600, deadline=None)
+@given(_mutated(DELEGATION_SAMPLES))
+def test_fuzz_mutated_delegation_info(blob: bytes) -> None:
+    try:
+        info = decode_delegation_info(blob)
+    except PacError:
+        return
+    assert all("\x00" not in name for name in (info.target, *info.transited))
