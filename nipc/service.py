@@ -387,10 +387,12 @@ class NipcService(Service):
         """Kerberos work the first caller should not wait for, done as the daemon starts."""
         if isinstance(tickets, ProtocolTransition):
             tickets.warm()
-        def loaded(_: object) -> None:
+
+        def loaded(_: object, status: str | None = None) -> None:
             """Sockets listen (startService) and the keytab loaded: ready for systemd."""
             self._ready = True
-            self.notifier.send(READY=1, STATUS=self._status_line(), MAINPID=os.getpid())
+            self.notifier.send(READY=1, STATUS=status or self._status_line(),
+                               MAINPID=os.getpid())
 
         def failed(f: Failure) -> None:
             """An unreachable KDC is a warning (callers retry); anything else means peers'
@@ -400,8 +402,11 @@ class NipcService(Service):
                                                                          "ETIMEDOUT"):
                 log.warn("cannot load the keytab {keytab}: {error}",
                          keytab=str(self.config.keytab), error=error)
-            else:
-                log.critical("this host's keytab does not work: {error}", error=error)
+                # The keys are there; the KDC (for this daemon's own TGT) is away for now,
+                # and callers retry: ready, or systemd would kill a daemon that serves.
+                loaded(None, f"ready, but the KDC is unreachable for now: {error}")
+                return
+            log.critical("this host's keytab does not work: {error}", error=error)
             self.notifier.send(STATUS=f"not ready: cannot load the keytab: {error}")
 
         if self._draining:
