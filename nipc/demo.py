@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print("demo: needs root (network namespaces, a KDC, local users)", file=sys.stderr)
         return 1
     try:
-        sb = Sandbox(prefix=args.prefix, mit=False)
+        sb = Sandbox(prefix=args.prefix, mit=False, ldap=False)
     except SandboxError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1

@@ -59,9 +59,22 @@ MIT = (
 )
 
 
-def sandbox_needs(samba: bool = True, mit: bool = True) -> tuple[Need, ...]:
+#: MIT krb5 on the LDAP back end (``LDAP.TEST``): a private slapd and the kldap plugin.
+LDAP = (
+    Need("slapd", "slapd"),
+    Need("/usr/lib/ldap/back_mdb.so", "slapd"),
+    Need("/etc/ldap/schema/core.schema", "slapd"),
+    Need("ldapmodify", "ldap-utils"),
+    Need("kdb5_ldap_util", "krb5-kdc-ldap"),
+    Need("/usr/lib/x86_64-linux-gnu/krb5/plugins/kdb/kldap.so", "krb5-kdc-ldap"),
+    Need("/usr/share/doc/krb5-kdc-ldap/kerberos.schema.gz", "krb5-kdc-ldap"),
+)
+
+
+def sandbox_needs(samba: bool = True, mit: bool = True, ldap: bool = False) -> tuple[Need, ...]:
     """What a sandbox with these realms needs."""
-    return COMMON + (SAMBA if samba else ()) + (MIT if mit else ())
+    return (COMMON + (SAMBA if samba else ()) + (MIT if mit or ldap else ())
+            + (LDAP if ldap else ()))
 
 
 def missing(needs: Iterable[Need]) -> list[Need]:

@@ -6,10 +6,12 @@ cannot disturb the machine's own network, and cutting a host's switch port is a 
 partition.  There are no mount namespaces: every host gets its own directory (krb5.conf,
 keytab, daemon config, sockets) and the environment variables that point krb5 at it.
 
-Two realms are built, because no single KDC on Debian 12 does everything NIPC needs (see
+Three realms are built, because no single KDC on Debian 12 does everything NIPC needs (see
 ``KERBEROS.md``): a Samba AD DC (``LAN.TEST``: protocol transition, constrained delegation,
-PACs) for hosts a, b, c, and a plain MIT KDC (``MIT.TEST``: the caller's own credential
-cache) for hosts x and y.  Local users alice, bob and carol exist for real, because the
+PACs) for hosts a, b, c, a plain MIT KDC (``MIT.TEST``: the caller's own credential
+cache) for hosts x and y, and MIT on the LDAP back end (``LDAP.TEST``, FreeIPA's KDC
+model: protocol transition and delegation without AD; ``nipc.sandbox_ldap``) for hosts
+p, q, r.  Local users alice, bob and carol exist for real, because the
 daemon projects identities onto them and the kernel checks their permissions.
 
 Everything is idempotent: ``up`` first removes what a previous (possibly crashed) run with
@@ -48,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from nipc import sandbox_ldap
+
 from nipc import prereqs
 
 SUBNET = "10.77.0"
@@ -60,6 +64,7 @@ PASSWORD = "Nipc-Sandbox-7"
 ADMIN_PASSWORD = "Nipc-Admin-7"
 SAMBA_REALM = "LAN.TEST"
 MIT_REALM = "MIT.TEST"
+LDAP_REALM = sandbox_ldap.REALM
 LOCAL_GROUP = "dnsops"
 #: Local users and their supplementary groups.
 LOCAL_USERS: dict[str, tuple[str, ...]] = {"alice": (LOCAL_GROUP,), "bob": (), "carol": ()}
@@ -72,10 +77,11 @@ MIT_KDC_OCTET = 3
 CAROL_UNMAPPED = ("b", "c")
 UNMAPPED_NAME = "carol-nowhere"
 CAROL_RULE = r"RULE:[1:$1@$0](carol@LAN\.TEST)s/.*/" + UNMAPPED_NAME + "/"
-_NAMESPACE_SUFFIXES = ("sw", "dc", "mit", *SAMBA_HOSTS, *MIT_HOSTS)
+_NAMESPACE_SUFFIXES = ("sw", "dc", "mit", "ldap", *SAMBA_HOSTS, *MIT_HOSTS, *sandbox_ldap.HOSTS)
 _MARKER = ".nipc-sandbox"
 #: What ``up`` creates in a root: in a root given by the caller, ``down`` deletes only these.
-_ROOT_ENTRIES = (_MARKER, "ccache", "pids", "dc", "mit", *SAMBA_HOSTS, *MIT_HOSTS)
+_ROOT_ENTRIES = (_MARKER, "ccache", "pids", "dc", "mit", "ldap", *SAMBA_HOSTS, *MIT_HOSTS,
+                 *sandbox_ldap.HOSTS)
 #: Prefixes end in "-" and the namespace suffixes hold none, so two different prefixes can
 #: never produce the same namespace or state-file name.  Short enough for any suffix.
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9-]{0,30}-\Z")
@@ -530,6 +536,7 @@ class Sandbox:
         samba: bool = True,
         mit: bool = True,
         debug: bool = False,
+        ldap: bool = True,
     ) -> None:
         if not _PREFIX_RE.match(prefix):
             raise SandboxError(
@@ -540,6 +547,7 @@ class Sandbox:
         self._lock_fd: int | None = None
         self.samba = samba
         self.mit = mit
+        self.ldap = ldap
         self._given_root = root
         self.root = root if root is not None else self._recorded_root() or Path("/nonexistent")
         self.hosts: dict[str, Host] = {}
@@ -578,6 +586,14 @@ class Sandbox:
     @property
     def mit_dir(self) -> Path:
         return self.root / "mit"
+
+    @property
+    def ldap_kdc(self) -> sandbox_ldap.LdapKdc:
+        """MIT on the LDAP back end (``LDAP.TEST``): its slapd, KDC and administration."""
+        return sandbox_ldap.LdapKdc(
+            self.root / "ldap", f"{self.prefix}ldap", f"{SUBNET}.{sandbox_ldap.KDC_OCTET}",
+            ADMIN_PASSWORD, _run, lambda argv, log, env, name: _spawn(argv, log, env,
+                                                      self.root / "pids" / f"{name}.pid"))
 
     @property
     def ccache_template(self) -> str:
@@ -643,6 +659,8 @@ class Sandbox:
             groups.append((SAMBA_HOSTS, SAMBA_REALM, "lan.test"))
         if self.mit:
             groups.append((MIT_HOSTS, MIT_REALM, "mit.test"))
+        if self.ldap:
+            groups.append((sandbox_ldap.HOSTS, LDAP_REALM, sandbox_ldap.DOMAIN))
         for table, realm, domain in groups:
             for name, octet in table.items():
                 fqdn = f"{name}.{domain}"
@@ -684,7 +702,7 @@ class Sandbox:
         """Build everything, after clearing what an earlier run with this prefix left."""
         if os.geteuid() != 0:
             raise SandboxError("the sandbox needs root (network namespaces, useradd)")
-        if lacking := prereqs.missing(prereqs.sandbox_needs(self.samba, self.mit)):
+        if lacking := prereqs.missing(prereqs.sandbox_needs(self.samba, self.mit, self.ldap)):
             raise SandboxError(prereqs.describe(lacking))
         started = time.monotonic()
         self._lock()
@@ -716,6 +734,8 @@ class Sandbox:
             self._timed("network", self._build_network)
             if self.mit:
                 self._timed("mit", self._build_mit)
+            if self.ldap:
+                self._timed("ldap", self._build_ldap)
             if samba is not None:
                 try:
                     samba.result()
@@ -804,6 +824,8 @@ class Sandbox:
                         "auth_to_local = DEFAULT",
                     ]
                 conf = _krb5_conf(host, self.dc_address, "lan.test", extra)
+            elif host.realm == LDAP_REALM:
+                conf = _krb5_conf(host, self.ldap_kdc.address, sandbox_ldap.DOMAIN)
             else:
                 conf = _krb5_conf(host, self.mit_kdc_address, "mit.test")
             host.krb5_conf.write_text(conf)
@@ -830,6 +852,8 @@ class Sandbox:
             nodes.append((self.dc_netns, self.dc_address, "p-dc"))
         if self.mit:
             nodes.append((self.mit_netns, self.mit_kdc_address, "p-mit"))
+        if self.ldap:
+            nodes.append((self.ldap_kdc.netns, self.ldap_kdc.address, "p-ldap"))
         nodes += [(h.netns, h.address, h.switch_port) for h in self.hosts.values()]
         for ns, address, port in nodes:
             _ip("netns", "add", ns)
@@ -970,6 +994,15 @@ class Sandbox:
         argv = ["ip", "netns", "exec", self.mit_netns, "krb5kdc", "-n"]
         _spawn(argv, mit / "krb5kdc.out", env, self.root / "pids" / "krb5kdc.pid")
 
+    def _build_ldap(self) -> None:
+        """The third realm: protocol transition and constrained delegation on MIT, each
+        host allowed to delegate to the others (so chains work)."""
+        kdc = self.ldap_kdc
+        hosts = [h for h in self.hosts.values() if h.realm == LDAP_REALM]
+        kdc.build({h.principal: h.keytab for h in hosts}, list(LOCAL_USERS), PASSWORD)
+        for host in hosts:
+            kdc.allow_delegation(host.principal, [o.principal for o in hosts if o is not host])
+
     def _wait_ready(self, timeout: float = 60) -> None:
         """Wait until each KDC issues a ticket, so tests never race the start-up."""
         if self.samba:
@@ -985,6 +1018,9 @@ class Sandbox:
                 (self._first(MIT_REALM), f"alice@{MIT_REALM}", PASSWORD,
                  self.mit_dir / "krb5kdc.out")
             )
+        if self.ldap:
+            probes.append((self._first(LDAP_REALM), f"alice@{LDAP_REALM}", PASSWORD,
+                           self.ldap_kdc.dir / "krb5kdc.out"))
         deadline = time.monotonic() + timeout
         for host, principal, password, log in probes:
             while True:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from nipc import prereqs
-from nipc.sandbox import MIT_REALM, SAMBA_REALM, Host, Sandbox, SandboxBusy
+from nipc.sandbox import LDAP_REALM, MIT_REALM, SAMBA_REALM, Host, Sandbox, SandboxBusy
 
 DEFAULT_PREFIX = "nipc-"
 FALLBACK_PREFIXES = tuple(f"nipc-{n}-" for n in range(2, 10))
@@ -79,3 +79,10 @@ def samba_hosts(sandbox: Sandbox) -> dict[str, Host]:
 def mit_hosts(sandbox: Sandbox) -> dict[str, Host]:
     """Hosts x, y in MIT.TEST (the caller's own credential cache)."""
     return {n: h for n, h in sandbox.hosts.items() if h.realm == MIT_REALM}
+
+
+@pytest.fixture(scope="session")
+def ldap_hosts(sandbox: Sandbox) -> dict[str, Host]:
+    """Hosts p, q, r in LDAP.TEST: MIT on the LDAP back end (protocol transition and
+    constrained delegation, FreeIPA's KDC model)."""
+    return {n: h for n, h in sandbox.hosts.items() if h.realm == LDAP_REALM}

@@ -64,7 +64,7 @@ def _accept(host: Host, token: str) -> dict[str, object]:
 
 
 def test_layout(sandbox: Sandbox) -> None:
-    assert set(sandbox.hosts) == {"a", "b", "c", "x", "y"}
+    assert set(sandbox.hosts) == {"a", "b", "c", "x", "y", "p", "q", "r"}
     assert sandbox.root.stat().st_mode & 0o777 == 0o755
     for host in sandbox.hosts.values():
         assert host.dir.stat().st_mode & 0o777 == 0o755
