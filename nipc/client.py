@@ -151,7 +151,10 @@ def send_connect(sock: socket.socket, target: str, timeout: float | None = None)
     """Send ``CONNECT target`` on a fresh connection to the daemon and read its reply:
     returns once routed, raises ``OSError`` for a refusal."""
     sock.settimeout(timeout)
-    sock.sendall(f"CONNECT {target}\n".encode("utf-8"))
+    try:
+        sock.sendall(f"CONNECT {target}\n".encode("utf-8"))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused at accept (a limit): the reason is the line the daemon wrote first
     error = parse_reply(_read_reply(sock))
     if error is not None:
         raise error.to_oserror()

@@ -7,6 +7,7 @@ Kerberos: tests/local_daemon.py); the routed ones at the end use the sandbox dom
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pwd
@@ -793,3 +794,19 @@ def test_watchdog_pings_come_from_the_reactor(tmp_path: Path) -> None:
         notifier.close()
     finally:
         listener.close()
+
+
+def test_a_refusal_sent_before_the_request_line_reaches_the_caller() -> None:
+    """A daemon over a limit answers ``ERR EAGAIN`` at accept and closes, maybe before the
+    client wrote its request line: the client must report EAGAIN (what the reload test
+    saw as a bare EPIPE), not the broken pipe of its own late write."""
+    from nipc.client import send_connect
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        b.sendall(b"ERR EAGAIN uid 0 is at its limit of 1 connections\n")
+        b.close()
+        with pytest.raises(OSError) as refused:
+            send_connect(a, "/x.sock@h", timeout=10)
+        assert refused.value.errno == errno.EAGAIN, refused.value
+        assert "at its limit" in str(refused.value)
