@@ -144,6 +144,7 @@ TEST_NEEDS = (
     prereqs.Need("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
     prereqs.Need("/usr/lib/postgresql/15/bin/pg_ctl", "postgresql-15"),
     prereqs.Need("/usr/lib/postgresql/15/bin/psql", "postgresql-client-15"),
+    prereqs.Need("/usr/lib/python3/dist-packages/gssapi/__init__.py", "python3-gssapi"),
 )
 
 

@@ -105,7 +105,7 @@ def test_own_ccache_on_mit(sandbox: Sandbox) -> None:
         path = Path(ccache.removeprefix("FILE:"))
         assert path.stat().st_uid == alice.uid
         token = x.run(
-            [sys.executable, "-c", _INITIATE, "ccache", y.service, ccache], user=alice
+            ["/usr/bin/python3", "-c", _INITIATE, "ccache", y.service, ccache], user=alice
         ).stdout
         result = _accept(y, token)
         assert result["complete"]
