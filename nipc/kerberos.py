@@ -74,6 +74,8 @@ _KEYTAB_STALE = frozenset({KDC_ERR_PREAUTH_FAILED, AP_ERR_BAD_INTEGRITY, AP_ERR_
 RENEW_MARGIN = 120.0
 #: Threads that may wait on the KDC at once for credentials not yet cached.
 KDC_THREADS = 16
+#: Seconds between attempts at the acceptor's full credential while the KDC fails it.
+RETRY_FULL = 30.0
 
 
 def minor_code(e: GSSError) -> int:
@@ -444,6 +446,8 @@ class Acceptor:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._creds: Any = None
+        self._accept_only: Any = None
+        self._retry_at = 0.0
         self._lock = threading.Lock()
 
     def warm(self) -> None:
@@ -461,9 +465,13 @@ class Acceptor:
             raise gss_failure(e, doing, keytab_of=self._config) from None
         self.accept(token or b"", channel)
 
-    def _acceptor_creds(self, doing: str) -> Any:
+    def _acceptor_creds(self, doing: str, stand_in: bool = False) -> Any:
+        """The credential tickets are accepted with. ``stand_in``: if the KDC (which the
+        "both" half needs for this daemon's own TGT) fails, accept with the keytab alone
+        meanwhile, retrying the full one every ``RETRY_FULL`` seconds: peers' tickets need
+        no KDC, only chaining onward from those connections waits for it."""
         with self._lock:
-            if self._creds is None:
+            if self._creds is None and (not stand_in or time.monotonic() >= self._retry_at):
                 # usage "both": only then does an accepted context keep the delegation
                 # evidence (delegated_creds) needed to chain onward.
                 keytab = str(self._config.keytab)
@@ -475,8 +483,21 @@ class Acceptor:
                     self._creds = gssapi.Credentials(
                         name=principal_name(self._config.principal), usage="both", store=store)
                 except GSSError as e:
+                    if not stand_in or keytab_problem(e, self._config) is not None:
+                        raise gss_failure(e, doing, keytab_of=self._config) from None
+                    self._retry_at = time.monotonic() + RETRY_FULL
+                    log.warn("accepting peers' tickets with the keytab alone for now (chaining "
+                             "onward waits for the KDC): {error}", error=_detail(e))
+            if self._creds is not None:
+                return self._creds
+            if self._accept_only is None:
+                try:
+                    self._accept_only = gssapi.Credentials(
+                        name=principal_name(self._config.principal), usage="accept",
+                        store={"keytab": str(self._config.keytab)})
+                except GSSError as e:
                     raise gss_failure(e, doing, keytab_of=self._config) from None
-            return self._creds
+            return self._accept_only
 
     def _local_failure(self, e: GSSError) -> NipcError | None:
         """A system error under the check (the keytab or replay cache could not be opened
@@ -493,7 +514,7 @@ class Acceptor:
     def accept(self, token: bytes, channel: bytes) -> Accepted:
         """Validate a peer's first token; blocking (the replay cache is a file)."""
         doing = "validating the peer's ticket"
-        creds = self._acceptor_creds(doing)
+        creds = self._acceptor_creds(doing, stand_in=True)
         try:
             ctx = gssapi.SecurityContext(creds=creds, usage="accept",
                                          channel_bindings=bindings(channel))

@@ -210,3 +210,25 @@ def test_stale_keys_are_named_as_that_hosts_keytab(lan: dict[str, Host], server:
         host.keytab.write_bytes(good)
         host.start_daemon()
     assert "error" not in reaches_b(lan, server)
+
+
+def test_peers_are_accepted_while_the_kdc_is_away_at_start(lan: dict[str, Host],
+                                                          server: UnixServer) -> None:
+    """b starts while its KDC cannot be reached (its krb5.conf names a closed port): it
+    accepts a's tickets with its keytab alone, which needs no KDC (before, every inbound
+    connection failed with 'KDC unreachable' until the KDC came back)."""
+    b = lan["b"]
+    conf = b.krb5_conf.read_text()
+    kdc = next(line.split("=")[1].strip() for line in conf.splitlines()
+               if line.strip().startswith("kdc ="))
+    b.stop_daemon()
+    try:
+        b.krb5_conf.write_text(conf.replace(f"kdc = {kdc}", f"kdc = {kdc}:89"))
+        b.start_daemon()
+        out = reaches_b(lan, server)
+        assert "error" not in out, out
+        assert "keytab alone" in b.out_path.read_text()
+    finally:
+        b.stop_daemon()
+        b.krb5_conf.write_text(conf)
+        b.start_daemon()
