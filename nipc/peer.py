@@ -619,6 +619,8 @@ class ServerLink(Link):
         #: (per-source and global caps) and the handshake deadline holds.
         self.proven = False
         self._refusals = 0
+        #: Reading stopped while TCP cannot take our output.
+        self._unread = False
         # No DATA is due before a channel is authenticated: a partial frame held for an
         # unauthenticated peer costs at most a handshake frame's size.
         self._decoder.data_limit = wire.MAX_HANDSHAKE
@@ -644,19 +646,25 @@ class ServerLink(Link):
             self._settle()
             self._idle_check()
 
-    # -- the TLS transport's producer: also stop reading while output cannot go out. Each
-    # HELLO read is answered; a peer that sends HELLOs but reads no RESULTs would otherwise
-    # grow our write buffer without bound. Only the receiving side stops: the dialler keeps
-    # reading (what it reads makes bounded output: credit), so the two never wait on each
-    # other.
+    # -- the TLS transport's producer: also stop reading while TCP cannot take our output.
+    # Each HELLO read is answered; a peer that sends HELLOs but reads no RESULTs would
+    # otherwise grow our write buffer without bound. Only the receiving side stops: the
+    # dialler keeps reading (what it reads makes bounded output: credit), so the two never
+    # wait on each other. A pause from TLS itself (a record it cannot write before it has
+    # read) is not one: stopping reading then would wait for ever.
     def pauseProducing(self) -> None:
         super().pauseProducing()
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        tcp = self.transport.transport  # type: ignore[union-attr]
+        if tcp.producerPaused and not self._unread:  # TCP's send buffer is full
+            self._unread = True
+            tcp.pauseProducing()
 
     def resumeProducing(self) -> None:
         super().resumeProducing()
-        if not self.closed:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._unread:
+            self._unread = False
+            if not self.closed:
+                self.transport.transport.resumeProducing()  # type: ignore[union-attr]
 
     def refused(self) -> None:
         if self.proven:

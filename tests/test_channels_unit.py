@@ -454,13 +454,20 @@ def test_hellos_per_link_are_rate_limited() -> None:
 
 
 def test_a_receiving_link_stops_reading_while_its_output_is_paused() -> None:
-    """A peer that sends HELLOs and reads no RESULT: the link stops reading its transport
-    while the transport cannot take more, and reads again once it can."""
+    """A peer that sends HELLOs and reads no RESULT: the link stops reading TCP while TCP
+    cannot take more, and reads again once it can; a pause that TLS asks for itself (it
+    must read before it can write) leaves reading on."""
     server = Server()
+    tcp = StringTransport()  # type: ignore[no-untyped-call]
+    server.transport.transport = tcp  # type: ignore[attr-defined]
+    tcp.producerPaused = True  # type: ignore[attr-defined]  # as TCP sets it when full
     server.link.pauseProducing()
-    assert server.transport.producerState == "paused"
+    assert tcp.producerState == "paused"
     server.link.resumeProducing()
-    assert server.transport.producerState == "producing"
+    assert tcp.producerState == "producing"
+    tcp.producerPaused = False  # type: ignore[attr-defined]
+    server.link.pauseProducing()
+    assert tcp.producerState == "producing"
 
 
 def test_partial_data_frames_are_capped_until_a_channel_authenticated() -> None:
