@@ -78,9 +78,17 @@ def connection_id_of(sock: socket.socket) -> str | None:
 
 
 def _socket_from(fd: int) -> socket.socket | None:
+    """A socket object on a duplicate of ``fd``; None if ``fd`` is not a socket (the
+    duplicate is closed then: ``socket(fileno=)`` does not close what it refuses, and a
+    caller attaching a plain file over and over would leak one descriptor each time)."""
     try:
-        return socket.socket(fileno=os.dup(fd))
+        copy = os.dup(fd)
     except OSError:
+        return None
+    try:
+        return socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
         return None
 
 
