@@ -66,6 +66,8 @@ _PLACEHOLDER = re.compile(r"%\{(uid|user)\}")
 
 
 def _substitute(text: str, who: LocalIdentity, quote: Callable[[str], str] = str) -> str:
+    if not _PLACEHOLDER.search(text):
+        return text
     if "/" in who.user or who.user in (".", ".."):
         raise NipcError("EINVAL", f"{text}: the account name {who.user!r} cannot be part of a path")
     return _PLACEHOLDER.sub(lambda m: str(who.uid) if m[1] == "uid" else quote(who.user), text)
@@ -75,9 +77,9 @@ def expand(path: str, who: LocalIdentity) -> str:
     """``path`` with ``%{uid}`` and ``%{user}`` replaced by ``who``'s; nothing else that
     holds ``%`` is touched. The result obeys the request's path rules (``ENAMETOOLONG``
     when it no longer fits ``sun_path``)."""
-    if not _PLACEHOLDER.search(path):
-        return path
     expanded = _substitute(path, who)
+    if expanded == path:
+        return path
     try:
         return check_path(expanded)
     except NipcError as e:

@@ -234,6 +234,9 @@ def test_an_account_name_that_would_change_the_path_is_refused(name: str) -> Non
     with pytest.raises(NipcError) as e:
         expand("/run/%{user}/x.sock", LocalIdentity(name, 1, 1, ()))
     assert e.value.errno_name == "EINVAL"
+    # ... only where the name would be used: paths and patterns without it are unaffected.
+    assert expand("/run/x.sock", LocalIdentity(name, 1, 1, ())) == "/run/x.sock"
+    assert PathPolicy(("/run/**",), (), "b").permits("/run/x.sock", LocalIdentity(name, 1, 1, ()))
 
 
 def b_account(b: Host, name: str) -> tuple[int, int]:
