@@ -71,8 +71,8 @@ LDAP = (
 )
 
 
-def sandbox_needs(samba: bool = True, mit: bool = True, ldap: bool = False) -> tuple[Need, ...]:
-    """What a sandbox with these realms needs."""
+def sandbox_needs(samba: bool = True, mit: bool = True, ldap: bool = True) -> tuple[Need, ...]:
+    """What a sandbox with these realms needs (by default all of them, as Sandbox builds)."""
     return (COMMON + (SAMBA if samba else ()) + (MIT if mit or ldap else ())
             + (LDAP if ldap else ()))
 
