@@ -619,6 +619,11 @@ class ServerLink(Link):
         #: (per-source and global caps) and the handshake deadline holds.
         self.proven = False
         self._refusals = 0
+        #: HELLOs taken, and frames for channels already over, before any channel passed
+        #: Kerberos: the dialler may send one CLOSE for a channel we refused as it gave up
+        #: on it, never more; other frames for such channels only cost us work.
+        self._hellos_taken = 0
+        self._late = 0
         #: Reading stopped while TCP cannot take our output.
         self._unread = False
         # No DATA is due before a channel is authenticated: a partial frame held for an
@@ -695,6 +700,7 @@ class ServerLink(Link):
         if self.exporter is None:
             raise NipcError("EPROTO", "HELLO before the TLS handshake completed")
         self._claim(number)
+        self._hellos_taken += 1
         channel = self.add(Channel(self, number))
         try:
             hello = wire.decode(kind, payload)
@@ -736,6 +742,11 @@ class ServerLink(Link):
             if kind != wire.Kind.CLOSE:
                 raise NipcError("EPROTO", f"frame for channel {number}, which was never opened")
             self._claim(number)  # given up before its HELLO was sent
+        elif not self.proven:
+            self._late += 1
+            if kind != wire.Kind.CLOSE or self._late > self._hellos_taken:
+                raise NipcError("EPROTO", f"frame of type {kind} for channel {number}, which "
+                                          "is over, before any channel authenticated")
 
     def violation(self, error: NipcError) -> None:
         log.info("peer {peer}: {error}", peer=self.peer, error=error.message)

@@ -8,6 +8,9 @@
             unread-hellos  TLS, one HELLO with a valid ticket (alice's, made with this host's
                            keytab as forge_tool does: the link is authenticated), then
                            garbage HELLOs as fast as TCP takes them, never reading (item 3)
+            close-flood    TLS, then CLOSE frames for channel 1 (given up before its HELLO,
+                           then over again) as fast as TCP takes them: frames that cost
+                           the receiver work and answer nothing (red-team follow-up)
 
 Keeps CONCURRENCY links open or opening for SECONDS, reopening each one the peer closes.
 Prints JSON: links attempted, how many got through TLS, the most held open at once after
@@ -38,6 +41,8 @@ from forge_tool import token_for  # noqa: E402 - a sibling script, not a package
 
 reactor: Any = _reactor
 HELLOS = 10
+#: CLOSE frames for channel 1, 36 KiB of them at a time (close-flood).
+CLOSE_BLOCK = wire.frame(wire.Kind.CLOSE, 1) * 4096
 
 
 class Stats:
@@ -63,6 +68,9 @@ class Attacker(Protocol):
         self.started = reactor.seconds()
         self.through = False
         self.next_channel = 1
+        self.paused = False
+        self.flooding = False
+        self.gone = False
 
     def connectionMade(self) -> None:
         if self.flood.attack == "unread-hellos":  # a small window: b's answers pile up at b
@@ -86,6 +94,9 @@ class Attacker(Protocol):
                 EXPORTER_LABEL, 32)
             token = token_for(wire.binding(exporter, 1), self.flood.principal, self.flood.host)
             self.transport.write(self.hello(token))  # type: ignore[union-attr]
+        elif attack == "close-flood":
+            self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+            self.resumeProducing()
 
     def flood_unread(self) -> None:
         """Authenticated: from now on read nothing, and send HELLOs while TCP takes them."""
@@ -106,8 +117,27 @@ class Attacker(Protocol):
     # the unread-hellos producer: write HELLOs while TCP takes them
     def resumeProducing(self) -> None:
         self.paused = False
+        if self.flood.attack == "close-flood" and not self.flooding:
+            self.close_flood()
+            return
         while not self.paused and self.next_channel < 1 << 20 and self.transport is not None:
             self.transport.write(b"".join(self.hello() for _ in range(64)))
+
+    def close_flood(self) -> None:
+        """A few blocks of CLOSE frames per turn of the reactor while TCP takes them (so
+        this tool's own reactor still sees links close and opens new ones)."""
+        self.flooding = False
+        for _ in range(16):
+            if self.paused or self.gone or reactor.seconds() >= self.flood.until:
+                return
+            if self.transport.getHandle().get_shutdown():  # type: ignore[union-attr]
+                # The peer closed TLS. Our writes are dropped from now on, and TCP would
+                # wait for them (a paused producer) instead of closing: end it here.
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            self.send(CLOSE_BLOCK)
+        self.flooding = True
+        reactor.callLater(0, self.close_flood)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -136,6 +166,7 @@ class Attacker(Protocol):
         stats.max_refusals = max(stats.max_refusals, self.refusals)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.gone = True
         stats = self.flood.stats
         if self.through:
             stats.open -= 1

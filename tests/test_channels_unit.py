@@ -439,6 +439,28 @@ def test_overload_refusals_do_not_close_an_unproven_link() -> None:
     assert not server.transport.disconnecting
 
 
+@pytest.mark.parametrize("late", [lambda n: wire.frame(K.CLOSE, n), lambda n: wire.credit_frame(n, 10)],
+                         ids=["second-close", "credit"])
+def test_frames_for_ended_channels_close_an_unproven_link(late: Callable[[int], bytes]) -> None:
+    """Before any channel authenticated, the dialler may send one CLOSE for a channel we
+    refused (it gave up on it meanwhile), never more, and nothing else for it: such frames
+    cost us work and answer nothing, so a flood of them closes the link. Once a channel
+    authenticated, frames for ended channels are dropped as before."""
+    server = Server()
+    server.link.dataReceived(wire.encode(HELLO, 1))
+    server.hellos[-1][0].answer(wire.Result("ENOENT", "no such socket"))
+    server.link.dataReceived(wire.frame(K.CLOSE, 1))
+    assert not server.transport.disconnecting
+    server.link.dataReceived(late(1))
+    assert server.transport.disconnecting
+    proven = Server()
+    proven.link.dataReceived(wire.encode(HELLO, 1) + wire.encode(HELLO, 2))
+    proven.hellos[0][0].authenticated()
+    proven.hellos[1][0].answer(wire.Result("ENOENT", "no such socket"))
+    proven.link.dataReceived(wire.frame(K.CLOSE, 2) + late(2) * 3)
+    assert not proven.transport.disconnecting
+
+
 def test_hellos_per_link_are_rate_limited() -> None:
     """Beyond twice the per-second rate at once, a HELLO is EAGAIN before any Kerberos
     work; the bucket refills with time."""

@@ -223,6 +223,29 @@ def test_a_peer_that_reads_no_results_cannot_grow_the_write_buffer(lan: Lan) -> 
     assert out["authenticated"] and "EKEYREJECTED" not in out["authenticated"], out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_frames_for_no_open_channel_close_an_unauthenticated_link(lan: Lan) -> None:
+    """From c, 8 links at a time, each TLS then CLOSE frames for channel 1 (given up before
+    its HELLO, then over and over) as fast as TCP takes them: frames that cost b work and
+    that nothing answers. A link nobody authenticated on has no channel that could have
+    ended, so a second frame for a channel it does not have is a violation: b closes the
+    link at once (before the fix: each link was read until the handshake timeout, b's
+    reactor spending its time on them). Alice is served throughout."""
+    pid = lan.b.daemon_pid()
+    assert pid
+    before = cpu_seconds(pid)
+    out = measured_flood(lan, "close-flood", 8)
+    MEASURED["close-flood: b's CPU seconds"] = used = round(cpu_seconds(pid) - before, 2)
+    print(f"b's CPU during the close-flood: {used}s")
+    assert out["tls"] > 8, out
+    assert out["longest"] < HANDSHAKE_TIMEOUT - 1, out  # closed at the frames, not at the deadline
+
+
 # -- item 6: a hung peer daemon --------------------------------------------------------------
 
 
