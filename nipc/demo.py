@@ -2,13 +2,15 @@
 
     python -m nipc.demo [--keep] [--prefix nipc-demo-]      (as root; ``scripts/demo``)
 
-Builds the sandbox (a Samba AD DC and hosts a, b, c as network namespaces), starts the
-daemons on a and b, and puts a socket on b (``<b.run_dir>/dns.sock``, mode 0660, group
-dnsops) served by a tiny server that answers each client with what the kernel reports about
-it: ``SO_PEERCRED``, ``SO_PEERGROUPS`` and the peer's address.  Then alice (in dnsops) and
-bob (not in it), each a real process of that user on a, call ``nipc.connect`` for that socket
-on b.  The transcript shows what was asked, what came back, what the server saw and the
-audit line of b's daemon.  Exit status 0 only if alice got OK as herself and bob EACCES.
+Builds the sandbox (a Samba AD DC and hosts a, b, c, each with its own namespaces, /etc
+and accounts), starts the daemons on a and b, and puts a socket on b (``/run/dns/dns.sock``,
+mode 0660, group dnsops) served by a tiny server on b that answers each client with what the
+kernel reports about it: ``SO_PEERCRED``, ``SO_PEERGROUPS`` and the peer's address.  Then
+alice (in dnsops) and bob (not in it), each a real process of that user on a, call
+``nipc.connect`` for that socket on b, with the system Python and the client installed on a.
+alice has different numbers on a and b; the server must see b's.  The transcript shows what
+was asked, what came back, what the server saw and the audit line of b's daemon.  Exit status
+0 only if alice got OK as b's alice and bob EACCES.
 
 ``--keep`` leaves everything running and prints how to enter each host, how to try a
 CONNECT by hand and how to tear down.
@@ -35,9 +37,11 @@ from nipc.sandbox import LOCAL_GROUP, Host, Sandbox, SandboxBusy, SandboxError, 
 
 DEFAULT_PREFIX = "nipc-demo-"
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
-#: The users run the client with the system interpreter: they may not be able to read the
-#: virtualenv (it can live under /root), and the client library is stdlib-only.
-CLIENT_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+#: The users run the client as on a real host: the system interpreter, with nipc installed
+#: in the host's /usr/local (the virtualenv may be under /root, unreadable to them).
+CLIENT_PYTHON = "/usr/bin/python3"
+#: The demo's socket on b, as b's processes see it.
+DNS_SOCKET = "/run/dns/dns.sock"
 
 # Run as the calling user on host a; prints one JSON object.
 _CLIENT = """
@@ -111,6 +115,7 @@ def describe_identity(seen: dict[str, Any]) -> str:
 
 def serve(path: str, record: str) -> None:
     """Accept forever; tell each client who it is, and append that to ``record`` (JSON lines)."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -145,17 +150,6 @@ class Attempt:
     received: str
     seen: list[dict[str, Any]]
     audit: list[str]
-
-
-def _client_dir(sb: Sandbox) -> Path:
-    """A world-readable copy of the nipc package, for the users' own processes."""
-    where = sb.root / "client"
-    if not where.exists():
-        source = Path(__file__).resolve().parent
-        shutil.copytree(source, where / "nipc", ignore=shutil.ignore_patterns("__pycache__"))
-        for path in [where, *where.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-    return where
 
 
 def _new_lines(path: Path, offset: int) -> list[str]:
@@ -196,15 +190,13 @@ def _audit_lines(host: Host, offset: int, timeout: float = 5) -> list[str]:
         time.sleep(0.05)
 
 
-def attempt(sb: Sandbox, user: str, client: Host, target: str, record: Path,
-            server_host: Host) -> Attempt:
-    """``user`` runs ``nipc.connect(target)`` in a process of its own on ``client``."""
-    u = sb.users[user]
+def attempt(user: str, client: Host, target: str, record: Path, server_host: Host) -> Attempt:
+    """``user`` runs ``nipc.connect(target)`` in a process of its own on ``client`` (with the
+    daemon's socket at its default place)."""
+    u = client.user(user)
     seen_before = len(_new_lines(record, 0))
     log_offset = _size(server_host.log_path)
-    env = {"NIPC_SOCKET": str(client.socket_path), "PYTHONPATH": str(_client_dir(sb))}
-    proc = client.run([CLIENT_PYTHON, "-c", _CLIENT, target], user=u, env=env, check=False,
-                      timeout=60)
+    proc = client.run([CLIENT_PYTHON, "-c", _CLIENT, target], user=u, check=False, timeout=60)
     try:
         out = json.loads(proc.stdout)
     except ValueError:
@@ -215,7 +207,7 @@ def attempt(sb: Sandbox, user: str, client: Host, target: str, record: Path,
 
 
 def _user_line(u: User) -> str:
-    groups = ",".join(f"{g}({grp.getgrgid(g).gr_name})" for g in u.groups)
+    groups = ",".join(f"{g}({name})" for g, name in zip(u.groups, u.group_names))
     return f"{u.name}: uid={u.uid} gid={u.gid} groups={groups}"
 
 
@@ -238,28 +230,26 @@ def show(n: int, a: Attempt, client: Host, verdict: str) -> None:
 
 
 def _hand_instructions(sb: Sandbox, a: Host, target: str) -> str:
-    alice_a = " ".join(
-        ["ip", "netns", "exec", a.netns, "setpriv", "--reuid=alice", "--regid=alice",
-         "--init-groups"]
-    )
+    alice_a = shlex.join(a.exec_argv(["setpriv", "--reuid=alice", "--regid=alice",
+                                      "--init-groups"]))
     # Double quotes inside, single quotes around: sandbox paths hold no quotes at all.
     raw = (
         "import socket; s = socket.socket(socket.AF_UNIX); "
-        f's.connect("{a.socket_path}"); s.sendall(b"CONNECT {target}\\n"); '
+        f's.connect("/run/nipc/nipc.sock"); s.sendall(b"CONNECT {target}\\n"); '
         'print(s.makefile("rb").read().decode(), end="")'
     )
     lib = f'import nipc; s = nipc.connect("{target}"); print(s.makefile("rb").read().decode())'
     lines = [
         "Try a CONNECT by hand, as alice on a (bob gets ERR EACCES):",
         f"    {alice_a} {CLIENT_PYTHON} -c '{raw}'",
-        "  or with the client library:",
-        f"    {alice_a} env PYTHONPATH={_client_dir(sb)} NIPC_SOCKET={a.socket_path} "
-        f"{CLIENT_PYTHON} -c '{lib}'",
+        "  or with the client library, or the nipc command (installed on every host):",
+        f"    {alice_a} {CLIENT_PYTHON} -c '{lib}'",
+        f"    echo hi | {alice_a} nipc connect {target}",
     ]
     if shutil.which("socat"):
         lines += [
             "  or with socat:",
-            f"    printf 'CONNECT {target}\\n' | {alice_a} socat - UNIX-CONNECT:{a.socket_path}",
+            f"    printf 'CONNECT {target}\\n' | {alice_a} socat - UNIX-CONNECT:/run/nipc/nipc.sock",
         ]
     lines += [
         f"Daemon logs: {a.log_path}, {sb.hosts['b'].log_path}",
@@ -279,30 +269,31 @@ def run(sb: Sandbox, keep: bool) -> bool:
         host.start_daemon()
     print(f"  nipcd running on {a.fqdn} ({a.address}) and {b.fqdn} ({b.address})")
 
-    path = b.run_dir / "dns.sock"
-    record = b.dir / "dns-server.jsonl"
+    record = b.dir / "dns-server.jsonl"  # the same file on b and here
     record.touch()
-    server = sb.spawn("dns-server", [sys.executable, "-m", "nipc.demo", "--serve", str(path),
-                                     "--record", str(record)])
+    server = sb.spawn("dns-server", b.exec_argv([sys.executable, "-m", "nipc.demo", "--serve",
+                                                 DNS_SOCKET, "--record", str(record)]))
     deadline = time.monotonic() + 20
     while "listening" not in sb.output("dns-server").read_text(errors="replace"):
         if server.poll() is not None or time.monotonic() > deadline:
             raise SandboxError("the demo server on b did not start:\n"
                                + sb.output("dns-server").read_text(errors="replace"))
         time.sleep(0.05)
-    st = path.stat()
-    print(f"  on {b.fqdn}: {path}  mode {st.st_mode & 0o777:04o} owner "
-          f"{_user_name(st.st_uid)}:{_group_name(st.st_gid)}, served by a tiny server that "
-          "tells each client who the kernel says it is")
+    mode, owner = b.run(["stat", "-c", "%a %U:%G", DNS_SOCKET]).stdout.split()
+    print(f"  on {b.fqdn}: {DNS_SOCKET}  mode {int(mode, 8):04o} owner {owner}, served by a "
+          "tiny server that tells each client who the kernel says it is")
+    alice_b = b.user("alice")
+    print(f"  alice is uid {a.user('alice').uid} on {a.fqdn} and uid {alice_b.uid} on "
+          f"{b.fqdn}: each host has its own /etc")
     print()
 
-    target = f"{path}@{b.fqdn}"
-    alice = attempt(sb, "alice", a, target, record, b)
+    target = f"{DNS_SOCKET}@{b.fqdn}"
+    alice = attempt("alice", a, target, record, b)
     alice_ok = (alice.reply == "OK" and len(alice.seen) == 1
-                and alice.seen[0]["uid"] == alice.user.uid)
-    show(1, alice, a, "OK, and the server on b saw alice herself: as expected" if alice_ok
-         else "NOT as expected: alice should get OK and be seen as herself")
-    bob = attempt(sb, "bob", a, target, record, b)
+                and alice.seen[0]["uid"] == alice_b.uid)
+    show(1, alice, a, "OK, and the server on b saw b's alice: as expected" if alice_ok
+         else "NOT as expected: alice should get OK and be seen as b's alice")
+    bob = attempt("bob", a, target, record, b)
     bob_ok = bob.reply.startswith("ERR EACCES") and not bob.seen
     show(2, bob, a, "refused with EACCES by b's kernel (bob is not in dnsops): as expected"
          if bob_ok else "NOT as expected: bob should get ERR EACCES")

@@ -31,13 +31,16 @@ class Need:
         return shutil.which(self.what) is not None
 
 
-#: Hosts, users and the processes run as them.
+#: Hosts (namespaces, their own mounts and names), the processes run as their users, and
+#: the client installed for the system Python on each.
 COMMON = (
     Need("ip", "iproute2"),
     Need("setpriv", "util-linux"),
-    Need("useradd", "passwd"),
-    Need("groupadd", "passwd"),
-    Need("usermod", "passwd"),
+    Need("nsenter", "util-linux"),
+    Need("unshare", "util-linux"),
+    Need("mount", "mount"),
+    Need("hostname", "hostname"),
+    Need("/usr/bin/python3", "python3-minimal"),
     Need("kinit", "krb5-user"),
     Need("kdestroy", "krb5-user"),
 )

@@ -3,19 +3,36 @@
 Each host is a network namespace with its own address, joined to the others through a bridge
 in a dedicated switch namespace; nothing is added to the root namespace, so the sandbox
 cannot disturb the machine's own network, and cutting a host's switch port is a real
-partition.  There are no mount namespaces: every host gets its own directory (krb5.conf,
-keytab, daemon config, sockets) and the environment variables that point krb5 at it.
+partition.
+
+Each host is also a host in its files: it has its own mount and UTS namespaces, kept alive by
+a holder process (``sleep``) that every command on the host enters with ``nsenter``.  In them,
+directories of the host's own are bind-mounted over ``/etc`` (a copy of the machine's, with
+the host's own passwd, group, shadow, krb5.conf and ``nipc/``), ``/run``, ``/tmp``,
+``/var/lib/nipc`` and ``/var/log/nipc``; ``/usr/local`` is an overlay that has the client
+(``nipc`` and ``import nipc`` for the system Python) installed; and the host name is its
+FQDN.  The daemon runs there exactly as docs/OPERATING.md installs it: config
+``/etc/nipc/nipcd.toml``, keytab ``/etc/nipc/nipc.keytab``, socket ``/run/nipc/nipc.sock``,
+replay cache ``/var/lib/nipc``.  Local users exist only in the hosts' own ``/etc``, never on
+the machine, and the same principal has different numbers on each host (alice is 1201 on a,
+2301 on b, 3301 on c), because the daemon must project the principal onto the receiving host's
+account: a daemon that forwarded the caller's uid number would fail the tests.  From the
+machine, a host's path is found with ``Host.path`` and its accounts with ``Host.user``; a path
+under ``Host.dir`` is the same file inside the host and on the machine (the root is a shared
+mount that the hosts' mount namespaces follow, so even a file system mounted there later is),
+and the other hosts' directories are hidden inside it.
 
 Three realms are built, because no single KDC on Debian 12 does everything NIPC needs (see
 ``KERBEROS.md``): a Samba AD DC (``LAN.TEST``: protocol transition, constrained delegation,
 PACs) for hosts a, b, c, a plain MIT KDC (``MIT.TEST``: the caller's own credential
 cache) for hosts x and y, and MIT on the LDAP back end (``LDAP.TEST``, FreeIPA's KDC
 model: protocol transition and delegation without AD; ``nipc.sandbox_ldap``) for hosts
-p, q, r.  Local users alice, bob and carol exist for real, because the
-daemon projects identities onto them and the kernel checks their permissions.
+p, q, r.  The KDCs' namespaces are network namespaces only.
 
 Everything is idempotent: ``up`` first removes what a previous (possibly crashed) run with
-the same prefix left behind, ``down`` removes all of it.  Needs root.
+the same prefix left behind, ``down`` removes all of it.  Needs root.  The only thing left on
+the machine is two empty directories, ``/var/lib/nipc`` and ``/var/log/nipc``: the mount
+points of each host's own.
 
 A prefix (namespace names, state files) belongs to one sandbox at a time: ``up`` takes an
 exclusive lock on ``/run/nipc-sandbox/<prefix>lock`` and holds it until ``down`` (or until its
@@ -32,11 +49,10 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import grp
 import os
-import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -59,6 +75,8 @@ PORT = 7445
 #: Where ``up`` notes which root directory a prefix's sandbox lives in, so a later ``up``
 #: or ``down`` finds the leftovers of a crashed run.
 STATE_DIR = Path("/run/nipc-sandbox")
+#: Where ``up`` makes a sandbox's root unless given one.
+ROOT_PARENT = "/var/tmp"
 #: Satisfies AD's default complexity rules (three character classes, 7+ characters).
 PASSWORD = "Nipc-Sandbox-7"
 ADMIN_PASSWORD = "Nipc-Admin-7"
@@ -68,19 +86,46 @@ LDAP_REALM = sandbox_ldap.REALM
 LOCAL_GROUP = "dnsops"
 #: Local users and their supplementary groups.
 LOCAL_USERS: dict[str, tuple[str, ...]] = {"alice": (LOCAL_GROUP,), "bob": (), "carol": ()}
+#: A domain user with an account on host a only: on the others the daemon finds no one.
+ONLY_ON_A = "dave"
 #: Host name -> last octet of its address.
 SAMBA_HOSTS = {"a": 11, "b": 12, "c": 13}
 MIT_HOSTS = {"x": 21, "y": 22}
+#: Host name -> where its account numbers start, so no two hosts share any: user ``i`` (from
+#: 1, in LOCAL_USERS order) has uid base+i, its own group gid base+10+i (never equal to its
+#: uid, so a uid passed as a gid shows), and dnsops gid base+50.  A host not listed here
+#: gets 6000 + 100 * the last octet of its address.
+ID_BASES = {"a": 1200, "b": 2300, "c": 3300, "x": 4300, "y": 5300}
 DC_OCTET = 2
 MIT_KDC_OCTET = 3
 #: On these hosts carol has no local account (auth_to_local maps her to a missing name).
 CAROL_UNMAPPED = ("b", "c")
 UNMAPPED_NAME = "carol-nowhere"
 CAROL_RULE = r"RULE:[1:$1@$0](carol@LAN\.TEST)s/.*/" + UNMAPPED_NAME + "/"
+#: Where the daemon finds its files on every host: the places docs/OPERATING.md and
+#: etc/nipcd.service install it to, as seen inside the host.
+CONFIG_FILE = Path("/etc/nipc/nipcd.toml")
+KEYTAB_FILE = Path("/etc/nipc/nipc.keytab")
+DAEMON_SOCKET = Path("/run/nipc/nipc.sock")
+RCACHE_DIR = Path("/var/lib/nipc")
+LOG_FILE = Path("/var/log/nipc/nipcd.json")
+#: MIT's default credential cache, in the host's own /tmp.
+CCACHE_TEMPLATE = "FILE:/tmp/krb5cc_%{uid}"
+#: The directories each host has its own of: path inside the host -> (directory under
+#: ``Host.dir``, mode).  Everything else (/usr, /var, the sandbox root) is the machine's.
+OWN_DIRS: dict[str, tuple[str, int]] = {
+    "/etc": ("etc", 0o755),
+    "/run": ("run", 0o755),
+    "/tmp": ("tmp", 0o1777),
+    str(RCACHE_DIR): ("var-lib-nipc", 0o700),
+    str(LOG_FILE.parent): ("var-log-nipc", 0o750),
+}
+#: The overlay over /usr/local: the client is installed in its upper directory.
+_USR_LOCAL = "usr-local"
 _NAMESPACE_SUFFIXES = ("sw", "dc", "mit", "ldap", *SAMBA_HOSTS, *MIT_HOSTS, *sandbox_ldap.HOSTS)
 _MARKER = ".nipc-sandbox"
 #: What ``up`` creates in a root: in a root given by the caller, ``down`` deletes only these.
-_ROOT_ENTRIES = (_MARKER, "ccache", "pids", "dc", "mit", "ldap", *SAMBA_HOSTS, *MIT_HOSTS,
+_ROOT_ENTRIES = (_MARKER, "pids", "dc", "mit", "ldap", *SAMBA_HOSTS, *MIT_HOSTS,
                  *sandbox_ldap.HOSTS)
 #: Prefixes end in "-" and the namespace suffixes hold none, so two different prefixes can
 #: never produce the same namespace or state-file name.  Short enough for any suffix.
@@ -221,57 +266,68 @@ def _spawn(
 
 @dataclass(frozen=True)
 class User:
-    """A real local user: the daemon projects principals onto these."""
+    """A local account on one host, as that host's /etc says: the daemon projects principals
+    onto these, and the kernel checks their permissions.  The numbers differ between hosts."""
 
     name: str
     uid: int
     gid: int
+    #: Every group the account is in, its own included, sorted (as the kernel reports them).
     groups: tuple[int, ...]
-
-    @classmethod
-    def lookup(cls, name: str) -> User:
-        pw = pwd.getpwnam(name)
-        return cls(name, pw.pw_uid, pw.pw_gid, tuple(os.getgrouplist(name, pw.pw_gid)))
-
-    @property
-    def group_names(self) -> tuple[str, ...]:
-        return tuple(grp.getgrgid(g).gr_name for g in self.groups)
+    group_names: tuple[str, ...]
 
 
-def _exists(lookup: Callable[[str], object], name: str) -> bool:
-    try:
-        lookup(name)
-    except KeyError:
-        return False
-    return True
+def _read_db(path: Path) -> list[list[str]]:
+    """The colon-separated entries of an /etc database file (passwd, group, shadow)."""
+    return [line.split(":") for line in path.read_text().splitlines() if line and line[0] != "#"]
 
 
-def _create(argv: Sequence[str], lookup: Callable[[str], object], name: str) -> None:
-    """Run useradd/groupadd unless ``name`` exists; retry while a sibling holds the lock."""
-    for _ in range(20):
-        if _exists(lookup, name):
-            return
-        proc = _run(argv, check=False)
-        if proc.returncode == 0:
-            return
-        time.sleep(0.25)  # 9: created meanwhile; 10: /etc/passwd or /etc/group locked
-    raise SandboxError(f"{' '.join(argv)} failed: {proc.stderr}")
+def _write_db(path: Path, entries: Sequence[Sequence[str]]) -> None:
+    path.write_text("".join(":".join(e) + "\n" for e in entries))
 
 
-def ensure_local_users() -> dict[str, User]:
-    """Create group dnsops and users alice (in dnsops), bob, carol unless they exist.
+def _accounts(host_name: str, octet: int) -> tuple[list[list[str]], list[list[str]]]:
+    """The passwd and group entries of the sandbox's users on ``host_name``."""
+    base = ID_BASES.get(host_name, 6000 + 100 * octet)
+    users = dict(LOCAL_USERS)
+    if host_name == "a":
+        users[ONLY_ON_A] = ()
+    dnsops = base + 50
+    members = [u for u, groups in users.items() if LOCAL_GROUP in groups]
+    passwd, group = [], [[LOCAL_GROUP, "x", str(dnsops), ",".join(members)]]
+    for i, name in enumerate(users, start=1):
+        uid, gid = base + i, base + 10 + i
+        passwd.append([name, "x", str(uid), str(gid), "", f"/home/{name}", "/usr/sbin/nologin"])
+        group.append([name, "x", str(gid), ""])
+    return passwd, group
 
-    They are never removed: they are harmless, and other sandboxes may be using them.
+
+def _install_accounts(etc: Path, host_name: str, octet: int) -> None:
+    """Make the sandbox's users and groups the only ones with their names in this copy of /etc.
+
+    Written into the files (as ``useradd --prefix`` would), so the machine's own /etc is never
+    touched.  Entries the machine has under the same names (from older sandboxes, which
+    created them there) are dropped; numbers already taken in the copy are an error.
     """
-    _create(["groupadd", LOCAL_GROUP], grp.getgrnam, LOCAL_GROUP)
-    for name, groups in LOCAL_USERS.items():
-        extra = ["-G", ",".join(groups)] if groups else []
-        argv = ["useradd", "-M", "-U", "-s", "/usr/sbin/nologin", *extra, name]
-        _create(argv, pwd.getpwnam, name)
-        have = {g.gr_name for g in grp.getgrall() if name in g.gr_mem}
-        if not set(groups) <= have:
-            _run(["usermod", "-a", "-G", ",".join(groups), name])
-    return {name: User.lookup(name) for name in LOCAL_USERS}
+    passwd, group = _accounts(host_name, octet)
+    names = {e[0] for e in passwd} | {e[0] for e in group}
+    new_ids = {("passwd", int(e[2])) for e in passwd} | {("group", int(e[2])) for e in group}
+    for db, ours in (("passwd", passwd), ("group", group)):
+        kept = [e for e in _read_db(etc / db) if e[0] not in names]
+        for e in kept:
+            if (db, int(e[2])) in new_ids:
+                raise SandboxError(f"{etc / db}: {e[0]} already has id {e[2]} (see ID_BASES)")
+            if db == "group":
+                e[3] = ",".join(m for m in e[3].split(",") if m and m not in names)
+        _write_db(etc / db, kept + ours)
+    # Locked passwords, as useradd leaves them: nobody logs in, but getspnam finds them.
+    for db, ours, fields in (("shadow", passwd, ["!", "19000", "0", "99999", "7", "", "", ""]),
+                             ("gshadow", group, None)):
+        if not (etc / db).exists():
+            continue
+        kept = [e for e in _read_db(etc / db) if e[0] not in names]
+        added = [[e[0], *(fields or ["!", "", e[3]])] for e in ours]
+        _write_db(etc / db, kept + added)
 
 
 # --- hosts ---------------------------------------------------------------------------------
@@ -279,7 +335,16 @@ def ensure_local_users() -> dict[str, User]:
 
 @dataclass
 class Host:
-    """One simulated host: a network namespace, a directory, a keytab and a daemon config."""
+    """One simulated host: network, mount and UTS namespaces, its own /etc, /run, /tmp and
+    accounts, a keytab and a daemon config at the documented paths.
+
+    Paths come in two views.  Inside the host (what its processes, configs and requests
+    name) the daemon's socket is ``/run/nipc/nipc.sock``; the test process, on the machine,
+    reaches the same file at ``path("/run/nipc/nipc.sock")``, under ``dir``.  The path
+    properties (``socket_path``, ``config_path``, ``run_dir``, ...) are the machine's view,
+    and every path under ``dir`` names the same file inside the host too, so they can also go
+    into requests and configs.
+    """
 
     name: str
     fqdn: str
@@ -290,38 +355,58 @@ class Host:
     principal: str
     switch_netns: str
     switch_port: str
-    ccache_template: str
     port: int = PORT
     _proc: subprocess.Popen[bytes] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
+    @staticmethod
+    def owning(path: str | os.PathLike[str]) -> Host:
+        """The host whose directory holds ``path`` (a machine's-view path, e.g. a daemon
+        socket), so that helpers given only a socket act on the right host."""
+        for host_dir, host in _HOSTS.items():
+            if Path(path).is_relative_to(host_dir):
+                return host
+        raise SandboxError(f"{path} is in no sandbox host's directory")
+
+    def path(self, inside: str | os.PathLike[str]) -> Path:
+        """Where the host's file ``inside`` (an absolute path) is, seen from the machine."""
+        inside = Path(inside)
+        for own, (sub, _) in OWN_DIRS.items():
+            if inside.is_relative_to(own):
+                return self.dir / sub / inside.relative_to(own)
+        return inside  # not one of the host's own: the machine's file
+
     @property
     def config_path(self) -> Path:
-        return self.dir / "nipcd.toml"
+        return self.path(CONFIG_FILE)
 
     @property
     def run_dir(self) -> Path:
-        return self.dir / "run"
+        """The daemon's runtime directory (/run/nipc): its gate and admin sockets, and the
+        sockets tests serve on this host."""
+        return self.path(DAEMON_SOCKET.parent)
 
     @property
     def socket_path(self) -> Path:
-        return self.run_dir / "nipc.sock"
+        return self.path(DAEMON_SOCKET)
 
     @property
     def krb5_conf(self) -> Path:
-        return self.dir / "krb5.conf"
+        return self.path("/etc/krb5.conf")
 
     @property
     def keytab(self) -> Path:
-        return self.dir / "nipc.keytab"
+        return self.path(KEYTAB_FILE)
 
     @property
     def log_path(self) -> Path:
-        return self.dir / "nipcd.log"
+        """The daemon's JSON log (``[log] file``)."""
+        return self.path(LOG_FILE)
 
     @property
     def out_path(self) -> Path:
+        """The daemon's stdout and stderr (under systemd: the journal)."""
         return self.dir / "nipcd.out"
 
     @property
@@ -330,27 +415,60 @@ class Host:
         return f"nipc@{self.fqdn}"
 
     def env(self) -> dict[str, str]:
-        """What points krb5 at this host's files (there is no mount namespace to do it)."""
+        """The environment of the daemon (nipcd.service's ``Environment=``) and of tools that
+        act with the host's keytab (krb5 finds /etc/krb5.conf itself)."""
         return {
-            "KRB5_CONFIG": str(self.krb5_conf),
-            "KRB5RCACHEDIR": str(self.dir / "rcache"),
-            "KRB5_CLIENT_KTNAME": f"FILE:{self.keytab}",
-            "KRB5_KTNAME": f"FILE:{self.keytab}",
+            "KRB5RCACHEDIR": str(RCACHE_DIR),
+            "KRB5_CLIENT_KTNAME": f"FILE:{KEYTAB_FILE}",
+            "KRB5_KTNAME": f"FILE:{KEYTAB_FILE}",
         }
 
-    def ccache(self, user: User) -> str:
-        """``user``'s credential cache name on this host (the template, expanded)."""
-        return self.ccache_template.replace("%{uid}", str(user.uid))
+    # -- accounts --
 
-    def exec_argv(self, argv: Sequence[str], user: User | None = None) -> list[str]:
-        """``argv`` run inside this host's namespace, as ``user`` if given (else root)."""
-        prefix = ["ip", "netns", "exec", self.netns]
+    def user(self, name: str) -> User:
+        """``name``'s account on this host, from the host's own /etc (KeyError if none)."""
+        passwd = {e[0]: e for e in _read_db(self.path("/etc/passwd"))}
+        if name not in passwd:
+            raise KeyError(f"no user {name!r} on host {self.name}")
+        uid, gid = int(passwd[name][2]), int(passwd[name][3])
+        groups = {int(e[2]): e[0] for e in _read_db(self.path("/etc/group"))
+                  if int(e[2]) == gid or name in e[3].split(",")}
+        ids = tuple(sorted(groups))
+        return User(name, uid, gid, ids, tuple(groups[g] for g in ids))
+
+    def group(self, name: str) -> int:
+        """The gid of group ``name`` on this host (KeyError if none)."""
+        for entry in _read_db(self.path("/etc/group")):
+            if entry[0] == name:
+                return int(entry[2])
+        raise KeyError(f"no group {name!r} on host {self.name}")
+
+    def ccache(self, user: User) -> str:
+        """``user``'s default credential cache on this host (in its own /tmp)."""
+        return CCACHE_TEMPLATE.replace("%{uid}", str(user.uid))
+
+    # -- entering the host --
+
+    @property
+    def _holder_pidfile(self) -> Path:
+        return self.dir.parent / "pids" / f"host-{self.name}.pid"
+
+    def exec_argv(self, argv: Sequence[str], user: User | str | None = None) -> list[str]:
+        """``argv`` run inside this host's namespaces, as ``user`` if given (else root).
+
+        ``user`` is this host's account (a ``User`` from ``user()``, or its name).
+        """
+        holder = _read_pidfile(self._holder_pidfile)
+        if holder is None:
+            raise SandboxError(f"host {self.name} is not up (no namespace holder)")
+        prefix = ["nsenter", f"--target={holder}", "--net", "--mount", "--uts", "--"]
         if user is not None:
+            who = self.user(user) if isinstance(user, str) else user
             prefix += [
                 "setpriv",
-                f"--reuid={user.uid}",
-                f"--regid={user.gid}",
-                "--groups=" + ",".join(map(str, user.groups)),
+                f"--reuid={who.uid}",
+                f"--regid={who.gid}",
+                "--groups=" + ",".join(map(str, who.groups)),
                 "--",
             ]
         return prefix + list(argv)
@@ -358,7 +476,7 @@ class Host:
     def run(
         self,
         argv: Sequence[str],
-        user: User | None = None,
+        user: User | str | None = None,
         *,
         input: str | None = None,
         env: dict[str, str] | None = None,
@@ -381,12 +499,14 @@ class Host:
         return self.dir.parent / "pids" / f"nipcd-{self.name}.pid"
 
     def start_daemon(self, timeout: float = 20) -> None:
-        """Start nipcd under twistd and return once its local socket accepts connections."""
+        """Start nipcd under twistd, as etc/nipcd.service does, and return once its local
+        socket accepts connections."""
         if self.daemon_pid() is not None:
             raise SandboxError(f"{self.name}: daemon already running")
         twistd = str(Path(sys.executable).parent / "twistd")
-        argv = [twistd, "-n", "--pidfile=", "nipc", "--config", str(self.config_path)]
-        self._proc = _spawn(self.exec_argv(argv), self.out_path, self.env(), self._pidfile)
+        argv = [twistd, "-n", "--pidfile=", "nipc", "--config", str(CONFIG_FILE)]
+        env = {"KRB5RCACHEDIR": str(RCACHE_DIR)}  # the unit's Environment=
+        self._proc = _spawn(self.exec_argv(argv), self.out_path, env, self._pidfile)
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
@@ -444,6 +564,17 @@ class Host:
         _ip("-n", self.switch_netns, "link", "set", self.switch_port, "up")
 
 
+#: Every host defined in this process, by directory: for ``Host.owning``.
+_HOSTS: dict[Path, Host] = {}
+
+
+def _is_mount_point(path: Path) -> bool:
+    """Whether something is mounted at ``path`` in this mount namespace."""
+    target = str(path).replace(" ", "\\040")
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
 def _accepts(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         try:
@@ -464,9 +595,6 @@ def _krb5_conf(host: Host, kdc: str, domain: str, extra_realm_lines: Sequence[st
         "    udp_preference_limit = 1\n"
         "    dns_lookup_kdc = false\n"
         "    dns_lookup_realm = false\n"
-        f"    default_ccache_name = {host.ccache_template}\n"
-        f"    default_keytab_name = FILE:{host.keytab}\n"
-        f"    default_client_keytab_name = FILE:{host.keytab}\n"
         "\n[realms]\n"
         f"    {host.realm} = {{\n{realm_lines}    }}\n"
         "\n[domain_realm]\n"
@@ -488,16 +616,15 @@ def _nipcd_toml(host: Host, peers: Sequence[Host], own_ccache: bool) -> str:
         "",
         "[kerberos]",
         f"mode = {_toml_str(mode)}",
-        f"keytab = {_toml_str(host.keytab)}",
+        f"keytab = {_toml_str(KEYTAB_FILE)}",
         f"principal = {_toml_str(host.principal)}",
-        f"krb5_config = {_toml_str(host.krb5_conf)}",
     ]
     if own_ccache:
-        lines.append(f"ccache_template = {_toml_str(host.ccache_template)}")
+        lines.append(f"ccache_template = {_toml_str(CCACHE_TEMPLATE)}")
     lines += [
         "",
         "[local]",
-        f"socket = {_toml_str(host.socket_path)}",
+        f"socket = {_toml_str(DAEMON_SOCKET)}",
         'mode = "0666"',
         "",
         "[peer]",
@@ -513,9 +640,50 @@ def _nipcd_toml(host: Host, peers: Sequence[Host], own_ccache: bool) -> str:
         "connect = 5",
         "",
         "[log]",
-        f"file = {_toml_str(host.log_path)}",
+        f"file = {_toml_str(LOG_FILE)}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _holder_script(host: Host, hide: Sequence[Path]) -> str:
+    """The shell script that makes a host's mount and UTS namespaces what they should be."""
+    q = shlex.quote
+    lines = ["set -e"]
+    for own, (sub, _) in OWN_DIRS.items():
+        lines.append(f"mount --bind {q(str(host.dir / sub))} {q(own)}")
+    layers = host.dir / _USR_LOCAL
+    lines.append(
+        "mount -t overlay nipc-usr-local -o " + q(
+            f"lowerdir=/usr/local,upperdir={layers / 'upper'},workdir={layers / 'work'}")
+        + " /usr/local"
+    )
+    for path in hide:
+        lines.append(f"mount -t tmpfs -o ro,size=4k,mode=0755 nipc-hidden {q(str(path))}")
+    lines += [f"hostname {q(host.fqdn)}", "echo ready", "exec sleep infinity"]
+    return "\n".join(lines) + "\n"
+
+
+def _system_python_lib() -> str:
+    """``lib/python3.N``: where the system Python looks under /usr/local (Debian's layout)."""
+    out = _run(["/usr/bin/python3", "-c", "import sys; print(*sys.version_info[:2], sep='.')"])
+    return f"lib/python{out.stdout.strip()}"
+
+
+def _install_client(prefix: Path, python_lib: str) -> None:
+    """Install the client as an operator would with ``pip install --prefix /usr/local``:
+    ``import nipc`` for the system Python and the ``nipc`` command, readable by everyone.
+
+    The client is stdlib-only, so a copy of the package and a two-line script are all it
+    takes (no network, no pip, no build in every host)."""
+    package = prefix / python_lib / "dist-packages" / "nipc"
+    shutil.copytree(Path(__file__).resolve().parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = prefix / "bin" / "nipc"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/usr/bin/python3\nimport sys\nfrom nipc.cli import main\n"
+                      "sys.exit(main())\n")
+    for path in [prefix, *prefix.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() or path == script else 0o644)
 
 
 # --- the sandbox ---------------------------------------------------------------------------
@@ -551,11 +719,16 @@ class Sandbox:
         self._given_root = root
         self.root = root if root is not None else self._recorded_root() or Path("/nonexistent")
         self.hosts: dict[str, Host] = {}
-        self.users: dict[str, User] = {}
         self.timings: dict[str, float] = {}
         if self.root.is_dir():
             self._define_hosts()
-            self.users = {n: User.lookup(n) for n in LOCAL_USERS if _exists(pwd.getpwnam, n)}
+
+    @property
+    def users(self) -> dict[str, User]:
+        """Gone: the same user has different numbers on each host."""
+        raise AttributeError(
+            "Sandbox.users is gone: each host has its own accounts; use host.user(name)"
+        )
 
     # -- naming --
 
@@ -594,10 +767,6 @@ class Sandbox:
             self.root / "ldap", f"{self.prefix}ldap", f"{SUBNET}.{sandbox_ldap.KDC_OCTET}",
             ADMIN_PASSWORD, _run, lambda argv, log, env, name: _spawn(argv, log, env,
                                                       self.root / "pids" / f"{name}.pid"))
-
-    @property
-    def ccache_template(self) -> str:
-        return f"FILE:{self.root}/ccache/krb5cc_%{{uid}}"
 
     @property
     def _state_file(self) -> Path:
@@ -667,7 +836,7 @@ class Sandbox:
                 principal = (
                     f"{name.upper()}$@{realm}" if realm == SAMBA_REALM else f"nipc/{fqdn}@{realm}"
                 )
-                self.hosts[name] = Host(
+                self.hosts[name] = _HOSTS[self.root / name] = Host(
                     name=name,
                     fqdn=fqdn,
                     realm=realm,
@@ -677,7 +846,6 @@ class Sandbox:
                     principal=principal,
                     switch_netns=self.switch_netns,
                     switch_port=f"p-{name}",
-                    ccache_template=self.ccache_template,
                 )
 
     # -- lifecycle --
@@ -701,7 +869,7 @@ class Sandbox:
     def up(self) -> Sandbox:
         """Build everything, after clearing what an earlier run with this prefix left."""
         if os.geteuid() != 0:
-            raise SandboxError("the sandbox needs root (network namespaces, useradd)")
+            raise SandboxError("the sandbox needs root (namespaces, mounts)")
         if lacking := prereqs.missing(prereqs.sandbox_needs(self.samba, self.mit, self.ldap)):
             raise SandboxError(prereqs.describe(lacking))
         started = time.monotonic()
@@ -714,24 +882,34 @@ class Sandbox:
             if marker.exists() and self._owns(self.root) is None:
                 raise SandboxError(f"{self.root} belongs to another sandbox: {marker.read_text()}")
         else:
-            self.root = Path(tempfile.mkdtemp(prefix=f"{self.prefix}sandbox-"))
+            # Not in /tmp: the hosts have their own /tmp, and must still see their directories.
+            self.root = Path(tempfile.mkdtemp(prefix=f"{self.prefix}sandbox-", dir=ROOT_PARENT))
+        hidden = [own for own in OWN_DIRS if self.root.resolve().is_relative_to(own)]
+        if hidden:
+            raise SandboxError(f"{self.root}: a sandbox root cannot be under {hidden[0]}, which "
+                               "each host has its own of")
         self.root.chmod(0o755)
         # Whether down may delete the root itself or only what it put there, and whose it is.
         kind = "given" if self._given_root else "created"
         (self.root / _MARKER).write_text(f"{kind} {self.prefix}\n")
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         self._state_file.write_text(f"{self.root}\n")
-        ccache_dir = self.root / "ccache"
-        ccache_dir.mkdir()
-        ccache_dir.chmod(0o1777)
         (self.root / "pids").mkdir()
+        self._share()
+        # Made now, so that every host's holder hides them (the builds run meanwhile).
+        if self.samba:
+            self.dc_dir.mkdir()
+        if self.mit:
+            self.mit_dir.mkdir(mode=0o700)
+        if self.ldap:
+            self.ldap_kdc.dir.mkdir(mode=0o700)
         self._define_hosts()
-        self.users = ensure_local_users()
         self._make_host_dirs()
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             samba = pool.submit(self._timed, "samba", self._build_samba) if self.samba else None
             self._timed("network", self._build_network)
+            self._timed("hosts", self._start_hosts)
             if self.mit:
                 self._timed("mit", self._build_mit)
             if self.ldap:
@@ -792,6 +970,9 @@ class Sandbox:
         for ns in ours:
             if ns in present:
                 _ip("netns", "del", ns, check=False)
+        for root in old_roots:
+            while _is_mount_point(root):  # the shared bind mount of up's _share
+                _run(["umount", "--lazy", root])
         if keep_files:
             return
         for root in old_roots:
@@ -810,12 +991,24 @@ class Sandbox:
     # -- building --
 
     def _make_host_dirs(self) -> None:
+        """Each host's own directories: a copy of /etc with its accounts and configs, an empty
+        /run, /tmp, /var/lib/nipc, /var/log/nipc, and the client for its /usr/local."""
+        python = _system_python_lib()
         for host in self.hosts.values():
             host.dir.mkdir(mode=0o755)
             host.dir.chmod(0o755)
-            host.run_dir.mkdir(mode=0o755)
-            host.run_dir.chmod(0o755)
-            (host.dir / "rcache").mkdir(mode=0o700)
+            for own, (sub, mode) in OWN_DIRS.items():
+                if own == "/etc":
+                    _run(["cp", "-a", "/etc", host.dir / sub])
+                    shutil.rmtree(host.dir / sub / "nipc", ignore_errors=True)
+                else:
+                    (host.dir / sub).mkdir()
+                (host.dir / sub).chmod(mode)
+            octet = int(host.address.rpartition(".")[2])
+            _install_accounts(host.path("/etc"), host.name, octet)
+            host.path("/etc/hostname").write_text(host.fqdn + "\n")
+            for made in (CONFIG_FILE.parent, DAEMON_SOCKET.parent):  # install -d, systemd
+                host.path(made).mkdir(mode=0o755)
             if host.realm == SAMBA_REALM:
                 extra = []
                 if host.name in CAROL_UNMAPPED:
@@ -833,12 +1026,51 @@ class Sandbox:
             host.config_path.write_text(
                 _nipcd_toml(host, peers, own_ccache=host.realm == MIT_REALM)
             )
+            _install_client(host.dir / _USR_LOCAL / "upper", python)
+            (host.dir / _USR_LOCAL / "work").mkdir()
+
+    def _share(self) -> None:
+        """Make the root a shared mount of its own (a bind mount onto itself), so that what is
+        mounted under it from the machine later (a test's small file system in a host's
+        directory, say) appears inside the hosts too, whose copies of it are its slaves.
+        Its own peer group: nothing mounted under it reaches the rest of the machine."""
+        _run(["mount", "--bind", self.root, self.root])
+        _run(["mount", "--make-private", self.root])
+        _run(["mount", "--make-shared", self.root])
+
+    def _start_hosts(self) -> None:
+        """Give each host its mount and UTS namespaces, held by a process that sleeps in them.
+
+        The holder bind-mounts the host's own directories, hides the other hosts' and the
+        KDCs' directories under the root, sets the host name, says "ready" and sleeps; it
+        lives in the host's network namespace, so ``down`` stops it with everything else.
+        Mount propagation is one way (slave): mounts under the root made on the machine reach
+        the host (see ``_share``), nothing the host mounts reaches the machine.
+        """
+        for own in OWN_DIRS:
+            Path(own).mkdir(parents=True, exist_ok=True)  # mount points: /var/lib/nipc ...
+        for host in self.hosts.values():
+            hide = [self.root / e for e in _ROOT_ENTRIES if e != host.name
+                    and (self.root / e).is_dir()]
+            argv = ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts",
+                    "--propagation", "slave", "--", "sh", "-c", _holder_script(host, hide)]
+            log = host.dir / "holder.out"
+            with open(log, "ab") as err:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=err, start_new_session=True)
+            _write_pidfile(host._holder_pidfile, proc.pid)
+            assert proc.stdout is not None
+            with proc.stdout:
+                ready = proc.stdout.readline()  # the script exits (EOF) on any failure
+            if ready != b"ready\n":
+                _terminate([proc.pid])
+                raise SandboxError(f"host {host.name}: namespaces not set up\n{_tail(log)}")
 
     def _check_config(self, host: Host) -> None:
         from nipc import config
 
         cfg = config.load(host.config_path)
-        if cfg.host_name != host.fqdn or cfg.socket_path != host.socket_path:
+        if cfg.host_name != host.fqdn or cfg.socket_path != DAEMON_SOCKET:
             raise SandboxError(f"{host.config_path} does not read back as written")
 
     def _build_network(self) -> None:
@@ -929,7 +1161,7 @@ class Sandbox:
             host.keytab.chmod(0o600)
 
         def users() -> None:
-            for user in LOCAL_USERS:
+            for user in (*LOCAL_USERS, ONLY_ON_A):
                 self._samba_tool("user", "add", user, PASSWORD)
 
         # samba-tool is mostly Python start-up: running chains side by side uses every core.
@@ -952,7 +1184,6 @@ class Sandbox:
 
     def _build_mit(self) -> None:
         mit = self.mit_dir
-        mit.mkdir(mode=0o700)
         (mit / "kdc.conf").write_text(
             "[kdcdefaults]\n"
             "    kdc_listen = 88\n"
@@ -1056,7 +1287,7 @@ class Sandbox:
     def kinit(self, user: str, host_name: str) -> str:
         """Get ``user`` a TGT on ``host_name``, as that local user; returns the ccache name."""
         host = self.hosts[host_name]
-        u = self.users[user]
+        u = host.user(user)
         ccache = host.ccache(u)
         host.run(
             ["kinit", f"{user}@{host.realm}"],
@@ -1068,7 +1299,7 @@ class Sandbox:
 
     def kdestroy(self, user: str, host_name: str) -> None:
         host = self.hosts[host_name]
-        u = self.users[user]
+        u = host.user(user)
         host.run(["kdestroy"], user=u, env={"KRB5CCNAME": host.ccache(u)}, check=False)
 
     # -- for people --
@@ -1077,11 +1308,10 @@ class Sandbox:
         """How to step into each host by hand."""
         lines = [f"sandbox root: {self.root}"]
         for host in self.hosts.values():
-            env = " ".join(f"{k}={v}" for k, v in host.env().items())
             lines.append(f"  {host.name} {host.fqdn} {host.address} ({host.principal})")
-            lines.append(f"      ip netns exec {host.netns} env {env} bash")
-        lines.append(f"  users alice, bob, carol; password {self.password}; as a user:")
-        lines.append("      ip netns exec <ns> setpriv --reuid=alice --regid=alice --init-groups ...")
+            lines.append("      " + shlex.join(host.exec_argv(["bash"])))
+        lines.append(f"  users alice, bob, carol; password {self.password}; as a user, inside:")
+        lines.append("      setpriv --reuid=alice --regid=alice --init-groups nipc ...")
         return "\n".join(lines)
 
 

@@ -68,7 +68,7 @@ class LdapKdc:
     def build(self, services: dict[str, Path], users: Sequence[str], password: str) -> None:
         """The directory, the realm, a service principal per host (``services``: principal
         -> keytab), and ``users`` with ``password``; then the KDC starts."""
-        self.dir.mkdir(mode=0o700)
+        self.dir.mkdir(mode=0o700, exist_ok=True)  # made early, so the hosts hide it
         self._start_slapd()
         self._create_realm()
         for principal, keytab in services.items():

@@ -13,16 +13,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nipc.identity import identity_of_user
+from nipc.identity import LocalIdentity, identity_of_user
 from nipc.impersonate import become
-from nipc.sandbox import Host
+from nipc.sandbox import Host, User
 
 T = TypeVar("T")
 
 
-def as_user(name: str, job: Callable[[], T]) -> T:
-    """Run ``job`` on a fresh thread that has become local user ``name``."""
-    who = identity_of_user(name)
+def identity(user: User | str) -> LocalIdentity:
+    """What a thread of this (machine's) process becomes to act as ``user``: one host's
+    account (``host.user(name)``), whose numbers are that host's, or by name an account of
+    the machine's own (such as nobody; the sandbox's users exist only on its hosts)."""
+    if isinstance(user, str):
+        return identity_of_user(user)
+    return LocalIdentity(user.name, user.uid, user.gid, user.groups)
+
+
+def as_user(user: User | str, job: Callable[[], T]) -> T:
+    """Run ``job`` on a fresh thread that has become ``user`` (see ``identity``)."""
+    who = identity(user)
     box: dict[str, Any] = {}
 
     def main() -> None:

@@ -210,20 +210,33 @@ def ask_peer(daemon: str, conn: socket.socket) -> str:
     return data.decode()
 
 
-def run_client(user: str | None, daemon_socket: str, *args: str, timeout: float = 120) -> dict[str, Any]:
-    """Run tests/client_tool.py as ``user`` (None: as root); returns its JSON answer."""
-    import pwd
+#: Where ``run_client`` installs the test client on each host (the host's own /usr/local).
+CLIENT_TOOLS = "/usr/local/lib/nipc-tests"
+_installed: set[Path] = set()
 
-    where = client_dir()
-    kw: dict[str, Any] = {}
-    if user is not None:
-        entry = pwd.getpwnam(user)
-        kw = {"user": entry.pw_uid, "group": entry.pw_gid,
-              "extra_groups": os.getgrouplist(user, entry.pw_gid)}
-    env = {"NIPC_SOCKET": daemon_socket, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-           "PYTHONPATH": str(where)}
-    proc = subprocess.run([CLIENT_PYTHON, str(where / "client_tool.py"), *args], capture_output=True,
-                          timeout=timeout, env=env, cwd="/", **kw)
+
+def _install_tools(host: Any) -> None:
+    """Copy client_tool.py and support.py into the host's /usr/local, readable by all, once;
+    ``import nipc`` is already there (the sandbox installs the client on every host)."""
+    if host.dir in _installed:
+        return
+    here = Path(__file__).parent
+    host.run(["install", "-d", "-m", "0755", CLIENT_TOOLS])
+    host.run(["install", "-m", "0644", str(here / "client_tool.py"), str(here / "support.py"),
+              CLIENT_TOOLS])
+    _installed.add(host.dir)
+
+
+def run_client(user: str | None, daemon_socket: str, *args: str, timeout: float = 120) -> dict[str, Any]:
+    """Run tests/client_tool.py as ``user`` (None: as root) with the system Python, on the
+    host whose daemon socket ``daemon_socket`` is; returns its JSON answer."""
+    from nipc.sandbox import Host
+
+    host = Host.owning(daemon_socket)
+    _install_tools(host)
+    env = {"NIPC_SOCKET": daemon_socket, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    argv = host.exec_argv(["/usr/bin/python3", f"{CLIENT_TOOLS}/client_tool.py", *args], user)
+    proc = subprocess.run(argv, capture_output=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"client tool failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(proc.stdout)

@@ -295,19 +295,20 @@ def lan(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
         host.stop_daemon()
 
 
+#: A user's PATH on a host: its ``nipc`` command is the one installed in /usr/local.
+HOST_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
 def host_status(host: Host, user: Any = None) -> subprocess.CompletedProcess[str]:
-    return host.run([CLIENT_PYTHON, "-m", "nipc.cli", "status", "--json", "--admin",
-                     str(host.run_dir / "admin.sock")], user, check=False,
-                    env={"PYTHONPATH": str(client_dir())})
+    """``nipc status`` on ``host``, as its installed command, at the default admin socket."""
+    return host.run(["nipc", "status", "--json"], user, check=False, env={"PATH": HOST_PATH})
 
 
 def hold(host: Host, user: Any, target: str) -> subprocess.Popen[bytes]:
     """``nipc connect`` as ``user`` on ``host``, kept open by its stdin."""
     return subprocess.Popen(
-        host.exec_argv([CLIENT_PYTHON, "-m", "nipc.cli", "connect", target], user),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/",
-        env={**os.environ, **host.env(), "NIPC_SOCKET": str(host.socket_path),
-             "PYTHONPATH": str(client_dir())})
+        host.exec_argv(["nipc", "connect", target], user),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": HOST_PATH})
 
 
 def wait_for(predicate: Any, timeout: float = 10) -> Any:
@@ -324,7 +325,7 @@ def test_status_on_both_ends_of_a_routed_connection(lan: dict[str, Host], sandbo
     require_root()
     a, b = lan["a"], lan["b"]
     server = UnixServer(str(b.run_dir / "status-echo.sock"))
-    client = hold(a, sandbox.users["alice"], f"{b.run_dir / 'status-echo.sock'}@{b.fqdn}")
+    client = hold(a, a.user("alice"), f"{b.run_dir / 'status-echo.sock'}@{b.fqdn}")
     try:
         assert client.stdin is not None and client.stdout is not None
         client.stdin.write(b"x" * 3000)
@@ -339,13 +340,13 @@ def test_status_on_both_ends_of_a_routed_connection(lan: dict[str, Host], sandbo
 
         rows = wait_for(lambda: [r for r in mine(a) if r["bytes_in"] >= 3000])
         (out_row,) = rows
-        alice = sandbox.users["alice"]
+        alice = a.user("alice")
         assert (out_row["direction"], out_row["user"], out_row["uid"]) == ("outgoing", "alice", alice.uid)
         assert out_row["target"] == f"{b.run_dir / 'status-echo.sock'}@{b.fqdn}"
         (in_row,) = wait_for(lambda: mine(b))
         assert in_row["direction"] == "incoming"
         assert in_row["principal"] == f"alice@{b.realm}"
-        assert (in_row["user"], in_row["uid"]) == ("alice", alice.uid)
+        assert (in_row["user"], in_row["uid"]) == ("alice", b.user("alice").uid)
         assert in_row["hops"] == [a.fqdn] and in_row["origin_conn_id"] == out_row["conn_id"]
         client.stdin.write(b"y" * 5000)
         client.stdin.flush()
@@ -364,7 +365,7 @@ def test_status_on_both_ends_of_a_routed_connection(lan: dict[str, Host], sandbo
 @pytest.mark.integration
 def test_bob_is_not_an_operator(lan: dict[str, Host], sandbox: Sandbox) -> None:
     require_root()
-    out = host_status(lan["a"], sandbox.users["bob"])
+    out = host_status(lan["a"], "bob")
     assert out.returncode == 1 and "EACCES" in out.stderr, out
     assert "connections" not in out.stdout
 

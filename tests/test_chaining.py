@@ -4,7 +4,6 @@ inbound connection; no TGT for alice exists anywhere."""
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nipc.identity import identity_of_user
+from acting import identity
 from nipc.impersonate import become
 from nipc.sandbox import Host, Sandbox
 from support import UnixServer, ask_peer, audit_lines, run_client
@@ -62,10 +61,10 @@ def relay_reply(upstream: socket.socket, client: socket.socket) -> None:
 
 def chaining_service(b: Host, target: str, *, explicit: bool, user: str = "alice") -> UnixServer:
     """A service on b, reachable by alice only, that calls ``target`` from a thread
-    running as ``user`` (alice herself by default): finding her connection implicitly,
+    running as b's ``user`` (alice herself by default): finding her connection implicitly,
     or attaching it (explicit)."""
-    alice = identity_of_user("alice")
-    runs_as = identity_of_user(user)
+    alice = identity(b.user("alice"))
+    runs_as = identity(b.user(user))
 
     def call(conn: socket.socket) -> None:
         become(runs_as, permanent=False)  # this handler thread only; it ends afterwards
@@ -84,7 +83,7 @@ def c_server(lan: dict[str, Host]) -> Iterator[UnixServer]:
     """On c: a socket for dnsops members that reports SO_PEERCRED and PEER."""
     c = lan["c"]
     server = UnixServer(str(c.run_dir / "dns.sock"), mode=0o660,
-                        group=grp.getgrnam("dnsops").gr_gid, ask_peer=str(c.socket_path))
+                        group=c.group("dnsops"), ask_peer=str(c.socket_path))
     yield server
     server.close()
 
@@ -115,7 +114,8 @@ def test_alice_reaches_c_through_a_service_on_b(lan: dict[str, Host], c_server: 
     lines = reply.split("\n")
     assert lines[0] == "OK" and lines[1] == "OK", reply  # a's daemon, then b's daemon
     seen = json.loads(lines[2])
-    alice = sandbox.users["alice"]
+    alice = c.user("alice")  # c's numbers for her, not a's or b's
+    assert alice.uid not in (a.user("alice").uid, b.user("alice").uid)
     assert (seen["uid"], seen["gid"]) == (alice.uid, alice.gid)
     assert sorted(seen["groups"]) == sorted(set(alice.groups))
     verdict, _, body = seen["peer"].partition(" ")
@@ -147,7 +147,7 @@ def test_a_chain_expands_per_user_paths_at_the_last_hop(lan: dict[str, Host],
     """%{uid}/%{user} travel literally through b and are expanded by c, the host that
     makes the final connect, with alice's account there."""
     a, b, c = lan["a"], lan["b"], lan["c"]
-    alice = sandbox.users["alice"]
+    alice = c.user("alice")  # c's numbers: c makes the final connect
     home = c.run_dir / "user" / str(alice.uid)
     home.mkdir(parents=True, exist_ok=True)
     server = UnixServer(str(home / "alice.sock"), mode=0o600)
@@ -231,7 +231,7 @@ def test_a_listed_service_account_may_chain(lan: dict[str, Host], c_server: Unix
     reply = chain_through(a, b, f"{c_server.path}@{c.fqdn}", explicit=True, user="bob")
     lines = reply.split("\n")
     assert lines[0] == "OK" and lines[1] == "OK", reply
-    assert json.loads(lines[2])["uid"] == sandbox.users["alice"].uid
+    assert json.loads(lines[2])["uid"] == c.user("alice").uid
 
 
 def test_the_implicit_form_refuses_to_guess(lan: dict[str, Host], c_server: UnixServer,
@@ -314,7 +314,7 @@ def test_delegation_is_dropped_when_the_connection_closes(lan: dict[str, Host],
         for conn in held:
             conn.close()
         assert keeper.seen[-1].ended.wait(30)  # the keeper's own end is closed too
-        alice = identity_of_user("alice")
+        alice = identity(b.user("alice"))
         result: dict[str, str] = {}
 
         def as_alice() -> None:
@@ -358,7 +358,7 @@ def test_peer_identity_library_call_and_cli(lan: dict[str, Host], sandbox: Sandb
         server.close()
     for answer in answers.values():
         assert answer["principal"] == "alice@LAN.TEST" and answer["hops"] == ["a.lan.test"]
-        assert answer["uid"] == sandbox.users["alice"].uid
+        assert answer["uid"] == c.user("alice").uid
         assert str(answer["user_sid"]).startswith("S-1-5-21-")
         assert answer["kdc_transited"] == ["A$@LAN.TEST"]  # the KDC's record of the hop
     with socket.socket(socket.AF_UNIX) as plain, socket.socket(socket.AF_UNIX) as other:
@@ -388,7 +388,7 @@ def test_chaining_works_with_only_the_needed_capabilities(lan: dict[str, Host], 
         reply = greet_through(a, b, service)
         lines = reply.split("\n")
         assert lines[0] == "OK" and lines[1] == "OK", reply
-        assert json.loads(lines[2])["uid"] == sandbox.users["alice"].uid
+        assert json.loads(lines[2])["uid"] == c.user("alice").uid
     finally:
         if service is not None:
             service.close()

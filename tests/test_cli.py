@@ -416,9 +416,8 @@ def test_pipeline_moves_100_mib_through_a_to_b(samba_hosts: dict[str, Host], san
     require_root()
     a, b = samba_hosts["a"], samba_hosts["b"]
     size = 100 * 1024 * 1024
-    where = Path(tempfile.mkdtemp(prefix="nipe-pipeline-"))  # pytest's tmp_path is root's only
-    where.chmod(0o755)
-    blob = where / "blob"
+    blob_inside = "/tmp/nipc-pipeline-blob"  # in a's own /tmp
+    blob = a.path(blob_inside)
     h = hashlib.sha256()
     with open(blob, "wb") as f:
         rng = random.Random(100)
@@ -435,16 +434,14 @@ def test_pipeline_moves_100_mib_through_a_to_b(samba_hosts: dict[str, Host], san
             if host.daemon_pid() is None:
                 host.start_daemon()
                 started.append(host)
-        alice = sandbox.users["alice"]
-        pipeline = (f"cat {blob} | {CLIENT_PYTHON} -m nipc.cli connect "
-                    f"{b.run_dir / 'echo.sock'}@{b.fqdn} | sha256sum")
-        out = a.run(["bash", "-o", "pipefail", "-c", pipeline], alice,
-                    env={"NIPC_SOCKET": str(a.socket_path), "PYTHONPATH": str(client_dir())},
-                    timeout=300)
+        # The nipc command installed on a, its daemon at the default socket: as a user has it.
+        pipeline = f"cat {blob_inside} | nipc connect {b.run_dir / 'echo.sock'}@{b.fqdn} | sha256sum"
+        out = a.run(["bash", "-o", "pipefail", "-c", pipeline], "alice",
+                    env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=300)
         assert out.stdout.split()[0] == h.hexdigest()
-        assert server.seen[-1].uid == alice.uid
+        assert server.seen[-1].uid == b.user("alice").uid
     finally:
         server.close()
-        shutil.rmtree(where)
+        blob.unlink()
         for host in started:
             host.stop_daemon()

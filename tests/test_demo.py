@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import pwd
+import re
 import subprocess
 import sys
 
@@ -25,8 +25,9 @@ def test_demo_transcript() -> None:
             break
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    alice = pwd.getpwnam("alice").pw_uid
-    assert f"server saw  uid={alice}(alice)" in out
+    numbers = re.search(r"alice is uid (\d+) on a\.lan\.test and uid (\d+) on b\.lan\.test", out)
+    assert numbers and numbers[1] != numbers[2], out
+    assert f"server saw  uid={numbers[2]}(alice)" in out  # b's alice, not a's
     assert "ERR EACCES" in out and "result=refused" in out and "result=routed" in out
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                 check=True).stdout.split()

@@ -92,7 +92,7 @@ def test_srv_record_leads_to_b(lan: dict[str, Host], servers: dict[str, UnixServ
     record names) answers, and b's server sees alice."""
     out = greet(lan, f"{servers['b'].path}@b.lan.test")
     assert "error" not in out, out
-    alice = sandbox.users["alice"]
+    alice = lan["b"].user("alice")
     server = out["server"]
     assert isinstance(server, dict) and server["uid"] == alice.uid
     assert out["echo"] == "ping\n"

@@ -359,8 +359,8 @@ def test_twisted_program_reaches_b_with_an_endpoint_string(
     require_root()
     a, b = samba_hosts["a"], samba_hosts["b"]
     server = UnixServer(str(b.run_dir / "twisted.sock"), mode=0o666)
-    program = tmp_path / "program.py"
-    program.write_text(PROGRAM)
+    program = Path("/tmp/nipc-endpoint-program.py")  # in a's own /tmp
+    a.path(program).write_text(PROGRAM)
     started: list[Host] = []
     try:
         for host in (a, b):
@@ -369,7 +369,7 @@ def test_twisted_program_reaches_b_with_an_endpoint_string(
                 started.append(host)
 
         def run(user: str, description: str) -> dict[str, Any]:
-            who = sandbox.users[user]
+            who = a.user(user)
             out = a.run([sys.executable, str(program), description, str(who.uid), str(who.gid),
                          ",".join(map(str, who.groups))], env={"PYTHONPATH": str(REPO)},
                         timeout=120)
@@ -378,7 +378,7 @@ def test_twisted_program_reaches_b_with_an_endpoint_string(
 
         target = f"{b.run_dir / 'twisted.sock'}@{b.fqdn}"
         out = run("alice", f"nipc:{target}:daemon={a.socket_path}")
-        assert out["server"]["uid"] == sandbox.users["alice"].uid, out
+        assert out["server"]["uid"] == b.user("alice").uid, out
         assert out["echo"] == "ping\n"  # the server saw our EOF and still answered
 
         missing = run("alice", f"nipc:target={b.run_dir / 'missing.sock'}@{b.fqdn}"

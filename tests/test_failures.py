@@ -46,7 +46,7 @@ def hosts(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
 
 
 def alice_connect(a: Host, target: str) -> socket.socket:
-    return as_user("alice", lambda: nipc.connect(target, daemon=str(a.socket_path), timeout=60))
+    return as_user(a.user("alice"), lambda: nipc.connect(target, daemon=str(a.socket_path), timeout=60))
 
 
 def target(host: Host, name: str) -> str:
@@ -184,7 +184,7 @@ def test_kdc_outage(hosts: dict[str, Host], sandbox: Sandbox) -> None:
         try:
             start = time.monotonic()
             with pytest.raises(OSError) as refused:
-                as_user("bob", lambda: nipc.connect(target(b, "kdc.sock"), daemon=str(a.socket_path), timeout=60))
+                as_user(a.user("bob"), lambda: nipc.connect(target(b, "kdc.sock"), daemon=str(a.socket_path), timeout=60))
             took = time.monotonic() - start
             assert refused.value.errno in (113, 110), refused.value  # EHOSTUNREACH, ETIMEDOUT
             assert "KDC" in str(refused.value.strerror), refused.value
@@ -192,7 +192,7 @@ def test_kdc_outage(hosts: dict[str, Host], sandbox: Sandbox) -> None:
             alice_connect(a, target(b, "kdc.sock")).close()
         finally:
             subprocess.run(port + ["up"], check=True)
-        as_user("bob", lambda: nipc.connect(target(b, "kdc.sock"), daemon=str(a.socket_path), timeout=60)).close()
+        as_user(a.user("bob"), lambda: nipc.connect(target(b, "kdc.sock"), daemon=str(a.socket_path), timeout=60)).close()
     finally:
         server.close()
 
@@ -229,7 +229,7 @@ def test_fd_passing_before_ok_is_einval(hosts: dict[str, Host]) -> None:
                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", f.fileno()))])
             return s.recv(4096)
 
-    assert as_user("alice", attempt).startswith(b"ERR EINVAL ")
+    assert as_user(a.user("alice"), attempt).startswith(b"ERR EINVAL ")
 
 
 def audit_lines(host: Host, needle: str) -> list[str]:
@@ -388,7 +388,7 @@ def test_kdc_outage_does_not_starve_cached_callers(hosts: dict[str, Host], sandb
 
     def stranger(name: str) -> str:
         try:
-            as_user(name, lambda: nipc.connect(target(b, "starve.sock"), daemon=str(a.socket_path), timeout=60)).close()
+            as_user(a.user(name), lambda: nipc.connect(target(b, "starve.sock"), daemon=str(a.socket_path), timeout=60)).close()
             return "OK"
         except OSError as e:
             return str(e.errno)

@@ -17,13 +17,16 @@ import os
 import random
 import re
 import select
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +38,7 @@ from conftest import require_root
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, identity_of_user
 from acting import as_user, launch_daemon, open_fds, rss_kib
-from nipc.sandbox import MIT_REALM, Host, Sandbox
+from nipc.sandbox import MIT_REALM, ROOT_PARENT, Host, Sandbox
 from support import UnixServer
 
 pytestmark = pytest.mark.integration
@@ -122,10 +125,21 @@ def running_lan(samba_hosts: dict[str, Host], tokens: Path, configure: Callable[
             samba_hosts[name].config_path.write_text(originals[name])
 
 
+@contextmanager
+def forge_tokens() -> Iterator[Path]:
+    """A file every host's forge runs can append their tokens to (each host's /tmp is its
+    own, so not pytest's tmp_path); removed afterwards."""
+    where = Path(tempfile.mkdtemp(prefix="nipc-forge-", dir=ROOT_PARENT))
+    try:
+        yield where / "tokens.hex"
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    yield from running_lan(samba_hosts, tmp_path_factory.mktemp("forge") / "tokens.hex",
-                           hostile_config, "hostile.sock")
+def lan(samba_hosts: dict[str, Host]) -> Iterator[Lan]:
+    with forge_tokens() as tokens:
+        yield from running_lan(samba_hosts, tokens, hostile_config, "hostile.sock")
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -149,7 +163,7 @@ def legit_connect(lan: Lan) -> float:
     """alice, a -> b: seconds until OK (and the server's greeting) arrived."""
     target = f"{lan.server.path}@{lan.b.fqdn}"
     start = time.monotonic()
-    s = as_user("alice", lambda: nipc.connect(target, daemon=str(lan.a.socket_path), timeout=30))
+    s = as_user(lan.a.user("alice"), lambda: nipc.connect(target, daemon=str(lan.a.socket_path), timeout=30))
     try:
         routed = time.monotonic()
         greeting = read_reply(s, 10)
@@ -239,7 +253,7 @@ def test_random_bytes(lan: Lan, baseline: Any) -> None:
         return replies
 
     with Prober(lan) as probe:
-        replies = as_user("bob", attack)
+        replies = as_user(lan.a.user("bob"), attack)
     bad = [r for r in replies if not (r.startswith(b"ERR EINVAL ") and r.count(b"\n") == 1)]
     assert not bad, bad[:5]
     probe.check("random bytes")
@@ -267,7 +281,7 @@ def test_endless_lines(lan: Lan, baseline: Any) -> None:
             return list(pool.map(one, range(50)))
 
     with Prober(lan) as probe:
-        results = as_user("bob", attack)
+        results = as_user(lan.a.user("bob"), attack)
     for reply, sent in results:
         assert reply.startswith(b"ERR EINVAL request line longer than 4096"), reply
         assert sent < 1 << 20, "the daemon kept reading an endless line"
@@ -278,7 +292,7 @@ def test_half_open_connections_up_to_the_per_caller_limit(lan: Lan, baseline: An
     """carol opens max_per_caller connections and sends nothing, then 200 more: the extra
     ones get ERR EAGAIN at once, the others ERR ETIMEDOUT after the request timeout; alice
     is served throughout; a's log names carol's uid and the limit."""
-    carol = identity_of_user("carol")
+    carol = lan.a.user("carol")
     extra = 200
 
     def attack() -> list[socket.socket]:
@@ -286,7 +300,7 @@ def test_half_open_connections_up_to_the_per_caller_limit(lan: Lan, baseline: An
 
     with Prober(lan) as probe:
         start = time.monotonic()
-        socks = as_user("carol", attack)
+        socks = as_user(lan.a.user("carol"), attack)
         try:
             over = [read_reply(s, 10) for s in socks[MAX_PER_CALLER:]]
             assert all(r.startswith(b"ERR EAGAIN ") for r in over), set(over)
@@ -334,7 +348,7 @@ def test_slowloris(lan: Lan, baseline: Any) -> None:
         return list(done.values())
 
     with Prober(lan) as probe:
-        results = as_user("bob", attack)
+        results = as_user(lan.a.user("bob"), attack)
     assert len(results) == 30
     for reply, took in results:
         assert reply.startswith(b"ERR ETIMEDOUT "), reply
@@ -465,12 +479,12 @@ def kadmin(sandbox: Sandbox, query: str) -> None:
                    check=True, capture_output=True, timeout=30)
 
 
-def test_ticket_from_a_realm_without_trust(lan: Lan, sandbox: Sandbox, tmp_path: Path) -> None:
+def test_ticket_from_a_realm_without_trust(lan: Lan, sandbox: Sandbox) -> None:
     """A daemon of x.mit.test (another realm, no trust) gets its KDC to issue a ticket
     for a principal named nipc/b.lan.test@MIT.TEST and shows it to b: refused."""
     x = sandbox.hosts["x"]
     kadmin(sandbox, f"addprinc -randkey nipc/{lan.b.fqdn}")
-    ccache = f"FILE:{tmp_path}/alice-x"
+    ccache = "FILE:/tmp/nipc-test-alice-x"  # in x's own /tmp
     x.run(["kinit", "-c", ccache, f"alice@{MIT_REALM}"], input=sandbox.password + "\n")
     before = len(lan.server.seen)
     assert lan.forge("ccache-principal", f"nipc/{lan.b.fqdn}@{MIT_REALM}", host=x,
@@ -497,12 +511,12 @@ def short_lived_y(mit_hosts: dict[str, Host], sandbox: Sandbox) -> Iterator[Host
         y.krb5_conf.write_text(conf)
 
 
-def test_expired_ticket(lan: Lan, sandbox: Sandbox, short_lived_y: Host, tmp_path: Path) -> None:
+def test_expired_ticket(lan: Lan, sandbox: Sandbox, short_lived_y: Host) -> None:
     """alice's service ticket for y (5 s life, no TGT beside it): accepted while valid;
     once expired, EKEYEXPIRED although the sender forged its ccache's copy of the end time
     to make its own library send it (only the KDC-sealed copy in the ticket counts)."""
     x, y = sandbox.hosts["x"], short_lived_y
-    ccache = f"FILE:{tmp_path}/alice-svc"
+    ccache = "FILE:/tmp/nipc-test-alice-svc"
     x.run(["kinit", "-S", f"nipc/{y.fqdn}", "-c", ccache, f"alice@{MIT_REALM}"],
           input=sandbox.password + "\n")
     env = {"KRB5CCNAME": ccache}
@@ -614,26 +628,24 @@ def test_routing_works_with_only_the_needed_capabilities(lan: Lan, sandbox: Sand
     """b's daemon under setpriv with only CAP_SETUID, CAP_SETGID, CAP_CHOWN and
     CAP_SYS_PTRACE: its effective set is exactly that, alice is routed to b as herself,
     and bob is still refused by the kernel's permission check."""
-    import grp
-
     b = lan.b
     b.stop_daemon()
     proc = launch_daemon(b, ["setpriv", "--inh-caps=-all",
                              "--bounding-set=-all," + ",".join(f"+{c}" for c in CAPS)])
-    only_dnsops = UnixServer(str(b.run_dir / "caps.sock"), mode=0o660, group=grp.getgrnam("dnsops").gr_gid)
+    only_dnsops = UnixServer(str(b.run_dir / "caps.sock"), mode=0o660, group=b.group("dnsops"))
     try:
         status = Path(f"/proc/{proc.pid}/status").read_text()
         eff = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
         assert eff == sum(1 << bit for bit in CAPS.values()), hex(eff)
         target = f"{only_dnsops.path}@{b.fqdn}"
-        s = as_user("alice", lambda: nipc.connect(target, daemon=str(lan.a.socket_path), timeout=30))
+        s = as_user(lan.a.user("alice"), lambda: nipc.connect(target, daemon=str(lan.a.socket_path), timeout=30))
         s.close()
         deadline = time.monotonic() + 5
         while not only_dnsops.seen and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert only_dnsops.seen and only_dnsops.seen[-1].uid == sandbox.users["alice"].uid
+        assert only_dnsops.seen and only_dnsops.seen[-1].uid == b.user("alice").uid
         with pytest.raises(OSError) as refused:
-            as_user("bob", lambda: nipc.connect(target, daemon=str(lan.a.socket_path), timeout=30))
+            as_user(lan.a.user("bob"), lambda: nipc.connect(target, daemon=str(lan.a.socket_path), timeout=30))
         assert refused.value.errno == 13
     finally:
         only_dnsops.close()
@@ -665,7 +677,7 @@ def test_no_identity_is_left_on_any_thread(lan: Lan) -> None:
 
         with ThreadPoolExecutor(6) as pool:
             list(pool.map(lambda _: legit_connect(lan), range(60)))
-            list(pool.map(lambda _: as_user("alice", lambda: nipc.connect(
+            list(pool.map(lambda _: as_user(lan.a.user("alice"), lambda: nipc.connect(
                 f"{local.path}@localhost", daemon=str(a.socket_path), timeout=30)).close(), range(30)))
     finally:
         local.close()
@@ -738,7 +750,7 @@ def test_a_failure_half_way_through_the_switch_aborts(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(imp, "_syscall", failing)
     before = (os.getresuid(), os.getresgid(), os.getgroups())
-    result, ran = run_as_result(identity_of_user("alice"))
+    result, ran = run_as_result(identity_of_user("nobody"))
     assert not ran
     assert isinstance(result.value, NipcError) and result.value.errno_name == "EPERM", result
     assert (os.getresuid(), os.getresgid(), os.getgroups()) == before

@@ -18,9 +18,10 @@ pytestmark = pytest.mark.integration
 PG = Path("/usr/lib/postgresql/15/bin")
 
 
-def as_postgres(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True,
-                          text=True, timeout=120, cwd="/")
+def as_postgres(b: Host, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A PostgreSQL command on b as b's postgres account: peer authentication names the
+    connecting uid by b's own /etc/passwd."""
+    return b.run(["runuser", "-u", "postgres", "--", *argv], check=False, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +34,21 @@ def postgres_on_b(samba_hosts: dict[str, Host]) -> Iterator[Path]:
     for d in (data, sockets):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        shutil.chown(d, "postgres", "postgres")
-    proc = as_postgres(str(PG / "initdb"), "-D", str(data), "--auth-local=peer",
+        b.run(["chown", "postgres:postgres", str(d)])
+    proc = as_postgres(b, str(PG / "initdb"), "-D", str(data), "--auth-local=peer",
                        "--auth-host=reject", "-U", "postgres")
     assert proc.returncode == 0, proc.stderr
     options = f"-c listen_addresses='' -c unix_socket_directories='{sockets}'"
-    proc = as_postgres(str(PG / "pg_ctl"), "-D", str(data), "-o", options, "-w",
+    proc = as_postgres(b, str(PG / "pg_ctl"), "-D", str(data), "-o", options, "-w",
                        "-l", str(data / "postgres.log"), "start")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     try:
-        proc = as_postgres(str(PG / "psql"), "-h", str(sockets), "-d", "postgres", "-c",
+        proc = as_postgres(b, str(PG / "psql"), "-h", str(sockets), "-d", "postgres", "-c",
                            "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN;")
         assert proc.returncode == 0, proc.stderr
         yield sockets / ".s.PGSQL.5432"
     finally:
-        as_postgres(str(PG / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        as_postgres(b, str(PG / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,10 @@ mode = "0666"
 
 
 def psql(user: str, directory: Path, role: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """psql as ``user`` on the host of the import ``directory`` (a)."""
+    return Host.owning(directory).run(
         ["runuser", "-u", user, "--", str(PG / "psql"), "-h", str(directory), "-U", role,
-         "-d", "postgres", "-Atc", "SELECT current_user"],
-        capture_output=True, text=True, timeout=60, cwd="/")
+         "-d", "postgres", "-Atc", "SELECT current_user"], check=False, timeout=60)
 
 
 def test_psql_through_an_import_logs_in_as_alice(imported: Path) -> None:

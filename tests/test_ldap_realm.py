@@ -9,7 +9,6 @@ revocation bound.
 
 from __future__ import annotations
 
-import grp
 import json
 from collections.abc import Iterator
 
@@ -33,7 +32,7 @@ def realm(ldap_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
 def dns(realm: dict[str, Host]) -> Iterator[dict[str, UnixServer]]:
     """On q and r: a socket for dnsops members (alice, not bob) that reports PEER."""
     servers = {n: UnixServer(str(realm[n].run_dir / "dns.sock"), mode=0o660,
-                             group=grp.getgrnam("dnsops").gr_gid,
+                             group=realm[n].group("dnsops"),
                              ask_peer=str(realm[n].socket_path)) for n in ("q", "r")}
     yield servers
     for server in servers.values():
@@ -61,7 +60,7 @@ def test_one_hop_as_alice_with_the_kdcs_record(realm: dict[str, Host],
     assert "error" not in out, out
     seen = out["server"]
     assert isinstance(seen, dict)
-    alice = sandbox.users["alice"]
+    alice = realm["q"].user("alice")  # q's numbers for her
     assert (seen["uid"], seen["gid"]) == (alice.uid, alice.gid)
     peer = peer_of(seen["peer"])
     assert peer["principal"] == "alice@LDAP.TEST" and peer["hops"] == ["p.ldap.test"]

@@ -29,7 +29,7 @@ from acting import as_user, open_fds, rss_kib
 from nipc.peer import CLOSE_GRACE, MAX_UNAUTHENTICATED_REFUSALS
 from nipc.sandbox import Host
 from test_hostile import (HANDSHAKE_TIMEOUT, LATENCIES, MAX_PENDING_PEERS, Lan, Prober,
-                          hostile_config, legit_connect, read_reply, running_lan)
+                          forge_tokens, hostile_config, legit_connect, read_reply, running_lan)
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +56,9 @@ def link_config(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    yield from running_lan(samba_hosts, tmp_path_factory.mktemp("links") / "tokens.hex",
-                           link_config, "links.sock")
+def lan(samba_hosts: dict[str, Host]) -> Iterator[Lan]:
+    with forge_tokens() as tokens:
+        yield from running_lan(samba_hosts, tokens, link_config, "links.sock")
 
 
 def daemon_sockets(host: Host, port: int) -> int:
@@ -278,7 +278,7 @@ def test_a_hung_peer_daemon_ends_its_connections_within_the_ping_bound(lan: Lan)
     assert pid
     try:
         target = f"{lan.server.path}@{lan.b.fqdn}"
-        s = as_user("alice", lambda: nipc.connect(target, daemon=str(a.socket_path), timeout=30))
+        s = as_user(a.user("alice"), lambda: nipc.connect(target, daemon=str(a.socket_path), timeout=30))
         with s:
             assert read_reply(s, 10).startswith(b"{")
             served = len(lan.server.seen)

@@ -69,7 +69,8 @@ class Daemons:
 
 def refusal(user: str, a: Host, target: str) -> tuple[str, str]:
     try:
-        as_user(user, lambda: nipc.connect(target, daemon=str(a.socket_path), timeout=60)).close()
+        as_user(a.user(user), lambda: nipc.connect(target, daemon=str(a.socket_path),
+                                                   timeout=60)).close()
     except OSError as e:
         return errno.errorcode.get(e.errno or 0, str(e.errno)), str(e.strerror)
     return "OK", ""

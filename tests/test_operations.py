@@ -595,7 +595,7 @@ def test_routed_stream_byte_exact_across_reloads(routed: tuple[Host, Host, Notif
     size = 32 << 20
     server = UnixServer(str(b.run_dir / "reload-bulk.sock"), behaviour=f"bulk:{size}:21")
     try:
-        sock = as_user("alice", lambda: connect(f"{server.path}@{b.fqdn}",
+        sock = as_user(a.user("alice"), lambda: connect(f"{server.path}@{b.fqdn}",
                                                 daemon=str(a.socket_path), timeout=60))
         mark = len(listener.messages)
 
@@ -748,8 +748,8 @@ def test_trusted_realms_reloaded_for_new_connections_only(
     original = b.config_path.read_text()
 
     def alice() -> socket.socket:
-        sock = as_user("alice", lambda: connect(f"{server.path}@{b.fqdn}",
-                                                daemon=str(a.socket_path), timeout=60))
+        sock = as_user(a.user("alice"), lambda: connect(f"{server.path}@{b.fqdn}",
+                                                        daemon=str(a.socket_path), timeout=60))
         assert read_line(sock).startswith(b"{")
         return sock
 

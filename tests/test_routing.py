@@ -8,7 +8,6 @@ destination socket decides.
 
 from __future__ import annotations
 
-import grp
 import os
 import socket
 import sys
@@ -37,7 +36,7 @@ def lan(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
 def dns_server(lan: dict[str, Host]) -> Iterator[UnixServer]:
     """A socket on b that only members of group dnsops may connect to (mode 0660)."""
     server = UnixServer(str(lan["b"].run_dir / "dns.sock"), mode=0o660,
-                        group=grp.getgrnam("dnsops").gr_gid)
+                        group=lan["b"].group("dnsops"))
     yield server
     server.close()
 
@@ -50,12 +49,12 @@ def test_alice_reaches_b_as_herself(lan: dict[str, Host], dns_server: UnixServer
                                     sandbox: Sandbox) -> None:
     """OK, and the server's SO_PEERCRED/SO_PEERGROUPS show alice's projected identity,
     although no TGT for alice exists anywhere (protocol transition)."""
-    alice = sandbox.users["alice"]
+    alice = lan["b"].user("alice")  # b's numbers for her
     out = run_client("alice", str(lan["a"].socket_path), "greet", target(lan["b"], "dns.sock"))
     assert "error" not in out, out
     seen = out["server"]
     assert (seen["uid"], seen["gid"]) == (alice.uid, alice.gid)
-    assert grp.getgrnam("dnsops").gr_gid in seen["groups"]
+    assert lan["b"].group("dnsops") in seen["groups"]
     assert sorted(seen["groups"]) == sorted(set(alice.groups))
     assert seen["peername"].startswith("\0nipc/")
     assert out["echo"] == "ping\n"
@@ -138,11 +137,11 @@ def test_localhost_is_a_plain_local_connect(lan: dict[str, Host], sandbox: Sandb
         denied = run_client("alice", str(lan["a"].socket_path), "greet",
                             f"{lan['a'].run_dir / 'local.sock'}@localhost")
         assert denied["error"] == "EACCES"
-        os.chown(server.path, sandbox.users["alice"].uid, 0)
+        os.chown(server.path, lan["a"].user("alice").uid, 0)
         for host in ("localhost", lan["a"].fqdn):
             out = run_client("alice", str(lan["a"].socket_path), "greet",
                              f"{lan['a'].run_dir / 'local.sock'}@{host}")
-            assert out["server"]["uid"] == sandbox.users["alice"].uid, out
+            assert out["server"]["uid"] == lan["a"].user("alice").uid, out
     finally:
         server.close()
 
@@ -168,14 +167,14 @@ def test_own_ccache_mode(mit: dict[str, Host], sandbox: Sandbox) -> None:
         mit["x"].run(["kinit", "alice@MIT.TEST"], input=sandbox.password + "\n",
                      env={"KRB5CCNAME": "FILE:/tmp/krb5cc_0"})
         out = run_client("alice", str(mit["x"].socket_path), "greet", target(mit["y"], "svc.sock"))
-        assert out["server"]["uid"] == sandbox.users["alice"].uid, out
+        assert out["server"]["uid"] == mit["y"].user("alice").uid, out
         refused = run_client("bob", str(mit["x"].socket_path), "greet", target(mit["y"], "svc.sock"))
         assert refused["error"] == "ENOKEY", refused
         assert "kinit" in refused["message"]
     finally:
         server.close()
         sandbox.kdestroy("alice", "x")
-        Path("/tmp/krb5cc_0").unlink(missing_ok=True)
+        mit["x"].path("/tmp/krb5cc_0").unlink(missing_ok=True)
 
 
 FORGE = Path(__file__).with_name("forge_tool.py")
@@ -211,7 +210,7 @@ def test_connects_do_not_grow_the_sending_daemon(lan: dict[str, Host]) -> None:
     import threading
 
     import nipc
-    from nipc.identity import identity_of_user
+    from acting import identity
     from nipc.impersonate import become
 
     a = lan["a"]
@@ -222,7 +221,7 @@ def test_connects_do_not_grow_the_sending_daemon(lan: dict[str, Host]) -> None:
 
     def connects(n: int) -> None:
         def job() -> None:
-            become(identity_of_user("alice"), permanent=False)
+            become(identity(a.user("alice")), permanent=False)
             for _ in range(n):
                 with pytest.raises(FileNotFoundError):
                     nipc.connect(f"/nonexistent@{lan['b'].fqdn}", daemon=str(a.socket_path), timeout=30)
@@ -280,7 +279,7 @@ def test_one_link_carries_every_connection_and_status_shows_it(lan: dict[str, Ho
     from nipc.cli import ask_status, status_table
 
     a, b = lan["a"], lan["b"]
-    socks = [as_user("alice", lambda: nipc.connect(target(b, "dns.sock"), daemon=str(a.socket_path),
+    socks = [as_user(a.user("alice"), lambda: nipc.connect(target(b, "dns.sock"), daemon=str(a.socket_path),
                                                    timeout=30)) for _ in range(3)]
     try:
         for s in socks:

@@ -17,7 +17,7 @@ import pytest
 
 from nipc import config
 from nipc.sandbox import (
-    MIT_REALM, SAMBA_REALM, STATE_DIR, Host, Sandbox, SandboxBusy, SandboxError,
+    DAEMON_SOCKET, MIT_REALM, SAMBA_REALM, STATE_DIR, Host, Sandbox, SandboxBusy, SandboxError,
 )
 
 pytestmark = pytest.mark.integration
@@ -73,13 +73,15 @@ def test_layout(sandbox: Sandbox) -> None:
         cfg = config.load(host.config_path)
         assert cfg.host_name == host.fqdn
         assert cfg.principal == host.principal
-        assert cfg.socket_path == host.socket_path
+        assert cfg.socket_path == DAEMON_SOCKET
         assert set(cfg.peers) == {
             p.fqdn for p in sandbox.hosts.values() if p.realm == host.realm and p is not host
         }
-    alice = sandbox.users["alice"]
-    assert alice.gid in alice.groups and len(alice.groups) == 2  # own group + dnsops
-    assert len(sandbox.users["bob"].groups) == 1
+    for host in sandbox.hosts.values():
+        alice = host.user("alice")
+        assert alice.gid in alice.groups and len(alice.groups) == 2  # own group + dnsops
+        assert alice.group_names == ("alice", "dnsops")
+        assert len(host.user("bob").groups) == 1
 
 
 def test_protocol_transition_and_constrained_delegation(sandbox: Sandbox) -> None:
@@ -99,10 +101,10 @@ def test_protocol_transition_and_constrained_delegation(sandbox: Sandbox) -> Non
 
 def test_own_ccache_on_mit(sandbox: Sandbox) -> None:
     x, y = sandbox.hosts["x"], sandbox.hosts["y"]
-    alice = sandbox.users["alice"]
+    alice = x.user("alice")
     ccache = sandbox.kinit("alice", "x")
     try:
-        path = Path(ccache.removeprefix("FILE:"))
+        path = x.path(ccache.removeprefix("FILE:"))
         assert path.stat().st_uid == alice.uid
         token = x.run(
             ["/usr/bin/python3", "-c", _INITIATE, "ccache", y.service, ccache], user=alice
@@ -112,11 +114,11 @@ def test_own_ccache_on_mit(sandbox: Sandbox) -> None:
         assert result["initiator"] == f"alice@{MIT_REALM}"
     finally:
         sandbox.kdestroy("alice", "x")
-    assert not Path(ccache.removeprefix("FILE:")).exists()
+    assert not x.path(ccache.removeprefix("FILE:")).exists()
 
 
 def test_kinit_on_samba_host(sandbox: Sandbox) -> None:
-    bob = sandbox.users["bob"]
+    bob = sandbox.hosts["a"].user("bob")
     ccache = sandbox.kinit("bob", "a")
     try:
         listing = sandbox.hosts["a"].run(["klist", ccache], user=bob).stdout

@@ -9,6 +9,8 @@ certificate from that CA, and a failure is the caller's EPROTO naming host and r
 from __future__ import annotations
 
 import datetime
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +35,7 @@ from nipc import wire
 from nipc.errors import NipcError
 from nipc.links import link_failure
 from nipc.peer import ClientLink
-from nipc.sandbox import Host
+from nipc.sandbox import ROOT_PARENT, Host
 from nipc.splice import Adopted
 from nipc.tls import UnbufferedTLSFactory, check_peer_name, client_options, server_options
 from support import UnixServer, run_client
@@ -328,10 +330,10 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def tls_lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Setup]:
+def tls_lan(samba_hosts: dict[str, Host]) -> Iterator[Setup]:
     require_root()
-    where = tmp_path_factory.mktemp("tls-ca")
+    # Where both hosts' daemons can read them (each host's /tmp is its own).
+    where = Path(tempfile.mkdtemp(prefix="nipc-tls-ca-", dir=ROOT_PARENT))
     names = ("a", "b")
     setup = Setup(samba_hosts, {n: samba_hosts[n].config_path.read_text() for n in names},
                   CA(where, "one"), CA(where, "two"))
@@ -341,6 +343,7 @@ def tls_lan(samba_hosts: dict[str, Host], tmp_path_factory: pytest.TempPathFacto
         for name in names:
             samba_hosts[name].stop_daemon()
             samba_hosts[name].config_path.write_text(setup.originals[name])
+        shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.mark.integration
