@@ -64,6 +64,11 @@ CLOSE_GRACE = 5.0
 #: Kerberos refusals a receiving link takes before any of its channels passed Kerberos;
 #: then it is closed (a legitimate dialler's tickets do not keep failing on one link).
 MAX_UNAUTHENTICATED_REFUSALS = 3
+#: Frames a receiving link takes before any of its channels passed Kerberos; then it is
+#: closed. Far more than a dialler's burst of HELLOs at a new link needs; a bound on what
+#: an unauthenticated peer can make us decode and answer (PONGs, EAGAIN RESULTs) for the
+#: price of one TLS handshake.
+MAX_UNPROVEN_FRAMES = 1024
 
 
 @implementer(IPushProducer)
@@ -624,6 +629,7 @@ class ServerLink(Link):
         #: on it, never more; other frames for such channels only cost us work.
         self._hellos_taken = 0
         self._late = 0
+        self._unproven_frames = 0
         #: Reading stopped while TCP cannot take our output.
         self._unread = False
         # No DATA is due before a channel is authenticated: a partial frame held for an
@@ -692,6 +698,11 @@ class ServerLink(Link):
             settled()
 
     def frame(self, kind: int, number: int, payload: bytes) -> None:
+        if not self.proven:
+            self._unproven_frames += 1
+            if self._unproven_frames > MAX_UNPROVEN_FRAMES:
+                raise NipcError("EPROTO", f"more than {MAX_UNPROVEN_FRAMES} frames before "
+                                          "any channel authenticated")
         if kind == wire.Kind.RESULT:
             raise NipcError("EPROTO", "peer sent a RESULT")
         if kind != wire.Kind.HELLO:

@@ -11,6 +11,7 @@
             close-flood    TLS, then CLOSE frames for channel 1 (given up before its HELLO,
                            then over again) as fast as TCP takes them: frames that cost
                            the receiver work and answer nothing (red-team follow-up)
+            ping-flood     TLS, then PINGs as fast as TCP takes them, reading the PONGs
 
 Keeps CONCURRENCY links open or opening for SECONDS, reopening each one the peer closes.
 Prints JSON: links attempted, how many got through TLS, the most held open at once after
@@ -41,8 +42,9 @@ from forge_tool import token_for  # noqa: E402 - a sibling script, not a package
 
 reactor: Any = _reactor
 HELLOS = 10
-#: CLOSE frames for channel 1, 36 KiB of them at a time (close-flood).
-CLOSE_BLOCK = wire.frame(wire.Kind.CLOSE, 1) * 4096
+#: What the frame floods write, 36 KiB at a time.
+FLOOD_BLOCKS = {"close-flood": wire.frame(wire.Kind.CLOSE, 1) * 4096,
+                "ping-flood": wire.frame(wire.Kind.PING, 0) * 4096}
 
 
 class Stats:
@@ -94,7 +96,7 @@ class Attacker(Protocol):
                 EXPORTER_LABEL, 32)
             token = token_for(wire.binding(exporter, 1), self.flood.principal, self.flood.host)
             self.transport.write(self.hello(token))  # type: ignore[union-attr]
-        elif attack == "close-flood":
+        elif attack in FLOOD_BLOCKS:
             self.transport.registerProducer(self, True)  # type: ignore[union-attr]
             self.resumeProducing()
 
@@ -117,14 +119,14 @@ class Attacker(Protocol):
     # the unread-hellos producer: write HELLOs while TCP takes them
     def resumeProducing(self) -> None:
         self.paused = False
-        if self.flood.attack == "close-flood" and not self.flooding:
-            self.close_flood()
+        if self.flood.attack in FLOOD_BLOCKS and not self.flooding:
+            self.frame_flood()
             return
         while not self.paused and self.next_channel < 1 << 20 and self.transport is not None:
             self.transport.write(b"".join(self.hello() for _ in range(64)))
 
-    def close_flood(self) -> None:
-        """A few blocks of CLOSE frames per turn of the reactor while TCP takes them (so
+    def frame_flood(self) -> None:
+        """A few blocks of frames per turn of the reactor while TCP takes them (so
         this tool's own reactor still sees links close and opens new ones)."""
         self.flooding = False
         for _ in range(16):
@@ -135,9 +137,9 @@ class Attacker(Protocol):
                 # wait for them (a paused producer) instead of closing: end it here.
                 self.transport.abortConnection()  # type: ignore[union-attr]
                 return
-            self.send(CLOSE_BLOCK)
+            self.send(FLOOD_BLOCKS[self.flood.attack])
         self.flooding = True
-        reactor.callLater(0, self.close_flood)
+        reactor.callLater(0, self.frame_flood)
 
     def pauseProducing(self) -> None:
         self.paused = True

@@ -461,6 +461,22 @@ def test_frames_for_ended_channels_close_an_unproven_link(late: Callable[[int], 
     assert not proven.transport.disconnecting
 
 
+def test_an_unproven_link_gets_a_bounded_number_of_frames() -> None:
+    """Before any channel authenticated, MAX_UNPROVEN_FRAMES frames (here PINGs, each
+    answered), then the link is closed; once one did, there is no such bound."""
+    ping = wire.frame(K.PING, 0)
+    server = Server()
+    server.link.dataReceived(ping * peer.MAX_UNPROVEN_FRAMES)
+    assert not server.transport.disconnecting
+    server.link.dataReceived(ping)
+    assert server.transport.disconnecting
+    proven = Server()
+    proven.link.dataReceived(wire.encode(HELLO, 1))
+    proven.hellos[0][0].authenticated()
+    proven.link.dataReceived(ping * (peer.MAX_UNPROVEN_FRAMES + 1))
+    assert not proven.transport.disconnecting
+
+
 def test_hellos_per_link_are_rate_limited() -> None:
     """Beyond twice the per-second rate at once, a HELLO is EAGAIN before any Kerberos
     work; the bucket refills with time."""

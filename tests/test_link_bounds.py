@@ -246,6 +246,21 @@ def test_frames_for_no_open_channel_close_an_unauthenticated_link(lan: Lan) -> N
     assert out["longest"] < HANDSHAKE_TIMEOUT - 1, out  # closed at the frames, not at the deadline
 
 
+def test_a_ping_flood_closes_an_unauthenticated_link(lan: Lan) -> None:
+    """From c, 8 links at a time, each TLS then PINGs as fast as TCP takes them, reading
+    every PONG: each costs b a decode, a TLS record and a write. Before any channel
+    authenticated a link gets MAX_UNPROVEN_FRAMES frames, then b closes it (before the
+    fix: answered until the handshake timeout). Alice is served throughout."""
+    pid = lan.b.daemon_pid()
+    assert pid
+    before = cpu_seconds(pid)
+    out = measured_flood(lan, "ping-flood", 8)
+    MEASURED["ping-flood: b's CPU seconds"] = used = round(cpu_seconds(pid) - before, 2)
+    print(f"b's CPU during the ping-flood: {used}s")
+    assert out["tls"] > 8, out
+    assert out["longest"] < HANDSHAKE_TIMEOUT - 1, out  # closed at the budget, not at the deadline
+
+
 # -- item 6: a hung peer daemon --------------------------------------------------------------
 
 
