@@ -31,12 +31,17 @@ from nipc.limits import Limits
 from nipc.registry import Registry, Routed, check_may_chain, held_by, one_caller
 from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
 from nipc.router import Router, new_connection_id
-from nipc.splice import End, Splice, UnixEnd
+from nipc.splice import UNIX_BUFFER, End, Splice, UnixEnd
 
 log = Logger()
 
-#: Bytes a client may send ahead of ``OK`` before we stop reading from it.
-MAX_EARLY = 256 * 1024
+#: Bytes a client may send ahead of ``OK`` before we stop reading from it; the rest waits
+#: in its socket. Each of a user's max_per_caller connections may hold this while it is
+#: routed (a peer may take its handshake timeout to answer).
+MAX_EARLY = 64 * 1024
+#: How much one read takes before the splice: the default, not UNIX_BUFFER, so that a
+#: connection holds at most MAX_EARLY plus one such read ahead of OK.
+EARLY_READ = 64 * 1024
 
 
 class State(Enum):
@@ -84,6 +89,7 @@ class LocalGate(UnixEnd):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.transport.bufferSize = EARLY_READ  # type: ignore[union-attr]
         self.caller = caller_of(self.transport.getHandle())  # type: ignore[union-attr]
         self._facts.update(pid=self.caller.pid, uid=self.caller.uid)
         try:
@@ -210,6 +216,7 @@ class LocalGate(UnixEnd):
     def start(self) -> None:
         """Deliver what the client sent ahead of ``OK``, then read again."""
         assert self.splice is not None
+        self.transport.bufferSize = UNIX_BUFFER  # type: ignore[union-attr]
         if self._buffer:
             early, self._buffer = self._buffer, b""
             self.splice.data(self, early)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from acting import open_fds
+from acting import open_fds, rss_kib
 from conftest import require_root
 from local_daemon import LocalDaemon
 
@@ -60,3 +61,57 @@ def test_attaching_a_file_that_is_not_a_socket_costs_the_daemon_no_descriptor(
         os.close(fd)
     assert replies <= {b"ENOENT", b"EINVAL"}, replies
     assert after - before <= SLACK, f"daemon fds {before} -> {after} after {ROUNDS} requests"
+
+
+#: Connections a local user holds while they wait for a peer, each with bytes sent ahead.
+WAITING = 200
+#: What the daemon may hold per such connection (the early-data bound and one read).
+EARLY_HELD_KIB = 192
+
+
+def fill(sock: socket.socket, data: bytes) -> int:
+    """Send what a non-blocking socket takes now; how many bytes."""
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += sock.send(data[sent:])
+    except BlockingIOError:
+        pass
+    return sent
+
+
+def test_bytes_sent_ahead_of_ok_are_held_within_a_bound(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A local user opens 200 connections to a peer that never answers TLS (the dial waits
+    up to the connect and handshake timeouts) and keeps sending after each request line:
+    the daemon holds a bounded amount per connection, not the 256 KiB early-data bound
+    plus a 256 KiB read (before: RSS grew by ~100 MB for one user)."""
+    require_root()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(WAITING + 8)  # the kernel completes the TCP handshakes; nobody reads
+    port = silent.getsockname()[1]
+    daemon = LocalDaemon(tmp_path_factory.mktemp("early"),
+                         f'[peers]\n"silent.test" = "127.0.0.1:{port}"\n')
+    socks: list[socket.socket] = []
+    try:
+        before = rss_kib(daemon.proc.pid)
+        for _ in range(WAITING):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(daemon.socket))
+            s.setblocking(False)
+            fill(s, b"CONNECT /run/x.sock@silent.test\n")
+            socks.append(s)
+        chunk = b"\0" * (1 << 20)
+        for _ in range(4):  # the daemon reads, the clients send more, while it waits
+            for s in socks:
+                fill(s, chunk)
+            time.sleep(0.5)
+        grown = rss_kib(daemon.proc.pid) - before
+    finally:
+        for s in socks:
+            s.close()
+        daemon.stop()
+        silent.close()
+    print(f"daemon RSS grew by {grown} KiB with {WAITING} connections sending ahead")
+    assert grown < WAITING * EARLY_HELD_KIB, f"daemon RSS grew by {grown} KiB"
