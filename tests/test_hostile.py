@@ -168,8 +168,11 @@ def legit_connect(lan: Lan) -> float:
         routed = time.monotonic()
         greeting = read_reply(s, 10)
         took = time.monotonic() - start
-        # Which it was matters: an end (EOF) after OK, or a stall (no greeting in time).
-        assert greeting.startswith(b"{"), (greeting, f"{time.monotonic() - routed:.1f}s after OK")
+        # Which it was matters: an end (EOF) after OK, or a stall (no greeting in time);
+        # and whether the server on b failed to greet (its handler's last errors).
+        server_errors = [(x.peername, x.error) for x in lan.server.seen if x.error][-3:]
+        assert greeting.startswith(b"{"), (greeting, f"{time.monotonic() - routed:.1f}s after OK",
+                                           server_errors)
         return took
     finally:
         s.close()
