@@ -11,7 +11,8 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
@@ -36,6 +37,17 @@ from nipc.router import adopt_unix, new_connection_id
 from nipc.splice import Splice
 
 log = Logger()
+
+
+_Decoded = TypeVar("_Decoded")
+
+
+def _pac_buffer(decode: Callable[[bytes], _Decoded], raw: bytes, principal: str) -> _Decoded:
+    """One PAC buffer decoded; one the KDC signed but we cannot read refuses the ticket."""
+    try:
+        return decode(raw)
+    except PacError as e:
+        raise NipcError("EKEYREJECTED", f"malformed PAC in {principal}'s ticket: {e}") from None
 
 
 @dataclass
@@ -68,18 +80,12 @@ class Inbound:
         """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
         pac: dict[str, Any] | None = None
         if acc.delegation_info is not None:
-            try:
-                delegation = decode_delegation_info(acc.delegation_info)
-            except PacError as e:
-                raise NipcError("EKEYREJECTED", f"malformed PAC in {acc.principal}'s ticket: {e}") from None
+            delegation = _pac_buffer(decode_delegation_info, acc.delegation_info, acc.principal)
             # The KDC's own, signed record of the services that delegated, first hop first
             # (beside "hops", which is only the sending daemon's word).
             pac = {"kdc_transited": list(delegation.transited)}
         if acc.logon_info is not None:
-            try:
-                info = decode_logon_info(acc.logon_info)
-            except PacError as e:
-                raise NipcError("EKEYREJECTED", f"malformed PAC in {acc.principal}'s ticket: {e}") from None
+            info = _pac_buffer(decode_logon_info, acc.logon_info, acc.principal)
             pac = {
                 **(pac or {}),
                 "user_sid": info.user_sid,
