@@ -249,7 +249,7 @@ class Bench:
         self.sb.up()
         a, b = self.sb.hosts["a"], self.sb.hosts["b"]
         self.a, self.b = a, b
-        self.alice = self.sb.users["alice"]
+        self.alice = a.user("alice")
         self.rundir = self.sb.root / "bench"
         self.rundir.mkdir(mode=0o755)
         self.rundir.chmod(0o755)
@@ -272,7 +272,7 @@ class Bench:
         ssh = BUILD / "ssh"
         cfg = self.rundir / "sshd_config"
         cfg.write_text((ssh / "sshd_config").read_text().replace("{b}", b.address))
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        b.path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.spawn("sshd", b.exec_argv(["/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)]))
         self.ssh_base = [
             "ssh", "-F", "/dev/null", "-i", str(ssh / "client_ed25519"),
