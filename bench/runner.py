@@ -244,8 +244,8 @@ class Bench:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.nofile = hard
         log(f"RLIMIT_NOFILE raised to {hard} (inherited by daemons, relays, clients)")
-        log("sandbox up (prefix nipb-, Samba AD realm only)")
-        self.sb = Sandbox(prefix=PREFIX, mit=False)
+        log(f"sandbox up (prefix {self.args.prefix}, Samba AD realm only)")
+        self.sb = Sandbox(prefix=self.args.prefix, mit=False)
         self.sb.up()
         a, b = self.sb.hosts["a"], self.sb.hosts["b"]
         self.a, self.b = a, b
@@ -368,7 +368,7 @@ class Bench:
     def down(self) -> None:
         if self.args.keep and self.sb is not None:
             log(f"--keep: sandbox left up (root {self.sb.root}); remove with: "
-                f".venv/bin/python -m nipc.sandbox down --prefix {PREFIX}")
+                f".venv/bin/python -m nipc.sandbox down --prefix {self.args.prefix}")
             return
         alive = [p.pid for p in self.procs if p.poll() is None]
         if alive:
@@ -640,7 +640,7 @@ class Bench:
             "versions": versions(),
             "other_netns": sorted(ln.split()[0] for ln in subprocess.run(
                 ["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()
-                if ln.strip() and not ln.startswith(PREFIX)),
+                if ln.strip() and not ln.startswith(self.args.prefix)),
         }
         self.prepare_files()
         try:
@@ -735,6 +735,8 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated contenders: unix,tcp,ssh,ssh-tt,socat,nipc")
     ap.add_argument("--out", help="result directory (default bench/results/<date>)")
     ap.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
+    ap.add_argument("--prefix", default=PREFIX,
+                    help=f"sandbox prefix (default {PREFIX}): two runs side by side need two")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/run: needs root", file=sys.stderr)
