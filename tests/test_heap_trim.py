@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.python.failure import Failure
 
 from nipc import heap, service
 
@@ -44,11 +45,21 @@ def test_trims_after_a_crowd_halves(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_service_stops_cleanly_without_starting() -> None:
+    """A service stopped before it started (an embedding that gives up early) stops at
+    once, without error, and leaves nothing scheduled on the reactor."""
+    from twisted.internet.testing import MemoryReactorClock
+
     from nipc.config import from_mapping
 
     config: Any = from_mapping({"host": {"name": "a.test", "realm": "T"},
                                 "kerberos": {"keytab": "/k", "principal": "p@T"}})
-    service.NipcService(config).stopService()
+    reactor = MemoryReactorClock()
+    stopping = service.NipcService(config, reactor=reactor).stopService()
+    reactor.advance(0)
+    results: list[object] = []
+    stopping.addBoth(results.append)
+    assert results == [results[0]] and not isinstance(results[0], Failure)
+    assert reactor.getDelayedCalls() == []
 
 
 def test_full_collections_when_a_crowd_leaves_or_at_the_latest_every_minute(

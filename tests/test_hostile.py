@@ -396,11 +396,18 @@ def test_a_silent_flood_from_one_host_does_not_deny_other_peers(lan: Lan, baseli
                                           str(HANDSHAKE_TIMEOUT + 2)]),
                              env={**os.environ, **c.env(), "PYTHONPATH": str(REPO)},
                              stdout=subprocess.PIPE, text=True)
+    started = time.monotonic()
     try:
         time.sleep(1.0)
         legit_connect(lan)
+        served = time.monotonic() - started
     finally:
-        flood.wait(30)
+        output, _ = flood.communicate(timeout=30)
+    # The flood really ran, and some of its links were still held when alice was served.
+    assert flood.returncode == 0, output
+    out = json.loads(output)
+    assert out["opened"] == 64 and out["failed"] == 0, out
+    assert out["closed"] < 64 or out["last_close"] > served, (out, served)
 
 
 def test_fds_and_memory_return_to_baseline(lan: Lan, baseline: dict[str, tuple[int, int]]) -> None:
