@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from nipc.config import from_mapping
 from nipc.links import Links
 from nipc.peer import ClientLink
-from nipc.tls import UnbufferedTLSFactory, server_options
+from nipc.tls import UnbufferedTLSFactory, client_options, server_options
 
 reactor: Any = _reactor
 HOST = "b.lan.test"
@@ -59,6 +59,39 @@ async def test_a_link_at_the_last_channel_number_is_replaced_and_closed() -> Non
         assert accepted[0].transport is None or not accepted[0].transport.connected  # type: ignore[attr-defined]
     finally:
         links.close()
+        await port.stopListening()
+        for _ in range(50):
+            if all(p.transport is None or not p.transport.connected for p in accepted):  # type: ignore[attr-defined]
+                break
+            await deferLater(reactor, 0.1)
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_the_link_prefers_aes_128_gcm() -> None:
+    """Both daemons put TLS_AES_128_GCM_SHA256 first (OpenSSL's default order puts
+    AES-256 first): as safe for a link, and less CPU per byte. The listening side's order
+    decides, so a dialler offering AES-256 first still gets AES-128."""
+    accepted: list[Protocol] = []
+
+    class Hold(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        UnbufferedTLSFactory(server_options(config(1)), False, Factory.forProtocol(Hold)))
+    try:
+        for offered in (None, b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"):
+            links = Links(reactor, config(port.getHost().port))
+            if offered is not None:
+                dialler = client_options(config(1))
+                dialler.getContext().set_tls13_ciphersuites(offered)
+                links.reconfigure(dialler)
+            try:
+                link = await links.get(HOST)
+                assert link.transport.getHandle().get_cipher_name() == "TLS_AES_128_GCM_SHA256"
+            finally:
+                links.close()
+    finally:
         await port.stopListening()
         for _ in range(50):
             if all(p.transport is None or not p.transport.connected for p in accepted):  # type: ignore[attr-defined]
