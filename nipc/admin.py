@@ -25,10 +25,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
+from nipc.interfaces import ILiveConnections
 from nipc.request import error_reply
 from nipc.splice import End, Splice
 
@@ -93,6 +95,7 @@ class Live:
         return info
 
 
+@implementer(ILiveConnections)
 class Connections:
     """The daemon's live routed connections, in the order they were made.
 

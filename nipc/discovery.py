@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from nipc.config import Config, PeerAddress
 from nipc.errors import NipcError
+from nipc.interfaces import IPeerLocator
 
 SERVICE_PREFIX = "_nipc._tcp."
 
@@ -88,6 +89,7 @@ def _is_timeout(failure: Failure) -> bool:
     return failure.check(DeferTimeout, neterror.TimeoutError) is not None
 
 
+@implementer(IPeerLocator)
 class PeerLocator:
     """Finds the addresses of a peer daemon; one per daemon (the resolver is made once)."""
 

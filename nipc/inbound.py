@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nipc import wire
 from nipc.admin import Connections
@@ -24,14 +25,13 @@ from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
+from nipc.interfaces import IInboundHandler, IProjection
 from nipc.destination import PathPolicy, connect_unix, expand
 from nipc.impersonate import on_fresh_thread, switch_to
 from nipc.kerberos import Accepted, Acceptor
 from nipc.limits import Limits
 from nipc.peer import Channel, source_of
 from nipc.pac import PacError, decode_delegation_info, decode_logon_info
-from nipc.memo import Memo
-from nipc.projection import project, resolve
 from nipc.registry import Registry, Routed
 from nipc.router import adopt_unix, new_connection_id
 from nipc.splice import Splice
@@ -62,19 +62,19 @@ class _Admission:
     error: NipcError | None = None
 
 
+@implementer(IInboundHandler)
 class Inbound:
     """Handles the HELLO of every channel peers open on their links to this daemon."""
 
-    def __init__(self, reactor: Any, config: Config, acceptor: Acceptor, registry: Registry,
-                 live: Connections, limits: Limits) -> None:
+    def __init__(self, reactor: Any, config: Config, acceptor: Acceptor, projection: IProjection,
+                 registry: Registry, live: Connections, limits: Limits) -> None:
         self._reactor = reactor
         self._config = config
         self._acceptor = acceptor
+        self._projection = projection
         self._registry = registry
         self._live = live
         self._limits = limits
-        #: Keyed by the realms too: a reload that stops trusting a realm applies at once.
-        self._resolved: Memo[tuple[str, tuple[str, ...]], LocalIdentity] = Memo()
 
     def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
         """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
@@ -95,9 +95,7 @@ class Inbound:
                 # S-1-18-2: asserted by a service (protocol transition), not proved by the user.
                 "protocol_transition": "S-1-18-2" in info.extra_sids,
             }
-        realms = self._config.realms()
-        resolved = self._resolved.answer((acc.principal, realms), lambda key: resolve(*key))
-        return project(acc.principal, realms, self._config.allow_root, resolved), pac
+        return self._projection.project(acc.principal), pac
 
     def _check_route(self, hello: wire.Hello) -> None:
         if not hello.hops:

@@ -12,19 +12,21 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import gssapi
 import gssapi.raw
 from gssapi.raw.misc import GSSError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from nipc.config import Config, CredentialMode
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
+from nipc.interfaces import IAcceptor, IDaemonTickets, ITicketSource
 from nipc.impersonate import run_as
 
 log = Logger()
@@ -194,13 +196,6 @@ class Initiation:
             raise gss_failure(e, "mutual authentication of the peer daemon") from None
 
 
-class TicketSource(Protocol):
-    """Obtains the first GSS token for ``target_host`` in a local caller's name."""
-
-    def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
-        ...
-
-
 def _start(creds: Any, target_host: str, channel: bytes, principal: str, doing: str) -> Initiation:
     try:
         ctx = gssapi.SecurityContext(
@@ -213,6 +208,7 @@ def _start(creds: Any, target_host: str, channel: bytes, principal: str, doing: 
     return Initiation(ctx, token or b"", principal)
 
 
+@implementer(IDaemonTickets)
 class ProtocolTransition:
     """S4U2Self + S4U2Proxy from the host keytab: the caller needs no credentials at all.
 
@@ -328,6 +324,7 @@ class ProtocolTransition:
                                  target_host, channel)
 
 
+@implementer(IDaemonTickets)
 class OwnCredentialCache:
     """The caller's own ticket cache, opened by a thread that has become the caller.
 
@@ -359,7 +356,15 @@ class OwnCredentialCache:
 
         return run_as(self._reactor, who, job, permanent=True)
 
+    def warm(self) -> "Deferred[None]":
+        """Nothing to fetch ahead: each caller brings their own tickets."""
+        return succeed(None)
 
+    def stop(self) -> None:
+        """Nothing held: the threads are the reactor's."""
+
+
+@implementer(ITicketSource)
 class Delegated:
     """Onward in the name of an inbound caller: S4U2Proxy with the evidence ticket kept
     from that caller's inbound connection (constrained delegation, chaining)."""
@@ -377,7 +382,7 @@ class Delegated:
         )
 
 
-def ticket_source(reactor: Any, config: Config) -> TicketSource:
+def ticket_source(reactor: Any, config: Config) -> IDaemonTickets:
     if config.mode is CredentialMode.OWN_CCACHE:
         return OwnCredentialCache(reactor, config)
     return ProtocolTransition(reactor, config)
@@ -434,6 +439,7 @@ def check_keytab(config: Config) -> None:
         raise KeytabError(f"cannot start: {problem}") from None
 
 
+@implementer(IAcceptor)
 class Acceptor:
     """Validates peers' tickets with this host's keytab, bound to the TLS channel.
 

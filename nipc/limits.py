@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
 from nipc.config import Config
 from nipc.errors import NipcError
+from nipc.interfaces import ICallerAdmission, IInboundAdmission, IPeerAdmission
 
 #: Descriptors one admitted connection may open at once: the destination socket and its
 #: duplicate while the reactor adopts it. (A local caller's own socket is open before it
@@ -153,6 +155,7 @@ class _Bucket:
     stamp: float
 
 
+@implementer(ICallerAdmission, IPeerAdmission, IInboundAdmission)
 @dataclass
 class Limits:
     config: Config

@@ -20,10 +20,12 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nipc.config import Config, PeerAddress
 from nipc.discovery import FirstReachable, PeerLocator, show
 from nipc.errors import NipcError, from_oserror
+from nipc.interfaces import ILinks
 from nipc.peer import ClientLink
 from nipc.splice import Adopted
 from nipc.tls import UnbufferedTLSFactory, check_peer_name, client_options, tls_failure, tune_tcp
@@ -72,6 +74,7 @@ class Reused:
     link: ClientLink
 
 
+@implementer(ILinks)
 class Links:
     """One :class:`ClientLink` per peer host name, dialled on first use."""
 

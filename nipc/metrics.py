@@ -22,8 +22,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from nipc.admin import DIRECTIONS, Connections, Live
+from nipc.interfaces import IAuditSink
 from nipc.limits import Limits
 
 #: Handshake latency buckets (seconds): local connects take well under a millisecond, a
@@ -32,6 +34,7 @@ HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                      1.0, 2.5, 5.0, 10.0, 20.0)
 
 
+@implementer(IAuditSink)
 class Metrics:
     """The daemon's metrics in their own registry (embedding never mixes two daemons')."""
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+from zope.interface import implementer
+
+from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, account_expired, identity_of_user
+from nipc.interfaces import IProjection
+from nipc.memo import Memo
 
 _krb5 = ctypes.CDLL(ctypes.util.find_library("krb5") or "libkrb5.so.3")
 _krb5.krb5_init_context.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
@@ -72,3 +77,19 @@ def project(principal: str, realms: tuple[str, ...], allow_root: bool,
     if identity.uid == 0 and not allow_root:
         raise NipcError("EPERM", f"{principal} maps to root, which this host refuses")
     return identity
+
+
+@implementer(IProjection)
+class Projection:
+    """This host's mapping as the running configuration says (realms, root), with recent
+    answers of :func:`resolve` reused."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        #: Keyed by the realms too: a reload that stops trusting a realm applies at once.
+        self._resolved: Memo[tuple[str, tuple[str, ...]], LocalIdentity] = Memo()
+
+    def project(self, principal: str) -> LocalIdentity:
+        realms = self._config.realms()
+        resolved = self._resolved.answer((principal, realms), lambda key: resolve(*key))
+        return project(principal, realms, self._config.allow_root, resolved)

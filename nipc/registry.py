@@ -19,8 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from zope.interface import implementer
+
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
+from nipc.interfaces import IRegistry
 
 ABSTRACT_PREFIX = b"\0nipc/"
 _PIDFD_GETFD = 438  # the same number on every architecture (new-style syscall table)
@@ -92,6 +95,7 @@ def _socket_from(fd: int) -> socket.socket | None:
         return None
 
 
+@implementer(IRegistry)
 class Registry:
     def __init__(self) -> None:
         self._routed: dict[str, Routed] = {}

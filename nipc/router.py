@@ -15,6 +15,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError as Def
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nipc import wire
 from nipc.config import Config
@@ -22,7 +23,8 @@ from nipc.errors import NipcError, from_oserror
 from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
 from nipc.destination import connect_unix, expand
 from nipc.impersonate import run_as
-from nipc.kerberos import Delegated, Initiation, TicketSource
+from nipc.interfaces import IRouter, ITicketSource
+from nipc.kerberos import Delegated, Initiation
 from nipc.links import Links, Reused, link_failure
 from nipc.memo import Memo
 from nipc.peer import Channel, ClientLink
@@ -49,8 +51,9 @@ def adopt_unix(reactor: Any, sock: Any) -> UnixEnd:
     return end
 
 
+@implementer(IRouter)
 class Router:
-    def __init__(self, reactor: Any, config: Config, tickets: TicketSource,
+    def __init__(self, reactor: Any, config: Config, tickets: ITicketSource,
                  registry: Registry) -> None:
         self._reactor = reactor
         self._config = config
@@ -119,7 +122,7 @@ class _Dial:
     the caller's name bound to that channel, one HELLO/RESULT exchange, and mutual
     authentication of the peer before its answer is believed."""
 
-    def __init__(self, router: "Router", tickets: TicketSource, who: LocalIdentity,
+    def __init__(self, router: "Router", tickets: ITicketSource, who: LocalIdentity,
                  request: ConnectRequest, conn_id: str, hops: tuple[str, ...]) -> None:
         self._reactor = router._reactor
         self._config = router._config

@@ -28,14 +28,16 @@ from nipc.errors import NipcError
 from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
 from nipc.inbound import Inbound
+from nipc.interfaces import IDaemonTickets
 from nipc.kerberos import (
-    Acceptor, KeytabError, ProtocolTransition, TicketSource, check_keytab, ticket_source,
+    Acceptor, KeytabError, check_keytab, ticket_source,
 )
 from nipc.limits import (ACCEPTS_PER_TURN, Descriptors, Limits, fds_needed, open_fds,
                          raise_fd_limit)
 from nipc.logs import LogFile, open_log
 from nipc.notify import Notifier, monotonic_usec
 from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
+from nipc.projection import Projection
 from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
@@ -178,7 +180,7 @@ class NipcService(Service):
         self._watch_ports: list[Any] = []
         self._imports: dict[str, tuple[Import, Any]] = {}
         self._loops: list[LoopingCall] = []
-        self._tickets: TicketSource | None = None
+        self._tickets: IDaemonTickets | None = None
         self._router: Router | None = None
         self._accepted_links: set[ServerLink] = set()
         self._observers: list[Any] = []
@@ -207,7 +209,7 @@ class NipcService(Service):
             log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
                      "overload will be refused at the descriptor limit first (raise LimitNOFILE= "
                      "in nipcd.service)", limit=fd_limit, needed=needed)
-        inbound = Inbound(reactor, config, acceptor, registry, live, limits)
+        inbound = Inbound(reactor, config, acceptor, Projection(config), registry, live, limits)
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config, router, registry, limits, live)
@@ -383,10 +385,9 @@ class NipcService(Service):
                     for link in sorted(self._accepted_links, key=lambda link: link.peer)]
         return dialled + accepted
 
-    def _warm(self, tickets: TicketSource, acceptor: Acceptor) -> None:
+    def _warm(self, tickets: IDaemonTickets, acceptor: Acceptor) -> None:
         """Kerberos work the first caller should not wait for, done as the daemon starts."""
-        if isinstance(tickets, ProtocolTransition):
-            tickets.warm()
+        tickets.warm()
 
         def loaded(_: object, status: str | None = None) -> None:
             """Sockets listen (startService) and the keytab loaded: ready for systemd."""
@@ -618,7 +619,7 @@ class NipcService(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        if isinstance(self._tickets, ProtocolTransition):
+        if self._tickets is not None:
             self._tickets.stop()
         if self._router is not None:
             self._router.links.close()
