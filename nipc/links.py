@@ -22,13 +22,14 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nipc.compat import UnbufferedTLSFactory
 from nipc.config import Config, PeerAddress
 from nipc.discovery import FirstReachable, PeerLocator, show
 from nipc.errors import NipcError, from_oserror
 from nipc.interfaces import ILinks
 from nipc.peer import ClientLink
 from nipc.splice import Adopted
-from nipc.tls import UnbufferedTLSFactory, check_peer_name, client_options, tls_failure, tune_tcp
+from nipc.tls import check_peer_name, client_options, tls_failure, tune_tcp
 
 
 def tcp_endpoint(reactor: Any, address: PeerAddress, timeout: float) -> Any:

@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.systemd import ListenFDs  # see inherited_listeners
 
 from nipc import __version__, audit
 from nipc import reload as reloading
 from nipc.admin import AdminFactory, Connections
 from nipc.client import check_gate
+from nipc.compat import AdoptedUNIXPort, GatePort, UnbufferedTLSFactory, systemd_listen_fds
 from nipc.config import Config, ConfigError, Import
 from nipc.errors import NipcError
 from nipc.gate import GateServices, LocalGateFactory
@@ -32,8 +31,7 @@ from nipc.interfaces import IDaemonTickets
 from nipc.kerberos import (
     Acceptor, KeytabError, check_keytab, ticket_source,
 )
-from nipc.limits import (ACCEPTS_PER_TURN, Descriptors, Limits, fds_needed, open_fds,
-                         raise_fd_limit)
+from nipc.limits import Descriptors, Limits, fds_needed, open_fds, raise_fd_limit
 from nipc.logs import LogFile, open_log
 from nipc.notify import Notifier, monotonic_usec
 from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
@@ -41,7 +39,7 @@ from nipc.projection import Projection
 from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
-from nipc.tls import UnbufferedTLSFactory, client_options, server_options, tune_tcp
+from nipc.tls import client_options, server_options, tune_tcp
 
 log = Logger()
 #: Signals whose default action (terminate) would end the daemon and every routed connection
@@ -92,12 +90,7 @@ def inherited_listeners(peer_port: int) -> dict[str, socket.socket]:
     if _activation_taken:
         return {}
     _activation_taken = True
-    # Twisted's ``systemd:`` endpoint parser reads the environment (and removes LISTEN_PID
-    # and LISTEN_FDS from it) when twisted.internet.endpoints is imported, long before any
-    # service starts: ask it, it is the only one left who knows.
-    from twisted.internet.endpoints import _SystemdParser
-
-    fds: ListenFDs = _SystemdParser._sddaemon
+    fds = systemd_listen_fds()
     os.environ.pop("LISTEN_FDNAMES", None)  # nor should children see the names
     named_peer = fds.inheritedNamedDescriptors().get("peer")
     found: dict[str, socket.socket] = {}
@@ -120,41 +113,12 @@ def inherited_listeners(peer_port: int) -> dict[str, socket.socket]:
     return found
 
 
-class GatePort(unix.Port):
-    """A local socket the daemon routes from (the gate, an import). It accepts at most
-    ``ACCEPTS_PER_TURN`` connections per turn of the reactor (Twisted grows its batch
-    without bound): a connection refused for want of descriptors holds its own until the
-    next turn, so a burst never meets EMFILE at accept(), where Twisted would close the
-    callers still waiting without a word; each gets its ``ERR EAGAIN`` line."""
-
-    _accepts = ACCEPTS_PER_TURN
-
-    @property
-    def numberAccepts(self) -> int:
-        return self._accepts
-
-    @numberAccepts.setter
-    def numberAccepts(self, wanted: int) -> None:
-        self._accepts = min(wanted, ACCEPTS_PER_TURN)
-
-
 def listen_gate(reactor: Any, where: str, factory: LocalGateFactory, mode: int) -> GatePort:
     """What ``reactor.listenUNIX`` does, with a :class:`GatePort`."""
     # str, as listenUNIX takes it (unix.Port's annotation says bytes; both work)
     port = GatePort(where, factory, LISTEN_BACKLOG, mode, reactor, wantPID=False)  # type: ignore[arg-type]
     port.startListening()  # type: ignore[no-untyped-call]
     return port
-
-
-class AdoptedUNIXPort(GatePort):
-    """A Unix socket systemd listens on for the daemon (socket activation). The file is the
-    socket unit's: it keeps the owner, group and mode systemd gave it and outlives the daemon,
-    so clients queue on it across restarts."""
-
-    def connectionLost(self, reason: Failure) -> None:
-        tcp.Port.connectionLost(self, reason)  # not unix.Port's, which unlinks the file
-
-
 
 
 class NipcService(Service):
@@ -317,14 +281,12 @@ class NipcService(Service):
         sock = self._inherited.pop(where, None)
         if sock is None:
             return False
-        # What reactor.adoptStreamPort does, with the subclass that leaves the file alone.
-        port = AdoptedUNIXPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
-            self.reactor, sock.fileno(), factory)
+        port = AdoptedUNIXPort.adopt(self.reactor, sock, factory)
         sock.close()  # the port holds its own duplicate
         st = os.stat(where)
         port.mode = stat.S_IMODE(st.st_mode)  # Twisted chmods it: keep systemd's
         port.backlog = LISTEN_BACKLOG
-        port.startListening()
+        port.startListening()  # type: ignore[no-untyped-call]
         self._ports.append(port)
         log.info("socket activation: adopted {path} from systemd (mode {mode:04o}, uid {uid}, "
                  "gid {gid}: the socket unit's, not the config's)",

@@ -19,31 +19,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nipc.compat import producer_paused, write_now
+
 log = Logger()
 
 
 #: Bytes read from a local socket at once: fewer trips through the splice per byte.
 #: (Twisted's default, 64 KiB, is also where it pauses a producer writing to it.)
 UNIX_BUFFER = 256 * 1024
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, sending at once what the socket takes when nothing is
-    queued ahead of it. Twisted queues every write until the reactor's next turn (an
-    epoll round and two epoll_ctl calls per message): on a relay that is most of the
-    latency of a small message. What the socket does not take, or any error, goes the
-    transport's own way, which reports it."""
-    if (getattr(transport, "connected", False) and not transport.disconnecting
-            and not getattr(transport, "_writeDisconnected", True)
-            and transport.offset == len(transport.dataBuffer) and not transport._tempDataLen):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 class End(TypingProtocol):
@@ -92,7 +75,7 @@ class Splice:
         never read again, so its own peer's close would go unnoticed.
         """
         consumer = self._other(end).transport
-        paused = getattr(consumer, "producerPaused", False) or getattr(consumer, "_producerPaused", False)
+        paused = producer_paused(consumer)
         consumer.unregisterProducer()
         if paused:
             end.transport.resumeProducing()

@@ -26,13 +26,10 @@ from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import ssl
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from nipc.config import Config, pem_certificates, pem_private_key
 from nipc.errors import NipcError
-from nipc.splice import write_now
 
 log = Logger()
 
@@ -174,83 +171,6 @@ def tls_failure(reason: Failure, host: str, where: str) -> NipcError | None:
         return NipcError("EPROTO", f"{where} refused this daemon's TLS certificate "
                                    f"(is peer.certificate from the CA it trusts?)")
     return NipcError("EHOSTUNREACH", f"{where}: TLS handshake failed ({detail})")
-
-
-class BulkTLSProtocol(TLSMemoryBIOProtocol):
-    """Twisted's memory-BIO TLS, moving bytes in bulk: a whole write is encrypted in one
-    ``SSL_write`` and its records handed to TCP in one piece, and everything one TCP read
-    decrypts is delivered in one call. Twisted slices writes into 16 KiB (a copy, an
-    ``SSL_write``, a BIO read and a TCP write each) and delivers records one by one, which
-    on a link carrying many connections' data cost more CPU than the cipher."""
-
-    def _write(self, *pieces: bytes) -> None:
-        if self._lostTLSConnection:
-            return
-        sent = 0
-        for index, piece in enumerate(pieces):
-            view = memoryview(piece)
-            while view:
-                try:
-                    done = self._tlsConnection.send(view)
-                except SSL.WantReadError:
-                    self._bufferedWrite(b"".join([bytes(view), *pieces[index + 1:]]))  # type: ignore[no-untyped-call]
-                    self._flushSendBIO(sent)
-                    return
-                except SSL.Error:
-                    self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]
-                    return
-                view = view[done:]
-                sent += done
-        self._flushSendBIO(sent)
-
-    def writeSequence(self, iovec: Any) -> None:
-        """The pieces encrypted one after the other, then sent as one: no join."""
-        if self.disconnecting and self._producer is None:
-            return
-        self._write(*iovec)
-
-    def _flushSendBIO(self, sent: int = 0) -> None:
-        # Room for what was written plus each record's overhead (under 256 bytes).
-        size = max(2**15, sent + (sent >> 14) * 256 + 1024)
-        while True:
-            try:
-                data = self._tlsConnection.bio_read(size)
-            except SSL.WantReadError:
-                return
-            write_now(self.transport, data)
-
-    def _flushReceiveBIO(self) -> None:
-        received: list[bytes] = []
-        while not self._lostTLSConnection:
-            try:
-                received.append(self._tlsConnection.recv(2**16))
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:  # as Twisted does, after what came before it
-                self._deliver(received)
-                received = []
-                self._shutdownTLS()  # type: ignore[no-untyped-call]
-                self._tlsShutdownFinished(None)  # type: ignore[no-untyped-call]
-            except SSL.Error:
-                failure = Failure()
-                self._deliver(received)
-                received = []
-                self._tlsShutdownFinished(failure)  # type: ignore[no-untyped-call]
-        self._deliver(received)
-        self._flushSendBIO()
-
-    def _deliver(self, received: list[bytes]) -> None:
-        if received and not self._aborted:
-            ProtocolWrapper.dataReceived(self, received[0] if len(received) == 1 else b"".join(received))
-
-
-class UnbufferedTLSFactory(TLSMemoryBIOFactory):
-    """TLS without Twisted's write aggregation: that buffers each write until the end of
-    the reactor iteration, a whole extra loop turn of latency per message, while the
-    splice already hands TLS whole reads at a time."""
-
-    protocol = BulkTLSProtocol
-    noisy = False
 
 
 def channel_binding(tls_transport: Any) -> bytes:

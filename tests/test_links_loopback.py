@@ -14,7 +14,8 @@ from twisted.internet.task import deferLater
 from nipc.config import from_mapping
 from nipc.links import Links
 from nipc.peer import ClientLink
-from nipc.tls import UnbufferedTLSFactory, client_options, server_options
+from nipc.compat import UnbufferedTLSFactory
+from nipc.tls import client_options, server_options
 
 reactor: Any = _reactor
 HOST = "b.lan.test"

@@ -1,13 +1,11 @@
-"""NIPC as a package: what the sdist carries, the dependency floors, the version, and the
-private Twisted names it relies on."""
+"""NIPC as a package: what the sdist carries, the dependency floors and the version (the
+private Twisted names it relies on: tests/test_compat.py)."""
 
 from __future__ import annotations
 
 import ast
 import configparser
-import importlib
 import importlib.metadata
-import inspect
 import shutil
 import subprocess
 import sys
@@ -102,66 +100,6 @@ def test_dependency_floors_that_work(name: str, floor: str, below: str) -> None:
     spec = _requirements()[name].specifier
     assert spec.contains(floor) and not spec.contains(below), f"{name}{spec}"
     assert importlib.metadata.version(name) in spec
-
-
-# -- the private Twisted names nipc relies on ----------------------------------------------
-
-#: Where nipc overrides or reads a private Twisted name: class -> names (issue 13 gathers them
-#: into one compat module). Tested Twisted range: setup.cfg.
-TWISTED_PRIVATE = {
-    # nipc/tls.py BulkTLSProtocol: bulk SSL_write/recv instead of 16 KiB slices.
-    "twisted.protocols.tls.TLSMemoryBIOProtocol": (
-        "_write", "_flushSendBIO", "_flushReceiveBIO", "_bufferedWrite", "_shutdownTLS",
-        "_tlsShutdownFinished", "_tlsConnection", "_lostTLSConnection", "_aborted", "_producer"),
-    # nipc/tls.py UnbufferedTLSFactory replaces this default protocol (write aggregation).
-    "twisted.protocols.tls.BufferingTLSTransport": (),
-    # nipc/splice.py write_now: whether anything is queued ahead of a write.
-    "twisted.internet.abstract.FileDescriptor": (
-        "_writeDisconnected", "_tempDataLen", "dataBuffer", "offset"),
-    # nipc/service.py: the only holder of systemd's LISTEN_FDS once endpoints is imported.
-    "twisted.internet.endpoints._SystemdParser": ("_sddaemon",),
-    # nipc/service.py AdoptedUNIXPort: adopt a listening socket without unlinking it later.
-    "twisted.internet.unix.Port": ("_fromListeningDescriptor",),
-}
-#: The overridden methods' parameters, as Twisted calls them.
-TWISTED_SIGNATURES = {
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_write"): ["self", "bytes"],
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_flushSendBIO"): ["self"],
-    ("twisted.protocols.tls.TLSMemoryBIOProtocol", "_flushReceiveBIO"): ["self"],
-}
-
-
-def _twisted_class(dotted: str) -> type:
-    module, _, name = dotted.rpartition(".")
-    cls: type = getattr(importlib.import_module(module), name)
-    return cls
-
-
-def _has(cls: type, name: str) -> bool:
-    """A class attribute, or an instance attribute its (Twisted) source assigns."""
-    if hasattr(cls, name):
-        return True
-    sources = [inspect.getsource(c) for c in cls.__mro__ if c.__module__.startswith("twisted.")]
-    return any(f"self.{name} =" in source for source in sources)
-
-
-def test_private_twisted_names_nipc_relies_on_exist() -> None:
-    import twisted
-
-    lost = []
-    for dotted, names in TWISTED_PRIVATE.items():
-        try:
-            cls = _twisted_class(dotted)
-        except (ImportError, AttributeError):
-            lost.append(dotted)
-            continue
-        lost += [f"{dotted}.{name}" for name in names if not _has(cls, name)]
-    for (dotted, name), params in TWISTED_SIGNATURES.items():
-        method = getattr(_twisted_class(dotted), name, None)
-        if method is not None and list(inspect.signature(method).parameters) != params:
-            lost.append(f"{dotted}.{name}{inspect.signature(method)} (nipc expects {params})")
-    assert not lost, (f"Twisted {twisted.__version__} lacks private names nipc overrides or "
-                      f"reads (tested range in setup.cfg): {', '.join(lost)}")
 
 
 # -- the version ---------------------------------------------------------------------------

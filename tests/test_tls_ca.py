@@ -37,7 +37,8 @@ from nipc.links import link_failure
 from nipc.peer import ClientLink
 from nipc.sandbox import ROOT_PARENT, Host
 from nipc.splice import Adopted
-from nipc.tls import UnbufferedTLSFactory, check_peer_name, client_options, server_options
+from nipc.compat import UnbufferedTLSFactory
+from nipc.tls import check_peer_name, client_options, server_options
 from support import UnixServer, run_client
 
 reactor: Any = _reactor

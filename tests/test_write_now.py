@@ -1,4 +1,4 @@
-"""nipc.splice.write_now: bytes go out at once when nothing is queued, never out of order."""
+"""nipc.compat.write_now: bytes go out at once when nothing is queued, never out of order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from nipc.splice import write_now
+from nipc.compat import write_now
 
 
 class Transport:
