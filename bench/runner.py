@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from nipc.sandbox import Host, Sandbox, _terminate  # noqa: E402
+from nipc_testbed.sandbox import Host, Sandbox, _terminate  # noqa: E402
 
 BUILD = HERE / "build"
 BENCH = BUILD / "bench"
@@ -376,7 +376,7 @@ class Bench:
     def down(self) -> None:
         if self.args.keep and self.sb is not None:
             log(f"--keep: sandbox left up (root {self.sb.root}); remove with: "
-                f".venv/bin/python -m nipc.sandbox down --prefix {self.args.prefix}")
+                f".venv/bin/python -m nipc_testbed.sandbox down --prefix {self.args.prefix}")
             return
         alive = [p.pid for p in self.procs if p.poll() is None]
         if alive:

@@ -526,7 +526,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from nipc import demo
+        from nipc_testbed import demo  # beside nipc in a checkout, never installed with it
     except ImportError:
         raise CommandError("ENOENT", "the demo is not part of this installation; run scripts/demo "
                                 "from a checkout") from None

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from nipc.identity import LocalIdentity, identity_of_user
 from nipc.impersonate import become
-from nipc.sandbox import Host, User
+from nipc_testbed.sandbox import Host, User
 
 T = TypeVar("T")
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from nipc import prereqs
-from nipc.sandbox import LDAP_REALM, MIT_REALM, SAMBA_REALM, Host, Sandbox, SandboxBusy
+from nipc_testbed import prereqs
+from nipc_testbed.sandbox import LDAP_REALM, MIT_REALM, SAMBA_REALM, Host, Sandbox, SandboxBusy
 
 DEFAULT_PREFIX = "nipc-"
 FALLBACK_PREFIXES = tuple(f"nipc-{n}-" for n in range(2, 10))

@@ -230,7 +230,7 @@ def _install_tools(host: Any) -> None:
 def run_client(user: str | None, daemon_socket: str, *args: str, timeout: float = 120) -> dict[str, Any]:
     """Run tests/client_tool.py as ``user`` (None: as root) with the system Python, on the
     host whose daemon socket ``daemon_socket`` is; returns its JSON answer."""
-    from nipc.sandbox import Host
+    from nipc_testbed.sandbox import Host
 
     host = Host.owning(daemon_socket)
     _install_tools(host)

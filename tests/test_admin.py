@@ -31,7 +31,7 @@ from nipc import admin, cli
 from nipc.admin import AdminProtocol, Connections, fill_user_names, may_administer
 from nipc.config import ConfigError, from_mapping
 from nipc.identity import Caller
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import CLIENT_PYTHON, UnixServer, client_dir
 
 MINIMAL: dict[str, Any] = {

@@ -17,7 +17,7 @@ import pytest
 
 from acting import identity
 from nipc.impersonate import become
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer, ask_peer, audit_lines, run_client
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ import pytest
 from conftest import require_root
 from local_daemon import LocalDaemon
 from nipc import cli
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import CLIENT_PYTHON, UnixServer, client_dir, read_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -390,17 +390,17 @@ def test_demo_delegates(monkeypatch: pytest.MonkeyPatch) -> None:
             seen.append(argv)
             return 3
 
-    import nipc
-    monkeypatch.setitem(sys.modules, "nipc.demo", Demo)
-    monkeypatch.setattr(nipc, "demo", Demo, raising=False)
+    import nipc_testbed
+    monkeypatch.setitem(sys.modules, "nipc_testbed.demo", Demo)
+    monkeypatch.setattr(nipc_testbed, "demo", Demo, raising=False)
     assert cli.main(["demo", "--keep"]) == 3
     assert seen == [["--keep"]]
 
 
 def test_demo_missing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import nipc
-    monkeypatch.setitem(sys.modules, "nipc.demo", None)
-    monkeypatch.delattr(nipc, "demo", raising=False)
+    import nipc_testbed
+    monkeypatch.setitem(sys.modules, "nipc_testbed.demo", None)
+    monkeypatch.delattr(nipc_testbed, "demo", raising=False)
     assert cli.main(["demo"]) == 1
     assert "scripts/demo" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""``python -m nipc.demo`` really shows NIPC at work: alice OK as herself, bob EACCES."""
+"""``python -m nipc_testbed.demo`` really shows NIPC at work: alice OK as herself, bob EACCES."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import require_root
-from nipc.sandbox import Sandbox
+from nipc_testbed.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ def test_demo_transcript() -> None:
     require_root()
     base = os.environ.get("NIPC_SANDBOX_PREFIX", "nipc-")
     for prefix in (f"{base}tdemo-", f"{base}tdemo2-", f"{base}tdemo3-"):
-        proc = subprocess.run([sys.executable, "-m", "nipc.demo", "--prefix", prefix],
+        proc = subprocess.run([sys.executable, "-m", "nipc_testbed.demo", "--prefix", prefix],
                               capture_output=True, text=True, timeout=300)
         if "is in use by process" not in proc.stderr:  # else a parallel session has it
             break
@@ -41,7 +41,7 @@ def test_demo_keep_then_the_printed_teardown_from_any_directory() -> None:
     base = os.environ.get("NIPC_SANDBOX_PREFIX", "nipc-")
     before = set(os.listdir("/tmp"))
     for prefix in (f"{base}tkeep-", f"{base}tkeep2-", f"{base}tkeep3-"):
-        proc = subprocess.run([sys.executable, "-m", "nipc.demo", "--keep", "--prefix", prefix],
+        proc = subprocess.run([sys.executable, "-m", "nipc_testbed.demo", "--keep", "--prefix", prefix],
                               capture_output=True, text=True, timeout=300)
         if "is in use by process" not in proc.stderr:  # else a parallel session has it
             break

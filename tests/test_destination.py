@@ -27,7 +27,7 @@ from nipc.config import ConfigError, from_mapping
 from nipc.destination import MAX_SYMLINKS, PathPolicy, connect_unix, expand
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, identity_of_user
-from nipc.sandbox import Host
+from nipc_testbed.sandbox import Host
 from support import UnixServer, audit_lines, read_line, run_client
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nipc.sandbox import ADMIN_PASSWORD, Host, Sandbox
+from nipc_testbed.sandbox import ADMIN_PASSWORD, Host, Sandbox
 from support import UnixServer, run_client
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from conftest import require_root
 from nipc.endpoint import NIPCAddress, NIPCClientEndpoint
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer
 from test_cli import FakeDaemon
 

@@ -20,7 +20,7 @@ import pytest
 
 import nipc
 from acting import as_user, launch_daemon, open_fds, rss_kib
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer, digest_of, read_line, stream
 
 pytestmark = pytest.mark.integration

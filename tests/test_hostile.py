@@ -38,7 +38,7 @@ from conftest import require_root
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, identity_of_user
 from acting import as_user, launch_daemon, open_fds, rss_kib
-from nipc.sandbox import MIT_REALM, ROOT_PARENT, Host, Sandbox
+from nipc_testbed.sandbox import MIT_REALM, ROOT_PARENT, Host, Sandbox
 from support import UnixServer
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nipc.sandbox import Host
+from nipc_testbed.sandbox import Host
 
 pytestmark = pytest.mark.integration
 

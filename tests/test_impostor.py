@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nipc.sandbox import Host
+from nipc_testbed.sandbox import Host
 from support import run_client
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer, run_client
 
 pytestmark = pytest.mark.integration

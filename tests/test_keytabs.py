@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nipc.sandbox import KEYTAB_FILE, Host
+from nipc_testbed.sandbox import KEYTAB_FILE, Host
 from support import UnixServer, run_client
 
 pytestmark = pytest.mark.integration

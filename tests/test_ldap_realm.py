@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer, run_client
 from test_chaining import chaining_service
 from test_kdc_refusals import daemons_with_reuse_bound, refused_within_the_bound

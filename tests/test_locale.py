@@ -19,7 +19,7 @@ import pytest
 
 import nipc
 from acting import as_user, launch_daemon
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer
 from test_keytabs import stale_keytab
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from nipc.sandbox import Host
+from nipc_testbed.sandbox import Host
 from support import UnixServer, run_client
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from nipc.audit import audit
 from nipc.config import ConfigError, PeerAddress, from_mapping
 from nipc.limits import Limits
 from nipc.metrics import Metrics
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer, run_client
 
 MINIMAL: dict[str, Any] = {

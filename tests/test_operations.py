@@ -33,7 +33,7 @@ from conftest import require_root
 from local_daemon import LocalDaemon, environ_for_cli
 from nipc.cli import ask_status
 from nipc.client import connect
-from nipc.sandbox import Host
+from nipc_testbed.sandbox import Host
 from support import CLIENT_PYTHON, UnixServer, client_dir, digest_of, read_line, stream
 
 

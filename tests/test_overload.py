@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from acting import as_user, open_fds, rss_kib
-from nipc.sandbox import Host
+from nipc_testbed.sandbox import Host
 from support import UnixServer
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """The PAC decoder: real samples from the sandbox's Samba AD DC, a round trip, and fuzzing.
 
 The samples in ``tests/data`` are the raw ``urn:mspac:logon-info`` / ``urn:mspac:upn-dns-info``
-name attributes python-gssapi returned on host b of a ``nipc.sandbox`` domain (Samba 4.17):
+name attributes python-gssapi returned on host b of a ``nipc_testbed.sandbox`` domain (Samba 4.17):
 ``*_alice_s4u`` after protocol transition (a's keytab, S4U2Self + S4U2Proxy for alice),
 ``*_alice_kinit`` after alice's own kinit and a normal context, ``*_dave_s4u`` for a user
 with a non-ASCII full name in several groups; ``delegation_info_alice_one_hop`` on b after

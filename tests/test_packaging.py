@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,36 @@ def test_sdist_carries_license_config_units_and_docs(tmp_path: Path) -> None:
                 "twisted/plugins/nipc_plugin.py", "twisted/plugins/nipc_endpoints.py",
                 "etc/nipcd.toml", "etc/nipcd.service", "etc/nipcd.socket",
                 "docs/OPERATING.md", "docs/DESIGN.md", "docs/SECURITY.md",
-                "scripts/bootstrap", "scripts/debian-packages", "tests/conftest.py"}
+                "scripts/bootstrap", "scripts/debian-packages", "tests/conftest.py",
+                "nipc_testbed/sandbox.py", "nipc_testbed/demo.py"}
     assert expected <= names, sorted(expected - names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_wheel_carries_the_daemon_and_client_but_not_the_throwaway_domain(
+        tmp_path: Path) -> None:
+    """The sandbox and demo (fixed passwords, root-only namespace building) lived in ``nipc``
+    and shipped in every wheel; they belong to the checkout (``nipc_testbed``), not to what an
+    operator installs."""
+    from nipc_testbed.sandbox import ADMIN_PASSWORD, PASSWORD
+
+    tree = tmp_path / "src"
+    shutil.copytree(ROOT, tree, ignore=_NOT_SOURCE)
+    out = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation",
+                           "--outdir", str(out), str(tree)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [wheel] = out.glob("nipc-*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+        texts = [whl.read(name) for name in names]
+    assert {"nipc/__init__.py", "nipc/service.py", "nipc/client.py",
+            "twisted/plugins/nipc_plugin.py"} <= names, sorted(names)
+    assert {n.split("/")[0] for n in names if not n.startswith("nipc-")} == {"nipc", "twisted"}
+    assert not names & {"nipc/sandbox.py", "nipc/sandbox_ldap.py", "nipc/demo.py",
+                        "nipc/prereqs.py"}
+    assert not [t for t in texts if PASSWORD.encode() in t or ADMIN_PASSWORD.encode() in t]
 
 
 def test_license_is_mit_by_the_nipc_authors() -> None:
@@ -75,7 +103,8 @@ def _imported_distributions() -> dict[str, str]:
                 continue
             for module in modules:
                 top = module.split(".")[0]
-                if top in sys.stdlib_module_names or top == "nipc":
+                # nipc_testbed: the checkout's own (``nipc demo`` imports it when present).
+                if top in sys.stdlib_module_names or top in ("nipc", "nipc_testbed"):
                     continue
                 dists = {canonicalize_name(d) for d in by_module.get(top, [])} - {"nipc"}
                 if len(dists) > 1:  # a namespace package: zope.interface, zope.event, ...

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require_root
-from nipc import prereqs
-from nipc.sandbox import Sandbox
+from nipc_testbed import prereqs
+from nipc_testbed.sandbox import Sandbox
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -124,7 +124,7 @@ def test_the_session_checks_what_the_sandbox_builds() -> None:
 
 def test_missing_prerequisite_stops_demo_with_one_line() -> None:
     require_root()
-    proc = subprocess.run([*WITHOUT_SCHEMA, sys.executable, "-m", "nipc.demo", "--prefix",
+    proc = subprocess.run([*WITHOUT_SCHEMA, sys.executable, "-m", "nipc_testbed.demo", "--prefix",
                            "nipc-6-pq-"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.startswith("demo: missing ") and proc.stderr.count("\n") == 1, proc.stderr

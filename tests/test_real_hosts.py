@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nipc.sandbox import CONFIG_FILE, DAEMON_SOCKET, LOCAL_GROUP, ONLY_ON_A, Host, Sandbox
+from nipc_testbed.sandbox import CONFIG_FILE, DAEMON_SOCKET, LOCAL_GROUP, ONLY_ON_A, Host, Sandbox
 from support import UnixServer, run_client
 
 pytestmark = pytest.mark.integration

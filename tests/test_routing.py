@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nipc.sandbox import Host, Sandbox
+from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer, digest_of, run_client
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nipc import config
-from nipc.sandbox import (
+from nipc_testbed.sandbox import (
     DAEMON_SOCKET, MIT_REALM, SAMBA_REALM, STATE_DIR, Host, Sandbox, SandboxBusy, SandboxError,
 )
 

@@ -35,7 +35,7 @@ from nipc import wire
 from nipc.errors import NipcError
 from nipc.links import link_failure
 from nipc.peer import ClientLink
-from nipc.sandbox import ROOT_PARENT, Host
+from nipc_testbed.sandbox import ROOT_PARENT, Host
 from nipc.splice import Adopted
 from nipc.compat import UnbufferedTLSFactory
 from nipc.tls import check_peer_name, client_options, server_options

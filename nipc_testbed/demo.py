@@ -1,6 +1,6 @@
 """NIPC at work on a throwaway domain: one allowed and one refused connection, explained.
 
-    python -m nipc.demo [--keep] [--prefix nipc-demo-]      (as root; ``scripts/demo``)
+    python -m nipc_testbed.demo [--keep] [--prefix nipc-demo-]      (as root; ``scripts/demo``)
 
 Builds the sandbox (a Samba AD DC and hosts a, b, c, each with its own namespaces, /etc
 and accounts), starts the daemons on a and b, and puts a socket on b (``/run/dns/dns.sock``,
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nipc.sandbox import LOCAL_GROUP, Host, Sandbox, SandboxBusy, SandboxError, User
+from nipc_testbed.sandbox import LOCAL_GROUP, Host, Sandbox, SandboxBusy, SandboxError, User
 
 DEFAULT_PREFIX = "nipc-demo-"
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
@@ -253,8 +253,9 @@ def _hand_instructions(sb: Sandbox, a: Host, target: str) -> str:
         ]
     lines += [
         f"Daemon logs: {a.log_path}, {sb.hosts['b'].log_path}",
-        # This interpreter (the virtualenv's) finds nipc from any directory.
-        f"Tear down:   {shlex.quote(sys.executable)} -m nipc.sandbox down --prefix {sb.prefix}",
+        # This interpreter (the virtualenv's) finds nipc and nipc_testbed from any directory.
+        f"Tear down:   {shlex.quote(sys.executable)} -m nipc_testbed.sandbox down "
+        f"--prefix {sb.prefix}",
     ]
     return "\n".join(lines)
 
@@ -271,8 +272,8 @@ def run(sb: Sandbox, keep: bool) -> bool:
 
     record = b.dir / "dns-server.jsonl"  # the same file on b and here
     record.touch()
-    server = sb.spawn("dns-server", b.exec_argv([sys.executable, "-m", "nipc.demo", "--serve",
-                                                 DNS_SOCKET, "--record", str(record)]))
+    server = sb.spawn("dns-server", b.exec_argv([sys.executable, "-m", "nipc_testbed.demo",
+                                                 "--serve", DNS_SOCKET, "--record", str(record)]))
     deadline = time.monotonic() + 20
     while "listening" not in sb.output("dns-server").read_text(errors="replace"):
         if server.poll() is not None or time.monotonic() > deadline:
@@ -311,7 +312,8 @@ def run(sb: Sandbox, keep: bool) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nipc.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nipc_testbed.demo",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--keep", action="store_true",
                         help="leave the domain running and print how to use it")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="sandbox prefix")

@@ -26,8 +26,8 @@ Three realms are built, because no single KDC on Debian 12 does everything NIPC 
 ``KERBEROS.md``): a Samba AD DC (``LAN.TEST``: protocol transition, constrained delegation,
 PACs) for hosts a, b, c, a plain MIT KDC (``MIT.TEST``: the caller's own credential
 cache) for hosts x and y, and MIT on the LDAP back end (``LDAP.TEST``, FreeIPA's KDC
-model: protocol transition and delegation without AD; ``nipc.sandbox_ldap``) for hosts
-p, q, r.  The KDCs' namespaces are network namespaces only.
+model: protocol transition and delegation without AD; ``nipc_testbed.sandbox_ldap``) for
+hosts p, q, r.  The KDCs' namespaces are network namespaces only.
 
 Everything is idempotent: ``up`` first removes what a previous (possibly crashed) run with
 the same prefix left behind, ``down`` removes all of it.  Needs root.  The only thing left on
@@ -42,7 +42,7 @@ first session's root in the middle of ``samba-tool domain provision``, which the
 "Unable to load file <root>/dc/etc/smb.conf".)  ``down`` only ever deletes a root whose marker
 names its own prefix, so sessions with different prefixes never touch each other's files.
 
-    python -m nipc.sandbox up [--root DIR]   |   down   |   status
+    python -m nipc_testbed.sandbox up [--root DIR]   |   down   |   status
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from nipc import sandbox_ldap
-
-from nipc import prereqs
+import nipc
+from nipc_testbed import prereqs, sandbox_ldap
 
 SUBNET = "10.77.0"
 PORT = 7445
@@ -676,7 +675,7 @@ def _install_client(prefix: Path, python_lib: str) -> None:
     The client is stdlib-only, so a copy of the package and a two-line script are all it
     takes (no network, no pip, no build in every host)."""
     package = prefix / python_lib / "dist-packages" / "nipc"
-    shutil.copytree(Path(__file__).resolve().parent, package,
+    shutil.copytree(Path(nipc.__file__).resolve().parent, package,
                     ignore=shutil.ignore_patterns("__pycache__"))
     script = prefix / "bin" / "nipc"
     script.parent.mkdir(parents=True)
@@ -1327,7 +1326,8 @@ def _iter_status(prefix: str) -> Iterator[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nipc.sandbox", description="A throwaway Kerberos domain of namespaces."
+        prog="python -m nipc_testbed.sandbox",
+        description="A throwaway Kerberos domain of namespaces.",
     )
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--root", type=Path, help="directory for the sandbox's files")
