@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -30,7 +31,7 @@ from zope.interface import implementer
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
-from nipc.interfaces import ILiveConnections
+from nipc.interfaces import IDaemonReactor, ILiveConnections
 from nipc.request import error_reply
 from nipc.splice import End, Splice
 
@@ -159,8 +160,8 @@ def may_administer(caller: Caller, group: int | None) -> bool:
 class AdminProtocol(Protocol):
     """One admin connection: authorisation at accept, one request, one answer line."""
 
-    def __init__(self, reactor: Any, group: int | None, status: Callable[[], dict[str, Any]],
-                 timeout: float, fill: Callable[[dict[str, Any]], "Deferred[dict[str, Any]]"] = succeed,
+    def __init__(self, reactor: IReactorTime, group: int | None,
+                 status: Callable[[], dict[str, Any]], timeout: float, fill: Callable[[dict[str, Any]], "Deferred[dict[str, Any]]"] = succeed,
                  reload: Callable[[], "Deferred[dict[str, Any]]"] | None = None) -> None:
         self._group = group
         self._status = status
@@ -245,8 +246,8 @@ class AdminProtocol(Protocol):
 class AdminFactory(Factory):
     noisy = False
 
-    def __init__(self, reactor: Any, group: int | None, status: Callable[[], dict[str, Any]],
-                 timeout: float, reload: Callable[[], "Deferred[dict[str, Any]]"] | None = None
+    def __init__(self, reactor: IDaemonReactor, group: int | None,
+                 status: Callable[[], dict[str, Any]], timeout: float, reload: Callable[[], "Deferred[dict[str, Any]]"] | None = None
                  ) -> None:
         self._reactor = reactor
         self._group = group

@@ -3,13 +3,15 @@ happens. Time comes from the injected reactor (tests use a ``Clock``)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 class Deadline:
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
-        self._call: Any = None
+        self._call: IDelayedCall | None = None
 
     def arm(self, seconds: float, expire: Callable[[], None]) -> None:
         self.cancel()

@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from nipc.config import Config, PeerAddress
 from nipc.errors import NipcError
-from nipc.interfaces import IPeerLocator
+from nipc.interfaces import IDaemonReactor, IPeerLocator
 
 SERVICE_PREFIX = "_nipc._tcp."
 
@@ -93,7 +93,7 @@ def _is_timeout(failure: Failure) -> bool:
 class PeerLocator:
     """Finds the addresses of a peer daemon; one per daemon (the resolver is made once)."""
 
-    def __init__(self, reactor: Any, config: Config, resolver: Any = None,
+    def __init__(self, reactor: IDaemonReactor, config: Config, resolver: Any = None,
                  rng: random.Random | None = None) -> None:
         self._reactor = reactor
         self._config = config

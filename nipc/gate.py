@@ -21,16 +21,15 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nipc.admin import Connections
 from nipc.audit import audit
 from nipc.config import Config
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
-from nipc.limits import Limits
-from nipc.registry import Registry, Routed, check_may_chain, held_by, one_caller
+from nipc.interfaces import ICallerAdmission, IDaemonReactor, ILiveConnections, IRegistry, IRouter
+from nipc.registry import Routed, check_may_chain, held_by, one_caller
 from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
-from nipc.router import Router, new_connection_id
+from nipc.router import new_connection_id
 from nipc.splice import UNIX_BUFFER, End, Splice, UnixEnd
 
 log = Logger()
@@ -55,12 +54,12 @@ class State(Enum):
 class GateServices:
     """What every local gate of one daemon shares."""
 
-    reactor: Any
+    reactor: IDaemonReactor
     config: Config
-    router: Router
-    registry: Registry
-    limits: Limits
-    live: Connections
+    router: IRouter
+    registry: IRegistry
+    limits: ICallerAdmission
+    live: ILiveConnections
 
 
 class LocalGate(UnixEnd):

@@ -20,19 +20,20 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
-from nipc.admin import Connections
 from nipc.audit import audit
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.interfaces import IInboundHandler, IProjection
+from nipc.interfaces import (
+    IAcceptor, IDaemonReactor, IInboundAdmission, IInboundHandler, ILiveConnections, IProjection,
+    IRegistry,
+)
 from nipc.destination import PathPolicy, connect_unix, expand
 from nipc.impersonate import on_fresh_thread, switch_to
-from nipc.kerberos import Accepted, Acceptor
-from nipc.limits import Limits
+from nipc.kerberos import Accepted
 from nipc.peer import Channel, source_of
 from nipc.pac import PacError, decode_delegation_info, decode_logon_info
-from nipc.registry import Registry, Routed
+from nipc.registry import Routed
 from nipc.router import adopt_unix, new_connection_id
 from nipc.splice import Splice
 
@@ -66,8 +67,9 @@ class _Admission:
 class Inbound:
     """Handles the HELLO of every channel peers open on their links to this daemon."""
 
-    def __init__(self, reactor: Any, config: Config, acceptor: Acceptor, projection: IProjection,
-                 registry: Registry, live: Connections, limits: Limits) -> None:
+    def __init__(self, reactor: IDaemonReactor, config: Config, acceptor: IAcceptor,
+                 projection: IProjection, registry: IRegistry, live: ILiveConnections,
+                 limits: IInboundAdmission) -> None:
         self._reactor = reactor
         self._config = config
         self._acceptor = acceptor

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IReactorCore, IReactorSocket, IReactorTCP, IReactorThreads, IReactorTime, IReactorUNIX,
+    IStreamClientEndpoint,
+)
 from zope.interface import Interface
 
 if TYPE_CHECKING:
@@ -34,6 +37,13 @@ if TYPE_CHECKING:
     from nipc.registry import Routed
     from nipc.request import ConnectRequest
     from nipc.splice import End, Splice
+
+
+class IDaemonReactor(IReactorCore, IReactorTime, IReactorThreads, IReactorTCP, IReactorUNIX,
+                     IReactorSocket):
+    """What the daemon's components use of their reactor, in one name: timers, the thread
+    pool, TCP and Unix sockets, adopting sockets (the default reactor provides it all). A
+    component that needs less is typed by less (:class:`~nipc.deadline.Deadline`: time)."""
 
 
 # -- Kerberos ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from zope.interface import implementer
 from nipc.config import Config, CredentialMode
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.interfaces import IAcceptor, IDaemonTickets, ITicketSource
+from nipc.interfaces import IAcceptor, IDaemonReactor, IDaemonTickets, ITicketSource
 from nipc.impersonate import run_as
 
 log = Logger()
@@ -217,7 +217,7 @@ class ProtocolTransition:
     has locked since can still connect.
     """
 
-    def __init__(self, reactor: Any, config: Config) -> None:
+    def __init__(self, reactor: IDaemonReactor, config: Config) -> None:
         self._reactor = reactor
         self._config = config
         self._lock = threading.Lock()
@@ -332,7 +332,7 @@ class OwnCredentialCache:
     the daemon's environment or krb5's default (which would expand to root's cache).
     """
 
-    def __init__(self, reactor: Any, config: Config) -> None:
+    def __init__(self, reactor: IDaemonReactor, config: Config) -> None:
         self._reactor = reactor
         self._template = config.ccache_template
 
@@ -369,7 +369,7 @@ class Delegated:
     """Onward in the name of an inbound caller: S4U2Proxy with the evidence ticket kept
     from that caller's inbound connection (constrained delegation, chaining)."""
 
-    def __init__(self, reactor: Any, creds: Any, principal: str) -> None:
+    def __init__(self, reactor: IDaemonReactor, creds: Any, principal: str) -> None:
         self._reactor = reactor
         self._creds = creds
         self._principal = principal
@@ -382,7 +382,7 @@ class Delegated:
         )
 
 
-def ticket_source(reactor: Any, config: Config) -> IDaemonTickets:
+def ticket_source(reactor: IDaemonReactor, config: Config) -> IDaemonTickets:
     if config.mode is CredentialMode.OWN_CCACHE:
         return OwnCredentialCache(reactor, config)
     return ProtocolTransition(reactor, config)

@@ -19,6 +19,7 @@ from twisted.internet import error as neterror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -26,13 +27,14 @@ from nipc.compat import UnbufferedTLSFactory
 from nipc.config import Config, PeerAddress
 from nipc.discovery import FirstReachable, PeerLocator, show
 from nipc.errors import NipcError, from_oserror
-from nipc.interfaces import ILinks
+from nipc.interfaces import IDaemonReactor, ILinks
 from nipc.peer import ClientLink
 from nipc.splice import Adopted
 from nipc.tls import check_peer_name, client_options, tls_failure, tune_tcp
 
 
-def tcp_endpoint(reactor: Any, address: PeerAddress, timeout: float) -> Any:
+def tcp_endpoint(reactor: IDaemonReactor, address: PeerAddress, timeout: float
+                 ) -> IStreamClientEndpoint:
     """A TCP endpoint for a peer; an address literal skips the name resolver (a thread
     hop per connect) that ``HostnameEndpoint`` would use."""
     if isIPAddress(address.host):
@@ -79,7 +81,7 @@ class Reused:
 class Links:
     """One :class:`ClientLink` per peer host name, dialled on first use."""
 
-    def __init__(self, reactor: Any, config: Config) -> None:
+    def __init__(self, reactor: IDaemonReactor, config: Config) -> None:
         self._reactor = reactor
         self._config = config
         #: One TLS context for every dial: building an SSL_CTX per link costs

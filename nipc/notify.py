@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -73,7 +74,7 @@ class Notifier:
             self._last_status = text
             self.send(STATUS=text)
 
-    def start_watchdog(self, reactor: Any) -> LoopingCall | None:
+    def start_watchdog(self, reactor: IReactorTime) -> LoopingCall | None:
         """Ping WATCHDOG=1 from the reactor thread at half the interval systemd gave, so a
         reactor that stops turning (a blocking call, a deadlock) stops the pings and
         systemd restarts the daemon. None when there is no watchdog."""

@@ -23,12 +23,12 @@ from nipc.errors import NipcError, from_oserror
 from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
 from nipc.destination import connect_unix, expand
 from nipc.impersonate import run_as
-from nipc.interfaces import IRouter, ITicketSource
+from nipc.interfaces import IDaemonReactor, ILinks, IRegistry, IRouter, ITicketSource
 from nipc.kerberos import Delegated, Initiation
-from nipc.links import Links, Reused, link_failure
+from nipc.links import Reused, link_failure
 from nipc.memo import Memo
 from nipc.peer import Channel, ClientLink
-from nipc.registry import Registry, Routed
+from nipc.registry import Routed
 from nipc.request import ConnectRequest
 from nipc.splice import Adopted, End, UnixEnd
 
@@ -53,13 +53,13 @@ def adopt_unix(reactor: Any, sock: Any) -> UnixEnd:
 
 @implementer(IRouter)
 class Router:
-    def __init__(self, reactor: Any, config: Config, tickets: ITicketSource,
-                 registry: Registry) -> None:
+    def __init__(self, reactor: IDaemonReactor, config: Config, tickets: ITicketSource,
+                 registry: IRegistry, links: ILinks) -> None:
         self._reactor = reactor
         self._config = config
         self._tickets = tickets
         self._registry = registry
-        self.links = Links(reactor, config)
+        self.links = links
         self._names: Memo[int, str] = Memo()
 
     def is_local(self, host: str) -> bool:

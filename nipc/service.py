@@ -27,11 +27,12 @@ from nipc.errors import NipcError
 from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
 from nipc.inbound import Inbound
-from nipc.interfaces import IDaemonTickets
+from nipc.interfaces import IDaemonReactor, IDaemonTickets
 from nipc.kerberos import (
     Acceptor, KeytabError, check_keytab, ticket_source,
 )
 from nipc.limits import Descriptors, Limits, fds_needed, open_fds, raise_fd_limit
+from nipc.links import Links
 from nipc.logs import LogFile, open_log
 from nipc.notify import Notifier, monotonic_usec
 from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
@@ -113,7 +114,7 @@ def inherited_listeners(peer_port: int) -> dict[str, socket.socket]:
     return found
 
 
-def listen_gate(reactor: Any, where: str, factory: LocalGateFactory, mode: int) -> GatePort:
+def listen_gate(reactor: IDaemonReactor, where: str, factory: LocalGateFactory, mode: int) -> GatePort:
     """What ``reactor.listenUNIX`` does, with a :class:`GatePort`."""
     # str, as listenUNIX takes it (unix.Port's annotation says bytes; both work)
     port = GatePort(where, factory, LISTEN_BACKLOG, mode, reactor, wantPID=False)  # type: ignore[arg-type]
@@ -167,7 +168,7 @@ class NipcService(Service):
         live, limits = self.live, self.limits
         self._tickets = tickets = ticket_source(reactor, config)
         acceptor = Acceptor(config)
-        self._router = router = Router(reactor, config, tickets, registry)
+        self._router = router = Router(reactor, config, tickets, registry, Links(reactor, config))
         fd_limit, needed = raise_fd_limit(), fds_needed(config)
         if fd_limit < needed:
             log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
