@@ -20,7 +20,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
+from nipc.admission import source_of
 from nipc.audit import audit
+from nipc.channel import Channel
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
@@ -31,7 +33,6 @@ from nipc.interfaces import (
 from nipc.destination import PathPolicy, connect_unix, expand
 from nipc.impersonate import on_fresh_thread, switch_to
 from nipc.kerberos import Accepted
-from nipc.peer import Channel, source_of
 from nipc.pac import PacError, decode_delegation_info, decode_logon_info
 from nipc.registry import Routed
 from nipc.router import adopt_unix, new_connection_id

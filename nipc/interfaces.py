@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 
     from nipc import wire
     from nipc.admin import Live
+    from nipc.channel import Channel
     from nipc.config import PeerAddress
     from nipc.identity import Caller, LocalIdentity
     from nipc.kerberos import Accepted, Initiation
+    from nipc.link import ClientLink
     from nipc.links import Reused
-    from nipc.peer import Channel, ClientLink
     from nipc.registry import Routed
     from nipc.request import ConnectRequest
     from nipc.splice import End, Splice

@@ -28,7 +28,7 @@ from nipc.config import Config, PeerAddress
 from nipc.discovery import FirstReachable, PeerLocator, show
 from nipc.errors import NipcError, from_oserror
 from nipc.interfaces import IDaemonReactor, ILinks
-from nipc.peer import ClientLink
+from nipc.link import ClientLink
 from nipc.splice import Adopted
 from nipc.tls import check_peer_name, client_options, tls_failure, tune_tcp
 

@@ -27,7 +27,8 @@ from nipc.interfaces import IDaemonReactor, ILinks, IRegistry, IRouter, ITicketS
 from nipc.kerberos import Delegated, Initiation
 from nipc.links import Reused, link_failure
 from nipc.memo import Memo
-from nipc.peer import Channel, ClientLink
+from nipc.channel import Channel
+from nipc.link import ClientLink
 from nipc.registry import Routed
 from nipc.request import ConnectRequest
 from nipc.splice import Adopted, End, UnixEnd

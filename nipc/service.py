@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from nipc import __version__, audit
 from nipc import reload as reloading
 from nipc.admin import AdminFactory, Connections
+from nipc.admission import Admission, ServerLinkFactory, source_of
 from nipc.client import check_gate
 from nipc.compat import AdoptedUNIXPort, GatePort, UnbufferedTLSFactory, systemd_listen_fds
 from nipc.config import Config, ConfigError, Import
@@ -32,10 +33,10 @@ from nipc.kerberos import (
     Acceptor, KeytabError, check_keytab, ticket_source,
 )
 from nipc.limits import Descriptors, Limits, fds_needed, open_fds, raise_fd_limit
+from nipc.link import ServerLink
 from nipc.links import Links
 from nipc.logs import LogFile, open_log
 from nipc.notify import Notifier, monotonic_usec
-from nipc.peer import Admission, ServerLink, ServerLinkFactory, source_of
 from nipc.projection import Projection
 from nipc.registry import Registry
 from nipc.request import ConnectRequest

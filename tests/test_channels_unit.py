@@ -15,9 +15,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from nipc import peer, wire
+from nipc import wire
+from nipc.channel import GRANT_AT, WINDOW, Channel
 from nipc.errors import NipcError
-from nipc.peer import CLIENT_IDLE, GRANT_AT, WINDOW, Channel, ServerLink
+from nipc.link import (CLIENT_IDLE, LINK_PING, MAX_SKIPPED, MAX_UNAUTHENTICATED_REFUSALS,
+                       MAX_UNPROVEN_FRAMES, ServerLink)
 from test_splice_unit import (
     HELLO,
     FakeEnd,
@@ -317,7 +319,7 @@ def test_server_refuses_data_for_a_skipped_number_and_bounds_the_skipped() -> No
     server.link.dataReceived(wire.encode(HELLO, 3) + wire.data_header(2, 1) + b"x")
     assert server.transport.disconnected
     far = Server()
-    far.link.dataReceived(wire.encode(HELLO, peer.MAX_SKIPPED + 2))
+    far.link.dataReceived(wire.encode(HELLO, MAX_SKIPPED + 2))
     assert far.transport.disconnected and not far.hellos
 
 
@@ -412,17 +414,17 @@ def test_refusals_before_any_authentication_close_the_link() -> None:
     """MAX_UNAUTHENTICATED_REFUSALS Kerberos refusals with no success: the link is closed
     (its RESULTs sent first); after a success, refusals leave it open."""
     server = Server()
-    for number in range(1, peer.MAX_UNAUTHENTICATED_REFUSALS + 1):
+    for number in range(1, MAX_UNAUTHENTICATED_REFUSALS + 1):
         assert not server.transport.disconnecting
         server.link.dataReceived(wire.encode(HELLO, number))
         server.hellos[-1][0].answer(wire.Result("EKEYREJECTED", "bad ticket"))
     assert server.transport.disconnecting
     results = [f for f in frames(server.transport) if f[0] == K.RESULT]
-    assert len(results) == peer.MAX_UNAUTHENTICATED_REFUSALS
+    assert len(results) == MAX_UNAUTHENTICATED_REFUSALS
     proven = Server()
     proven.link.dataReceived(wire.encode(HELLO, 1))
     proven.hellos[0][0].authenticated()
-    for number in range(2, peer.MAX_UNAUTHENTICATED_REFUSALS + 3):
+    for number in range(2, MAX_UNAUTHENTICATED_REFUSALS + 3):
         proven.link.dataReceived(wire.encode(HELLO, number))
         proven.hellos[-1][0].answer(wire.Result("EKEYREJECTED", "bad ticket"))
     assert not proven.transport.disconnecting
@@ -433,7 +435,7 @@ def test_overload_refusals_do_not_close_an_unproven_link() -> None:
     no sign against the peer: a new link from a legitimate host stays open however many
     it gets (issue 14 item 11: they came back as EHOSTUNREACH when it closed)."""
     server = Server()
-    for number in range(1, peer.MAX_UNAUTHENTICATED_REFUSALS + 3):
+    for number in range(1, MAX_UNAUTHENTICATED_REFUSALS + 3):
         server.link.dataReceived(wire.encode(HELLO, number))
         server.hellos[-1][0].answer(wire.Result("EAGAIN", "b is at its file descriptor limit"))
     assert not server.transport.disconnecting
@@ -466,14 +468,14 @@ def test_an_unproven_link_gets_a_bounded_number_of_frames() -> None:
     answered), then the link is closed; once one did, there is no such bound."""
     ping = wire.frame(K.PING, 0)
     server = Server()
-    server.link.dataReceived(ping * peer.MAX_UNPROVEN_FRAMES)
+    server.link.dataReceived(ping * MAX_UNPROVEN_FRAMES)
     assert not server.transport.disconnecting
     server.link.dataReceived(ping)
     assert server.transport.disconnecting
     proven = Server()
     proven.link.dataReceived(wire.encode(HELLO, 1))
     proven.hellos[0][0].authenticated()
-    proven.link.dataReceived(ping * (peer.MAX_UNPROVEN_FRAMES + 1))
+    proven.link.dataReceived(ping * (MAX_UNPROVEN_FRAMES + 1))
     assert not proven.transport.disconnecting
 
 
@@ -530,11 +532,11 @@ def test_a_silent_peer_is_pinged_then_its_channels_end() -> None:
     link, transport, clock = connected_client()
     channel, _, splice = spliced(link)
     transport.clear()
-    clock.advance(peer.LINK_PING)  # heard since the channel opened: nothing to do
-    clock.advance(peer.LINK_PING)
+    clock.advance(LINK_PING)  # heard since the channel opened: nothing to do
+    clock.advance(LINK_PING)
     assert frames(transport) == [(K.PING, 0, b"")]
     assert not transport.disconnecting
-    clock.advance(peer.LINK_PING)
+    clock.advance(LINK_PING)
     assert transport.disconnected  # aborted
     link.connectionLost(Failure(ConnectionLost()))
     assert channel.closed and splice.lost_ends == [channel]
@@ -544,7 +546,7 @@ def test_any_frame_is_an_answer_and_a_ping_gets_a_pong() -> None:
     link, transport, clock = connected_client()
     spliced(link)
     for _ in range(5):
-        clock.advance(peer.LINK_PING)
+        clock.advance(LINK_PING)
         link.dataReceived(wire.frame(K.PONG, 0))
     assert not transport.disconnecting
     transport.clear()
@@ -557,7 +559,7 @@ def test_a_link_without_channels_is_not_pinged() -> None:
     channel, _, _ = spliced(link)
     channel.abort()
     transport.clear()
-    clock.advance(3 * peer.LINK_PING)
+    clock.advance(3 * LINK_PING)
     assert frames(transport) == []
 
 

@@ -26,7 +26,7 @@ import pytest
 
 import nipc
 from acting import as_user, open_fds, rss_kib
-from nipc.peer import CLOSE_GRACE, MAX_UNAUTHENTICATED_REFUSALS
+from nipc.link import CLOSE_GRACE, MAX_UNAUTHENTICATED_REFUSALS
 from nipc_testbed.sandbox import Host
 from test_hostile import (HANDSHAKE_TIMEOUT, LATENCIES, MAX_PENDING_PEERS, Lan, Prober,
                           forge_tokens, hostile_config, legit_connect, read_reply, running_lan)

@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 
 from nipc.config import from_mapping
 from nipc.links import Links
-from nipc.peer import ClientLink
+from nipc.link import ClientLink
 from nipc.compat import UnbufferedTLSFactory
 from nipc.tls import client_options, server_options
 

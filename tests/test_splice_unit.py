@@ -13,7 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from nipc import wire
-from nipc.peer import Channel, ClientLink
+from nipc.channel import Channel
+from nipc.link import ClientLink
 from nipc.splice import End, Splice
 
 HELLO = wire.Hello("/run/s.sock", "b.test", ("a.test",), b"t", "c1")

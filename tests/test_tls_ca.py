@@ -34,7 +34,7 @@ from nipc.config import Config, ConfigError, PeerAddress, from_mapping
 from nipc import wire
 from nipc.errors import NipcError
 from nipc.links import link_failure
-from nipc.peer import ClientLink
+from nipc.link import ClientLink
 from nipc_testbed.sandbox import ROOT_PARENT, Host
 from nipc.splice import Adopted
 from nipc.compat import UnbufferedTLSFactory
