@@ -72,6 +72,16 @@ def compute(results: dict[str, Any], samples: dict[str, list[float]]) -> dict[st
     target("connection rate vs fresh TLS handshake per connection",
            ratio(med(summaries, n, "rate_per_s"), tls.get("cpu_cap_rate_per_s")), ">=", 2.0,
            "median connects/s vs 2 cores / CPU of one TLS 1.3 handshake (both sides)")
+    target("connection rate vs open ssh -tt -L forward",
+           ratio(med(summaries, n, "rate_per_s"), med(summaries, "ssh-tt", "rate_per_s")),
+           ">=", 1.0, "median connects/s, same clients")
+    pg = f"{results['meta']['params'].get('pg_secs')} s runs, -c 4 -j 2, median TPS"
+    target("pgbench -S -C TPS vs open ssh -tt -L forward",
+           ratio(med(summaries, n, "pgC_tps"), med(summaries, "ssh-tt", "pgC_tps")),
+           ">=", 1.0, pg + ", a new connection per transaction")
+    target("pgbench -S TPS vs ssh -L", ratio(med(summaries, n, "pgS_tps"),
+                                             med(summaries, "ssh", "pgS_tps")),
+           ">=", 1.0, pg + ", persistent connections")
     target("RSS per idle routed connection (KB, both daemons)",
            med(summaries, n, "hold_rss_per_conn_kb"), "<=", 35.0,
            f"{_hold_n(results, n)} held at once")
@@ -95,6 +105,14 @@ def compute(results: dict[str, Any], samples: dict[str, list[float]]) -> dict[st
                                                              "hold_rss_per_conn_kb")),
         "nipc_tput2_vs_ssh": ratio(med(summaries, n, "tput2_MBps"),
                                    med(summaries, "ssh", "tput2_MBps")),
+        "nipc_pgS_tps_vs_ssh_tt": ratio(med(summaries, n, "pgS_tps"),
+                                        med(summaries, "ssh-tt", "pgS_tps")),
+        "nipc_pgS_tps_vs_b": ratio(med(summaries, n, "pgS_tps"),
+                                   med(summaries, "unix", "pgS_tps")),
+        "nipc_pgC_tps_vs_ssh": ratio(med(summaries, n, "pgC_tps"),
+                                     med(summaries, "ssh", "pgC_tps")),
+        "nipc_pgC_tps_vs_b": ratio(med(summaries, n, "pgC_tps"),
+                                   med(summaries, "unix", "pgC_tps")),
     }
     return {"summaries": summaries, "cold": cold_s, "tls_baseline": tls, "targets": targets,
             "other_ratios": extra}
@@ -176,6 +194,9 @@ def markdown(doc: dict[str, Any]) -> str:
     L.append("")
     L.append("## Idle connections held at once")
     L.append("")
+    L.append("Each repetition starts from fresh relays: both NIPC daemons (then 3 warm-up "
+             "connects), a new ssh client (so a new sshd session); socat forks per connection.")
+    L.append("")
     L.append("| contender | n | open s | RSS KB/conn | PSS KB/conn | RSS before / held / after "
              "close (KB) | probe RTT p50/p99/max ms while opening | hold connect p99 ms | "
              "healthy after |")
@@ -195,7 +216,8 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{probe} | {h.get('hold_connect_p99_us', 0) / 1e3:.1f} | "
                      f"{h.get('healthy_after')} |")
     L.append("")
-    L.append("## Issue 7 targets (ratios measured in this run)")
+    L.extend(pgbench_section(doc))
+    L.append("## Targets: issue 7's, and issue 12's new ones (ratios measured in this run)")
     L.append("")
     L.append("| target | measured | bound | met | basis |")
     L.append("|---|---|---|---|---|")
@@ -207,6 +229,7 @@ def markdown(doc: dict[str, Any]) -> str:
     L.append("Other ratios: " + ", ".join(
         f"{k} {v:.3g}" for k, v in doc["other_ratios"].items() if v is not None))
     L.append("")
+    L.extend(defaults_section(doc))
     errs = doc.get("errors") or []
     L.append("## Errors during the run")
     L.append("")
@@ -225,6 +248,73 @@ def markdown(doc: dict[str, Any]) -> str:
         L.append("")
     L.append("Plots: `throughput.png`, `latency.png`, `connect_cdf.png`, `rate_memory.png`.")
     return "\n".join(L) + "\n"
+
+
+#: pgbench's paths, by the contender whose relays they go through
+PG_LABELS = {"unix": "on b directly (the ceiling)", "ssh": "ssh -N -L aes128-gcm",
+             "ssh-tt": "open ssh -tt -L aes128-gcm", "nipc": "NIPC import"}
+
+
+def pgbench_section(doc: dict[str, Any]) -> list[str]:
+    S, p = doc["summaries"], doc["meta"]["params"]
+    rows = [n for n in PG_LABELS if S.get(n, {}).get("pgS_tps") or S.get(n, {}).get("pgC_tps")]
+    if not rows:
+        return []
+    L = ["## pgbench: a real client", "",
+         f"PostgreSQL 15 on b, Unix socket, `peer` authentication; `pgbench -n -S -c "
+         f"{p.get('pg_clients')} -j {p.get('pg_threads')} -T {p.get('pg_secs')}` as alice on "
+         "a (on b for the ceiling) against pgbench's scale-1 tables; min/median/max over "
+         f"{p.get('pg_reps')} rotated repetitions. `-S`: persistent connections; `-S -C`: a new "
+         "connection per transaction. The ssh forwards' sshd connects as root, which a pg_ident "
+         "map makes alice; NIPC's path is an `[[imports]]` socket on a's daemon, so b's daemon "
+         "connects as alice's own uid. Relay CPU as in the first table (A on a, B on b), per "
+         "transaction; with -C each transaction is one connection.", "",
+         "| path | -S TPS | -S latency ms | CPU ms/tx A | CPU ms/tx B | -S -C TPS | "
+         "-S -C latency ms | connection ms | CPU ms/conn A | CPU ms/conn B |",
+         "|---" * 10 + "|"]
+    for n in rows:
+        s = S[n]
+        L.append(" | ".join([
+            f"| {PG_LABELS[n]}", fmt(s.get("pgS_tps")), fmt(s.get("pgS_lat_ms"), 3),
+            fmt(s.get("pgS_cpu_ms_per_tx_A"), 3), fmt(s.get("pgS_cpu_ms_per_tx_B"), 3),
+            fmt(s.get("pgC_tps")), fmt(s.get("pgC_lat_ms"), 2), fmt(s.get("pgC_conn_ms"), 2),
+            fmt(s.get("pgC_cpu_ms_per_tx_A"), 2), fmt(s.get("pgC_cpu_ms_per_tx_B"), 2)]) + " |")
+    L.append("")
+    for w, what in (("pgS_tps", "-S TPS"), ("pgC_tps", "-S -C TPS")):
+        nipc = med(S, "nipc", w)
+        parts = [f"{ratio(nipc, med(S, o, w)):.2f}x {PG_LABELS[o]}" for o in ("ssh", "ssh-tt", "unix")
+                 if ratio(nipc, med(S, o, w)) is not None]
+        if parts:
+            L.append(f"- NIPC {what}: " + ", ".join(parts))
+    L.append("")
+    return L
+
+
+def defaults_section(doc: dict[str, Any]) -> list[str]:
+    d = doc.get("defaults")
+    if not d:
+        return []
+    lim = d.get("limits") or {}
+    L = ["## NIPC with the shipped admission limits", "",
+         f"All figures above are with the limits lifted. This short run ({d['secs']:.0f} s each) "
+         "restarts both daemons with etc/nipcd.toml's [limits] ("
+         + ", ".join(f"{k} {v}" for k, v in lim.items()) + ").", ""]
+    if "rate_per_s" in d:
+        L.append(f"- connection rate ({doc['meta']['params']['rate_procs']} clients, one uid): "
+                 f"{d['rate_per_s']:.0f}/s, {d['rate_errors']} refused or failed connects")
+    for w, what in (("pgC", "pgbench -S -C"), ("pgS", "pgbench -S")):
+        r = d.get(w)
+        if r:
+            L.append(f"- {what}: {r['tps']:.0f} TPS, {r['tx']:.0f} transactions, "
+                     f"{r['failed']:.0f} failed, {r['aborted']} clients aborted"
+                     + (f" (`{r['stderr'][-200:]}`)" if r.get("stderr") else ""))
+    for host, refused in (d.get("refused") or {}).items():
+        L.append(f"- daemon {host} refused: " + (", ".join(f"{k} x{v}" for k, v in refused.items())
+                                                 or "none"))
+    if d.get("error"):
+        L.append(f"- error: {d['error'][:400]}")
+    L.append("")
+    return L
 
 
 def plots(doc: dict[str, Any], samples: dict[str, list[float]], out: Path) -> None:

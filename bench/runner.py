@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -39,6 +40,8 @@ SERVER_PORT = 5201
 SSHD_PORT = 2222
 SOCAT_PORT = 4433
 TLS_PORT = 4443
+PG = Path("/usr/lib/postgresql/15/bin")  # installed by scripts/bootstrap (imports test)
+PG_SOCKET = ".s.PGSQL.5432"
 CLK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 
@@ -46,12 +49,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": dict(
         reps=5, tput_bytes=GIB, tput2_bytes=GIB, lat_n=10000, conn_n=1000, rate_secs=30.0,
         rate_procs=4, cold_n=10, fresh_ssh_n=20, tls_secs=10.0, hold_n=5000,
-        socat_hold_n=500, hold_reps=3, hold_batch=50,
+        socat_hold_n=500, hold_reps=3, hold_batch=50, pg_secs=20, pg_reps=3, pg_clients=4,
+        pg_threads=2, defaults_secs=10.0,
     ),
     "quick": dict(
         reps=3, tput_bytes=256 << 20, tput2_bytes=128 << 20, lat_n=2000, conn_n=200,
         rate_secs=3.0, rate_procs=4, cold_n=5, fresh_ssh_n=10, tls_secs=3.0, hold_n=5000,
-        socat_hold_n=200, hold_reps=1, hold_batch=50,
+        socat_hold_n=200, hold_reps=1, hold_batch=50, pg_secs=5, pg_reps=3, pg_clients=4,
+        pg_threads=2, defaults_secs=5.0,
     ),
 }
 
@@ -140,6 +145,10 @@ class Contender:
     relays: Callable[[], tuple[list[int], list[int]]] = lambda: ([], [])
     hold_n: int = 0  # 0: no hold measurement (no relays, or same relays as another row)
     probe: bool = True
+    #: pgbench's socket directory (-h) on ``client``; None: no pgbench through this row
+    pg: Path | None = None
+    #: start the relays afresh (before each hold repetition); None: nothing long-lived
+    fresh: Callable[[], None] | None = None
 
     def argv(self, *args: Any) -> list[str]:
         return self.client.exec_argv([str(BENCH), self.addr, *map(str, args)], self.user)
@@ -154,7 +163,7 @@ class Bench:
         self.args = args
         self.p = dict(PROFILES["quick" if args.quick else "full"])
         if args.reps:
-            self.p["reps"] = args.reps
+            self.p["reps"] = self.p["pg_reps"] = args.reps
         if args.hold_reps is not None:
             self.p["hold_reps"] = args.hold_reps
         stamp = datetime.datetime.now().strftime("%Y-%m-%d")
@@ -278,6 +287,8 @@ class Bench:
             "ssh", "-F", "/dev/null", "-i", str(ssh / "client_ed25519"),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "StreamLocalBindUnlink=yes",
+            # pgbench runs as alice: the forwarded sockets must accept her (default 0177)
+            "-o", "StreamLocalBindMask=0111",
             "-o", "ExitOnForwardFailure=yes", "-c", "aes128-gcm@openssh.com",
             "-p", str(SSHD_PORT),
         ]
@@ -287,15 +298,10 @@ class Bench:
                 raise BenchError("sshd on b not answering: "
                                  + (self.rundir / "sshd.log").read_text()[-2000:])
             time.sleep(0.2)
-        fwd = f"{self.rundir / 'ssh.sock'}:{srv}"
-        p = self.spawn("ssh", a.exec_argv([*self.ssh_base, "-N", "-L", fwd, f"root@{b.address}"]))
-        self.wait_socket(self.rundir / "ssh.sock", p, "ssh")
-        fwd = f"{self.rundir / 'sshtt.sock'}:{srv}"
-        p = self.spawn("ssh-tt", a.exec_argv([*self.ssh_base, "-tt", "-L", fwd,
-                                              f"root@{b.address}", "sleep", "1000000"]),
-                       stdin=subprocess.PIPE)
-        self.wait_socket(self.rundir / "sshtt.sock", p, "ssh-tt")
-        log("sshd on b; ssh -N -L and ssh -tt -L forwards on a")
+        self.start_postgres()
+        for name in ("ssh", "ssh-tt"):
+            self.start_forward(name)
+        log("sshd on b; ssh -N -L and ssh -tt -L forwards on a (bench server and PostgreSQL)")
 
         # socat OPENSSL pair
         tls = BUILD / "tls"
@@ -311,7 +317,7 @@ class Bench:
         log("socat OPENSSL pair")
 
         # NIPC daemons (first connect after start: the cold figure, measured later)
-        self.lift_nipc_limits()
+        self.configure_nipc()
         a.start_daemon()
         b.start_daemon()
         log("NIPC daemons on a and b")
@@ -324,21 +330,109 @@ class Bench:
         sshd_pid = lambda: [named["sshd"].pid]  # noqa: E731
         h = self.p
         cs = [
-            Contender("unix", "Unix socket (ceiling, client on b)", f"unix:{srv}", b),
+            Contender("unix", "Unix socket (ceiling, client on b)", f"unix:{srv}", b,
+                      pg=self.pg_sockets),
             Contender("tcp", "raw TCP a->b", f"tcp:{b.address}:{SERVER_PORT}", a),
             Contender("ssh", "ssh -N -L aes128-gcm", f"unix:{self.rundir / 'ssh.sock'}", a,
-                      relays=lambda: (tree_of("ssh"), sshd_pid()), hold_n=h["hold_n"]),
+                      relays=lambda: (tree_of("ssh"), sshd_pid()), hold_n=h["hold_n"],
+                      pg=self.pg_dir("ssh"), fresh=lambda: self.start_forward("ssh")),
             Contender("ssh-tt", "ssh -tt -L aes128-gcm (TCP_NODELAY)",
                       f"unix:{self.rundir / 'sshtt.sock'}", a,
-                      relays=lambda: (tree_of("ssh-tt"), sshd_pid())),
+                      relays=lambda: (tree_of("ssh-tt"), sshd_pid()), pg=self.pg_dir("ssh-tt")),
             Contender("socat", "socat OPENSSL pair", f"unix:{self.rundir / 'socat.sock'}", a,
                       relays=lambda: (tree_of("socat-a"), tree_of("socat-b")),
                       hold_n=h["socat_hold_n"]),
             Contender("nipc", "NIPC", f"nipc:{a.socket_path}:{srv}@{b.fqdn}", a,
-                      user=self.alice, relays=self.nipc_relays, hold_n=h["hold_n"]),
+                      user=self.alice, relays=self.nipc_relays, hold_n=h["hold_n"],
+                      pg=self.pg_dir("nipc"), fresh=self.restart_daemons),
         ]
         only = set(self.args.only.split(",")) if self.args.only else None
         self.contenders = {c.name: c for c in cs if only is None or c.name in only}
+
+    def pg_dir(self, name: str) -> Path:
+        """The directory on a holding contender ``name``'s PostgreSQL socket (pgbench -h)."""
+        return self.rundir / f"pg-{name}"
+
+    def start_postgres(self) -> None:
+        """PostgreSQL on b, on a Unix socket only, with ``peer`` authentication: b's uid names
+        the role. The ssh forwards' sshd connects as root, so pg_ident maps root to alice
+        (every other account to its own name); pgbench's tables belong to alice."""
+        b = self.b
+        data, self.pg_sockets = self.rundir / "pgdata", self.rundir / "pg"
+        self.pg_socket = self.pg_sockets / PG_SOCKET
+        for d in (data, self.pg_sockets):
+            d.mkdir()
+            b.run(["chown", "postgres:postgres", str(d)])
+
+        def run(argv: list[Any], user: str = "postgres") -> None:
+            proc = b.run(["runuser", "-u", user, "--", *map(str, argv)], check=False,
+                         timeout=300)
+            if proc.returncode:
+                raise BenchError(f"PostgreSQL set-up: {argv[0]} exited {proc.returncode}: "
+                                 + (proc.stdout + proc.stderr)[-1500:])
+
+        run([PG / "initdb", "-D", data, "--auth-local=peer", "--auth-host=reject",
+             "-U", "postgres"])
+        (data / "pg_hba.conf").write_text("local all all peer map=bench\n")
+        (data / "pg_ident.conf").write_text("bench root alice\nbench /^(.*)$ \\1\n")
+        options = (f"-c listen_addresses='' -c unix_socket_directories='{self.pg_sockets}' "
+                   "-c max_connections=100")
+        run([PG / "pg_ctl", "-D", data, "-o", options, "-w", "-l", data / "postgres.log",
+             "start"])
+        self.pg_data = data
+        run([PG / "psql", "-h", self.pg_sockets, "-d", "postgres", "-c",
+             "CREATE ROLE alice LOGIN", "-c", "CREATE DATABASE bench OWNER alice"])
+        run([PG / "pgbench", "-i", "-q", "-h", self.pg_sockets, "-U", "alice", "bench"],
+            user="alice")
+        for name in ("ssh", "ssh-tt", "nipc"):
+            self.pg_dir(name).mkdir(mode=0o755)
+        log("PostgreSQL 15 on b (peer authentication), pgbench tables (scale 1) as alice")
+
+    def stop_postgres(self) -> None:
+        if getattr(self, "pg_data", None) is not None:
+            self.b.run(["runuser", "-u", "postgres", "--", str(PG / "pg_ctl"), "-D",
+                        str(self.pg_data), "-m", "immediate", "stop"], check=False)
+
+    def start_forward(self, name: str) -> None:
+        """(Re)start contender ``name``'s ssh client on a ("ssh": -N, "ssh-tt": an open -tt
+        session, which sets TCP_NODELAY): a forward to the bench server and one to
+        PostgreSQL, both as root on b."""
+        old = self.named.get(name)
+        if old is not None and old.poll() is None:
+            _terminate([old.pid])
+        sock = self.rundir / {"ssh": "ssh.sock", "ssh-tt": "sshtt.sock"}[name]
+        fwd = ["-L", f"{sock}:{self.server_sock}",
+               "-L", f"{self.pg_dir(name) / PG_SOCKET}:{self.pg_socket}"]
+        if name == "ssh":
+            argv, stdin = [*self.ssh_base, "-N", *fwd, f"root@{self.b.address}"], subprocess.DEVNULL
+        else:
+            argv = [*self.ssh_base, "-tt", *fwd, f"root@{self.b.address}", "sleep", "1000000"]
+            stdin = subprocess.PIPE
+        p = self.spawn(name, self.a.exec_argv(argv), stdin=stdin)
+        self.wait_socket(sock, p, name)
+        self.wait_socket(self.pg_dir(name) / PG_SOCKET, p, name)
+
+    def configure_nipc(self) -> None:
+        """An import of b's PostgreSQL socket on a's daemon (pgbench's NIPC path), the lifted
+        limits on both; the configs without the limits are kept for the defaults run."""
+        a, b = self.a, self.b
+        a.config_path.write_text(a.config_path.read_text() + f"""
+[[imports]]
+socket = "{self.pg_dir('nipc') / PG_SOCKET}"
+target = "{self.pg_socket}@{b.fqdn}"
+mode = "0666"
+""")
+        self.shipped_configs = {h.name: h.config_path.read_text() for h in (a, b)}
+        self.lift_nipc_limits()
+
+    def restart_daemons(self) -> None:
+        """Both NIPC daemons afresh (b first: a's import connects to it), then a warm-up
+        connect so that what follows starts from filled caches, not a cold connect."""
+        for h in (self.a, self.b):
+            h.stop_daemon()
+        self.b.start_daemon()
+        self.a.start_daemon()
+        self.client(self.contenders["nipc"], "conn", 3)
 
     #: Admission limits high enough not to cap the measurement (5,000 held by one uid,
     #: thousands of handshakes per second): the benchmark measures the daemon, not its
@@ -378,6 +472,7 @@ class Bench:
             log(f"--keep: sandbox left up (root {self.sb.root}); remove with: "
                 f".venv/bin/python -m nipc_testbed.sandbox down --prefix {self.args.prefix}")
             return
+        self.stop_postgres()
         alive = [p.pid for p in self.procs if p.poll() is None]
         if alive:
             _terminate(alive)
@@ -463,6 +558,69 @@ class Bench:
             self.record(c.name, "rate_cpu_ms_per_connect_AB", (ca + cb) / ok * 1e3)
 
     METRICS = ("tput", "tput2", "lat", "conn", "rate")
+
+    def pgbench(self, c: Contender, connect: bool, run: list[str]) -> dict[str, Any]:
+        """``pgbench -S`` (select only) as alice on ``c``'s client host through ``c``'s path,
+        ``-c 4 -j 2``; ``connect``: -C, a new connection per transaction. ``run`` is -T SECS
+        or -t N. Returns its figures and the relays' CPU over the run."""
+        p = self.p
+        argv = [str(PG / "pgbench"), "-n", "-S", *(["-C"] if connect else []),
+                "-c", str(p["pg_clients"]), "-j", str(p["pg_threads"]), *run,
+                "-h", str(c.pg), "-U", "alice", "bench"]
+        ra, rb = c.relays()
+        ca0, cb0 = cpu_seconds(ra), cpu_seconds(rb)
+        proc = subprocess.run(c.client.exec_argv(argv, c.client.user("alice")),
+                              capture_output=True, text=True, timeout=p["pg_secs"] + 120)
+        ca, cb = cpu_seconds(ra) - ca0, cpu_seconds(rb) - cb0
+        out = proc.stdout
+
+        def num(pattern: str) -> float | None:
+            m = re.search(pattern, out, re.M)
+            return float(m.group(1)) if m else None
+
+        res = {"tps": num(r"^tps = ([\d.]+)"), "lat_ms": num(r"^latency average = ([\d.]+) ms"),
+               "tx": num(r"^number of transactions actually processed: (\d+)"),
+               "failed": num(r"^number of failed transactions: (\d+)") or 0,
+               "conn_ms": num(r"^average connection time = ([\d.]+) ms"),
+               "aborted": sum("aborted" in ln for ln in proc.stderr.splitlines()),
+               "rc": proc.returncode, "cpu_s_A": ca, "cpu_s_B": cb}
+        if res["tps"] is None or not res["tx"]:
+            raise BenchError(f"{c.name}: pgbench exited {proc.returncode}: "
+                             + (out + proc.stderr).strip()[-1500:])
+        if proc.returncode or res["aborted"]:
+            res["stderr"] = proc.stderr.strip()[-600:]
+        return res
+
+    def m_pgbench(self, c: Contender, connect: bool) -> None:
+        w = "pgC" if connect else "pgS"
+        res = self.pgbench(c, connect, ["-T", str(self.p["pg_secs"])])
+        if res["rc"] or res["aborted"]:
+            self.results["errors"].append(f"{c.name} pgbench {w}: {res['stderr']}")
+        self.record(c.name, f"{w}_tps", res["tps"])
+        self.record(c.name, f"{w}_lat_ms", res["lat_ms"])
+        if connect:
+            self.record(c.name, f"{w}_conn_ms", res["conn_ms"])
+        if c.relays() != ([], []):  # -C: one connection per transaction
+            for side in "AB":
+                self.record(c.name, f"{w}_cpu_ms_per_tx_{side}",
+                            res[f"cpu_s_{side}"] / res["tx"] * 1e3)
+
+    def run_pgbench(self) -> None:
+        """pgbench through every path with one (b directly, ssh -L, open ssh -tt -L, NIPC's
+        import), persistent connections then -C, each repetition in a rotated order."""
+        names = [n for n, c in self.contenders.items() if c.pg is not None]
+        for n in names:  # warm-up: caches filled, backends' catalogs read
+            c = self.contenders[n]
+            self.attempt(c, "pgbench warm-up", lambda c=c: self.pgbench(c, True, ["-t", "20"]))
+        for rep in range(self.p["pg_reps"]):
+            order = names[rep % len(names):] + names[:rep % len(names)]
+            log(f"pgbench rep {rep + 1}/{self.p['pg_reps']} order {' '.join(order)} "
+                f"(load {loadavg()})")
+            for connect in (False, True):
+                for name in order:
+                    c = self.contenders[name]
+                    self.attempt(c, "pgbench -S" + " -C" * connect,
+                                 lambda c=c, k=connect: self.m_pgbench(c, k))
 
     def run_reps(self) -> None:
         names = list(self.contenders)
@@ -623,15 +781,69 @@ class Bench:
         return res
 
     def run_holds(self) -> None:
+        """Each repetition starts from fresh relays (daemons, ssh client): otherwise later ones
+        start from memory that earlier measurements (or repetitions) already grew."""
         for rep in range(self.p["hold_reps"]):
             for c in self.contenders.values():
                 if c.hold_n:
                     try:
+                        if c.fresh is not None:
+                            c.fresh()
                         res = self.run_hold(c, c.hold_n)
                     except (BenchError, subprocess.TimeoutExpired) as e:
                         res = {"error": str(e)}
                         self.results["errors"].append(f"{c.name} hold: {e}")
                     self.results["hold"].setdefault(c.name, []).append(res)
+
+    def run_defaults(self) -> None:
+        """NIPC with the shipped [limits] instead of lifted ones, briefly: the connection rate
+        and pgbench -S -C / -S, with what the daemons refused. Do the defaults fit a busy
+        host? (Last: it leaves the daemons on the shipped limits.)"""
+        if "nipc" not in self.contenders:
+            return
+        c = self.contenders["nipc"]
+        secs = self.p["defaults_secs"]
+        for h in (self.a, self.b):
+            h.stop_daemon()
+            h.config_path.write_text(self.shipped_configs[h.name])
+        marks = {h.name: h.log_path.stat().st_size if h.log_path.exists() else 0
+                 for h in (self.a, self.b)}
+        res: dict[str, Any] = {"limits": self.results.get("nipc_limits_shipped"), "secs": secs}
+        try:
+            self.restart_daemons()
+            f, wall, ca, cb = self.client(c, "rate", secs, self.p["rate_procs"],
+                                          timeout=secs + 120)
+            res["rate_per_s"], res["rate_errors"] = float(f[4]), int(f[2])
+            for connect in (True, False):
+                r = self.pgbench(c, connect, ["-T", str(int(secs))])
+                res["pgC" if connect else "pgS"] = {k: r.get(k) for k in (
+                    "tps", "lat_ms", "tx", "failed", "aborted", "rc", "stderr")}
+        except (BenchError, subprocess.TimeoutExpired) as e:
+            res["error"] = str(e)[-1000:]
+            self.results["errors"].append(f"defaults run: {e}")
+        res["refused"] = {h.name: self.refusals(h, marks[h.name]) for h in (self.a, self.b)}
+        self.results["defaults"] = res
+        log(f"shipped limits: rate {res.get('rate_per_s', 0):.0f}/s "
+            f"({res.get('rate_errors')} failed), refused {res['refused']}")
+
+    @staticmethod
+    def refusals(h: Host, offset: int) -> dict[str, int]:
+        """Audit records after byte ``offset`` of ``h``'s log that are not "routed", by
+        errno and reason."""
+        out: dict[str, int] = {}
+        with open(h.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        for line in text.split("\n"):
+            try:
+                ev = json.loads(line.strip("\x1e \r"))
+            except ValueError:
+                continue
+            a = ev.get("nipc_audit") if isinstance(ev, dict) else None
+            if isinstance(a, dict) and a.get("result") != "routed":
+                key = f"{a.get('errno')}: {str(a.get('reason'))[:100]}"
+                out[key] = out.get(key, 0) + 1
+        return out
 
     # -- the whole run --
 
@@ -656,7 +868,9 @@ class Bench:
             self.run_cold()
             self.run_tls_baseline()
             self.run_reps()
+            self.run_pgbench()
             self.run_holds()
+            self.run_defaults()
             self.results["nipc_log_findings"] = self.nipc_log_findings()
         finally:
             self.down()
@@ -743,7 +957,8 @@ def versions() -> dict[str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer reps (~5 min)")
-    ap.add_argument("--reps", type=int, help="repetitions (default 5 full, 3 quick)")
+    ap.add_argument("--reps", type=int,
+                    help="repetitions (default 5 full, 3 quick; pgbench 3 both)")
     ap.add_argument("--hold-reps", type=int,
                     help="repetitions of the 5,000-connection hold (default 3 full, 1 quick)")
     ap.add_argument("--only", help="comma-separated contenders: unix,tcp,ssh,ssh-tt,socat,nipc")
