@@ -246,7 +246,8 @@ def markdown(doc: dict[str, Any]) -> str:
                                                          for k, c in f['top'][:8])
                          if f['top'] else ""))
         L.append("")
-    L.append("Plots: `throughput.png`, `latency.png`, `connect_cdf.png`, `rate_memory.png`.")
+    L.append("Plots: `throughput.png`, `latency.png`, `connect_cdf.png`, `rate_memory.png`"
+             + (", `pgbench.png`." if any("pgS_tps" in s for s in S.values()) else "."))
     return "\n".join(L) + "\n"
 
 
@@ -401,4 +402,20 @@ def plots(doc: dict[str, Any], samples: dict[str, list[float]], out: Path) -> No
     a2.set_title("Memory per idle routed connection")
     fig.tight_layout()
     fig.savefig(out / "rate_memory.png", dpi=110)
+    plt.close(fig)
+
+    if not any(S.get(n, {}).get("pgS_tps") for n in PG_LABELS):
+        return
+    names[:] = [n for n in PG_LABELS if n in S]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    bars(a1, [("pgS_tps", "pgbench -S")])
+    a1.set_title("pgbench -S, persistent connections (TPS)")
+    bars(a2, [("pgC_tps", "pgbench -S -C")])
+    a2.set_title("pgbench -S -C, a connection per transaction (TPS)")
+    for ax in (a1, a2):
+        ax.set_xticklabels([PG_LABELS[n].replace(" aes128-gcm", "").replace(" (", "\n(")
+                            for n in names], fontsize=8)
+        ax.set_ylabel("TPS (median, bars: min-max)")
+    fig.tight_layout()
+    fig.savefig(out / "pgbench.png", dpi=110)
     plt.close(fig)
