@@ -48,6 +48,7 @@ from typing import Callable
 
 from nipc.errors import NipcError, from_oserror
 from nipc.identity import LocalIdentity
+from nipc.registry import abstract_name
 from nipc.request import check_path
 
 #: ``f_type`` of procfs (``linux/magic.h``).
@@ -206,8 +207,9 @@ def connect_unix(path: str, conn_id: str, timeout: float, who: LocalIdentity,
     """Connect to a pathname socket with this thread's credentials (``who``'s), resolved as
     above, if ``policy`` permits where it leads.
 
-    The client end is bound to the abstract name ``nipc/<conn_id>``, so a server that
-    looks at its peer's address can tell which routed connection this is.
+    The client end is bound to the abstract name ``nipc/<conn_id>``
+    (:func:`nipc.registry.abstract_name`), so a server that looks at its peer's address can
+    tell which routed connection this is.
     """
     what = f"connect to {path} as {who.describe()}"
     try:
@@ -225,7 +227,7 @@ def connect_unix(path: str, conn_id: str, timeout: float, who: LocalIdentity,
         os.close(fd)
         raise
     try:
-        sock.bind(b"\0nipc/" + conn_id.encode("ascii"))
+        sock.bind(abstract_name(conn_id))
         sock.settimeout(timeout)
         sock.connect(f"/proc/self/fd/{fd}")
         sock.setblocking(False)

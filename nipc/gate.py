@@ -27,9 +27,8 @@ from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
 from nipc.interfaces import ICallerAdmission, IDaemonReactor, ILiveConnections, IRegistry, IRouter
-from nipc.registry import Routed, check_may_chain, held_by, one_caller
+from nipc.registry import Routed, check_may_chain, held_by, new_connection_id, one_caller
 from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
-from nipc.router import new_connection_id
 from nipc.splice import UNIX_BUFFER, End, Splice, UnixEnd
 
 log = Logger()

@@ -2,19 +2,20 @@
 
 Order matters and is the whole trust model: the ticket is accepted with this host's
 keytab and bound to this TLS session; only the principal inside it counts (never the
-sending daemon's word); it is projected to a local account; a fresh thread becomes that
-account and connects, so the kernel's own permission check decides.
+sending daemon's word); it is projected to a local account (both on a fresh thread); then
+the destination connector's endpoint connects on a thread that has become that account,
+so the kernel's own permission check decides.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.threads import blockingCallFromThread
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import connectProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -27,16 +28,15 @@ from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 from nipc.interfaces import (
-    IAcceptor, IDaemonReactor, IInboundAdmission, IInboundHandler, ILiveConnections, IProjection,
-    IRegistry,
+    IAcceptor, IDaemonReactor, IDestinationConnector, IInboundAdmission, IInboundHandler,
+    ILiveConnections, IProjection, IRegistry,
 )
-from nipc.destination import PathPolicy, connect_unix, expand
-from nipc.impersonate import on_fresh_thread, switch_to
+from nipc.destination import expand
+from nipc.impersonate import on_fresh_thread
 from nipc.kerberos import Accepted
 from nipc.pac import PacError, decode_delegation_info, decode_logon_info
-from nipc.registry import Routed
-from nipc.router import adopt_unix, new_connection_id
-from nipc.splice import Splice
+from nipc.registry import Routed, new_connection_id
+from nipc.splice import Splice, UnixEnd
 
 log = Logger()
 
@@ -54,13 +54,12 @@ def _pac_buffer(decode: Callable[[bytes], _Decoded], raw: bytes, principal: str)
 
 @dataclass
 class _Admission:
-    """How far one inbound handshake got: each step's result, or the refusal."""
+    """How far one inbound validation got: each step's result, or the refusal."""
 
     accepted: Accepted | None = None
     who: LocalIdentity | None = None
-    sock: socket.socket | None = None
-    #: The path after per-user expansion (SPEC section 2).
-    path: str | None = None
+    #: What the PAC says, for ``PEER``.
+    pac: dict[str, Any] | None = None
     error: NipcError | None = None
 
 
@@ -70,11 +69,12 @@ class Inbound:
 
     def __init__(self, reactor: IDaemonReactor, config: Config, acceptor: IAcceptor,
                  projection: IProjection, registry: IRegistry, live: ILiveConnections,
-                 limits: IInboundAdmission) -> None:
+                 limits: IInboundAdmission, connector: IDestinationConnector) -> None:
         self._reactor = reactor
         self._config = config
         self._acceptor = acceptor
         self._projection = projection
+        self._connector = connector
         self._registry = registry
         self._live = live
         self._limits = limits
@@ -118,11 +118,10 @@ class Inbound:
             "hops": list(hello.hops), "peer": channel.peer,
             "direction": "incoming",
         }
-        timeout = self._config.connect_timeout
-        policy = PathPolicy(self._config.destination_allow, self._config.destination_deny,
-                            self._config.host_name)
         source = source_of(channel.link.transport.getPeer())  # type: ignore[union-attr]
         counted = False
+        #: The accepted ticket, once it is: its AP-REP goes back with any answer.
+        accepted: Accepted | None = None
 
         def uncount() -> None:
             nonlocal counted
@@ -130,50 +129,45 @@ class Inbound:
                 counted = False
                 self._limits.inbound_left(source)
 
-        def admit() -> _Admission:
-            """On one fresh thread: validate, project, become the caller, connect. The
-            thread ends afterwards, taking the identity with it."""
+        def validate() -> _Admission:
+            """On a fresh thread (the keytab, the replay cache and NSS block): the ticket
+            accepted, its principal projected to a local account."""
             admission = _Admission()
             try:
                 admission.accepted = acc = self._acceptor.accept(hello.token, binding)
-                who, pac = self._project(acc)
-                admission.who = who
-                # Known before the destination can accept: a server that at once asks
-                # PEER, or chains by attaching the connection, must find it registered.
-                blockingCallFromThread(self._reactor, self._registry.add, Routed(
-                    conn_id, who, acc.principal, hello.hops, hello.hops[0], pac=pac,
-                    delegation=acc.delegation))
-                switch_to(who)
-                admission.path = path = expand(hello.path, who)
-                admission.sock = connect_unix(path, conn_id, timeout, who, policy)
+                admission.who, admission.pac = self._project(acc)
             except NipcError as e:
                 admission.error = e
             return admission
 
-        def admitted(admission: _Admission) -> None:
-            acc, who = admission.accepted, admission.who
-            if acc is not None:
-                facts["principal"] = acc.principal
+        def validated(admission: _Admission) -> "Deferred[UnixEnd]":
+            """The caller is known: register the connection, then connect as the caller."""
+            nonlocal accepted
+            accepted, who = admission.accepted, admission.who
+            if accepted is not None:
+                facts["principal"] = accepted.principal
                 channel.authenticated()  # its link is no longer an unauthenticated one
             if who is not None:
                 facts.update(user=who.user, uid=who.uid)
-            if admission.path is not None and admission.path != hello.path:
-                facts["expanded"] = admission.path
             if admission.error is not None:
-                refused(admission.error, acc)
-                return
-            assert acc is not None and admission.sock is not None
-            connected(admission.sock, acc)
+                raise admission.error
+            assert accepted is not None and who is not None
+            # Known before the destination can accept: a server that at once asks PEER, or
+            # chains by attaching the connection, must find it registered.
+            self._registry.add(Routed(conn_id, who, accepted.principal, hello.hops, hello.hops[0],
+                                      pac=admission.pac, delegation=accepted.delegation))
+            path = expand(hello.path, who)
+            if path != hello.path:
+                facts["expanded"] = path
+            end = UnixEnd()
+            d: Deferred[object] = connectProtocol(self._connector.endpoint(who, path, conn_id), end)
+            return d.addCallback(lambda _: end)
 
-        def connected(sock: Any, acc: Accepted) -> None:
-            try:
-                end = adopt_unix(self._reactor, sock)
-            except NipcError as e:
-                refused(e, acc)
-                return
+        def connected(end: UnixEnd) -> None:
+            assert accepted is not None
             if channel.closed:
                 end.close()
-                refused(NipcError("ECONNRESET", "peer closed the channel before the connection was made"), acc)
+                refused(NipcError("ECONNRESET", "peer closed the channel before the connection was made"), accepted)
                 return
 
             def ended(splice: Splice) -> None:
@@ -184,7 +178,7 @@ class Inbound:
 
             facts["handshake"] = round(time.monotonic() - started, 6)
             self._live.add(facts, Splice(channel, end, ended), channel, end)
-            token = acc.token
+            token = accepted.token
             channel.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 
         def refused(error: NipcError, acc: Accepted | None = None) -> None:
@@ -192,6 +186,12 @@ class Inbound:
             self._registry.remove(conn_id)  # if it got as far as being registered
             channel.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
             audit(log, "refused", dict(facts, errno=error.errno_name, reason=error.message), started)
+
+        def refusal(failure: Failure) -> Failure | None:
+            if not isinstance(failure.value, NipcError):
+                return failure
+            refused(failure.value, accepted)
+            return None
 
         def failed(failure: Failure) -> None:
             log.failure("inbound connection {conn_id} failed", failure, conn_id=conn_id)
@@ -204,4 +204,5 @@ class Inbound:
             refused(e)
             return
         counted = True
-        on_fresh_thread(self._reactor, admit).addCallback(admitted).addErrback(failed)
+        d = on_fresh_thread(self._reactor, validate).addCallback(validated)
+        d.addCallbacks(connected, refusal).addErrback(failed)

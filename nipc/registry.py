@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import secrets
 import socket
 import struct
 import time
@@ -64,6 +65,18 @@ class Routed:
         if self.pac is not None:
             info.update(self.pac)
         return info
+
+
+def new_connection_id() -> str:
+    """A fresh id for one routed connection, made by the side where it starts (the gate for
+    a local caller, inbound for a peer's): its audit lines, ``PEER`` answer and abstract name."""
+    return secrets.token_hex(8)
+
+
+def abstract_name(conn_id: str) -> bytes:
+    """The abstract socket name the daemon's end of ``conn_id``'s local connect is bound to
+    (:func:`connection_id_of` reads it back)."""
+    return ABSTRACT_PREFIX + conn_id.encode("ascii")
 
 
 def connection_id_of(sock: socket.socket) -> str | None:

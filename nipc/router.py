@@ -8,10 +8,10 @@ and mutual authentication of the peer before its answer is believed.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout, fail
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,11 +19,10 @@ from zope.interface import implementer
 
 from nipc import wire
 from nipc.config import Config
-from nipc.errors import NipcError, from_oserror
+from nipc.errors import NipcError
 from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
-from nipc.destination import connect_unix, expand
-from nipc.impersonate import run_as
-from nipc.interfaces import IDaemonReactor, ILinks, IRegistry, IRouter, ITicketSource
+from nipc.destination import expand
+from nipc.interfaces import IDaemonReactor, IDestinationConnector, ILinks, IRegistry, IRouter, ITicketSource
 from nipc.kerberos import Delegated, Initiation
 from nipc.links import Reused, link_failure
 from nipc.memo import Memo
@@ -31,34 +30,19 @@ from nipc.channel import Channel
 from nipc.link import ClientLink
 from nipc.registry import Routed
 from nipc.request import ConnectRequest
-from nipc.splice import Adopted, End, UnixEnd
+from nipc.splice import End, UnixEnd
 
 log = Logger()
-
-
-def new_connection_id() -> str:
-    return secrets.token_hex(8)
-
-
-def adopt_unix(reactor: Any, sock: Any) -> UnixEnd:
-    """Hand a connected socket to the reactor as a splice end."""
-    end = UnixEnd()
-    try:
-        reactor.adoptStreamConnection(sock.fileno(), sock.family, Adopted(end))
-    except OSError as e:  # EMFILE, ENFILE: the reactor takes a duplicate of the socket
-        raise from_oserror(e, "taking on the connected socket") from None
-    finally:
-        sock.close()
-    return end
 
 
 @implementer(IRouter)
 class Router:
     def __init__(self, reactor: IDaemonReactor, config: Config, tickets: ITicketSource,
-                 registry: IRegistry, links: ILinks) -> None:
+                 registry: IRegistry, links: ILinks, connector: IDestinationConnector) -> None:
         self._reactor = reactor
         self._config = config
         self._tickets = tickets
+        self._connector = connector
         self._registry = registry
         self.links = links
         self._names: Memo[int, str] = Memo()
@@ -100,9 +84,8 @@ class Router:
 
     def connect_as(self, who: LocalIdentity, path: str, conn_id: str,
                    facts: dict[str, Any] | None = None) -> "Deferred[End]":
-        """Connect to a local socket on a thread that has become ``who``; ``%{uid}`` and
+        """Connect to a local socket as ``who`` (the connector's endpoint); ``%{uid}`` and
         ``%{user}`` in ``path`` are ``who``'s (SPEC section 2), noted in ``facts``."""
-        timeout = self._config.connect_timeout
         try:
             expanded = expand(path, who)
         except NipcError as e:
@@ -110,11 +93,13 @@ class Router:
         if facts is not None and expanded != path:
             facts["expanded"] = expanded
 
-        def connected(sock: Any) -> End:
-            self._registry.add(Routed(conn_id, who, None, (), self._config.host_name))
-            return adopt_unix(self._reactor, sock)
+        end = UnixEnd()
 
-        d = run_as(self._reactor, who, lambda: connect_unix(expanded, conn_id, timeout, who))
+        def connected(_: object) -> End:
+            self._registry.add(Routed(conn_id, who, None, (), self._config.host_name))
+            return end
+
+        d: Deferred[object] = connectProtocol(self._connector.endpoint(who, expanded, conn_id), end)
         return d.addCallback(connected)
 
 

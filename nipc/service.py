@@ -24,6 +24,7 @@ from nipc.admission import Admission, ServerLinkFactory, source_of
 from nipc.client import check_gate
 from nipc.compat import AdoptedUNIXPort, GatePort, UnbufferedTLSFactory, systemd_listen_fds
 from nipc.config import Config, ConfigError, Import
+from nipc.connector import ImpersonatedConnector
 from nipc.errors import NipcError
 from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
@@ -169,13 +170,15 @@ class NipcService(Service):
         live, limits = self.live, self.limits
         self._tickets = tickets = ticket_source(reactor, config)
         acceptor = Acceptor(config)
-        self._router = router = Router(reactor, config, tickets, registry, Links(reactor, config))
+        self._router = router = Router(reactor, config, tickets, registry, Links(reactor, config),
+                                       ImpersonatedConnector(reactor, config, remote=False))
         fd_limit, needed = raise_fd_limit(), fds_needed(config)
         if fd_limit < needed:
             log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
                      "overload will be refused at the descriptor limit first (raise LimitNOFILE= "
                      "in nipcd.service)", limit=fd_limit, needed=needed)
-        inbound = Inbound(reactor, config, acceptor, Projection(config), registry, live, limits)
+        inbound = Inbound(reactor, config, acceptor, Projection(config), registry, live, limits,
+                          ImpersonatedConnector(reactor, config, remote=True))
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config, router, registry, limits, live)

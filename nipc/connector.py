@@ -1,0 +1,104 @@
+"""The destination connector: the final connect, made as the caller, as a Twisted endpoint.
+
+``ImpersonatedConnector.endpoint(who, path, conn_id)`` is an ``IStreamClientEndpoint``
+like ``unix:path=...``, except that its ``connect`` runs the walk and connect of
+:mod:`nipc.destination` on a fresh thread that has become ``who`` (:mod:`nipc.impersonate`),
+so the kernel's own permission checks decide; the connected socket is then handed to the
+reactor. The local route (:mod:`nipc.router`) and the receiving side (:mod:`nipc.inbound`)
+both reach it through ``connectProtocol``, so a routed connection reads as the design
+card's Deferred chain: ticket, validation, impersonated connect, splice.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress, IProtocol, IProtocolFactory, IReactorFromThreads, IReactorSocket,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ServerFactory
+from zope.interface import implementer
+
+from nipc.config import Config
+from nipc.destination import PathPolicy, connect_unix
+from nipc.errors import NipcError, from_oserror
+from nipc.identity import LocalIdentity
+from nipc.impersonate import run_as
+from nipc.interfaces import IDestinationConnector
+
+
+class IConnectorReactor(IReactorFromThreads, IReactorSocket):
+    """What the connector needs of the reactor: a thread's result back, a socket adopted."""
+
+
+class _Remembering(ServerFactory):
+    """``factory``, keeping the protocol it builds: ``adoptStreamConnection`` returns
+    nothing, while an endpoint's Deferred fires with the connected protocol."""
+
+    noisy = False
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self._factory = factory
+        self.built: IProtocol | None = None
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        assert addr is not None  # adoptStreamConnection passes the socket's own address
+        self.built = self._factory.buildProtocol(addr)
+        return self.built
+
+
+@implementer(IStreamClientEndpoint)
+class CallerEndpoint:
+    """A local socket reached as ``who``: ``path`` (already expanded for ``who``) walked and
+    connected on a thread that has become ``who``, within ``timeout`` seconds, the daemon's
+    end bound to ``conn_id``'s abstract name; with a ``policy``, only where it permits."""
+
+    def __init__(self, reactor: IConnectorReactor, who: LocalIdentity, path: str, conn_id: str,
+                 timeout: float, policy: PathPolicy | None) -> None:
+        self._reactor = reactor
+        self._who = who
+        self._path = path
+        self._conn_id = conn_id
+        self._timeout = timeout
+        self._policy = policy
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Fires with the connected protocol, or fails with a NipcError for the caller."""
+        d = run_as(self._reactor, self._who, self._connect)
+        return d.addCallback(self._adopt, protocolFactory)
+
+    def _connect(self) -> socket.socket:
+        return connect_unix(self._path, self._conn_id, self._timeout, self._who, self._policy)
+
+    def _adopt(self, sock: socket.socket, factory: IProtocolFactory) -> IProtocol:
+        remembering = _Remembering(factory)
+        try:
+            self._reactor.adoptStreamConnection(sock.fileno(), sock.family, remembering)
+        except OSError as e:  # EMFILE, ENFILE: the reactor takes a duplicate of the socket
+            raise from_oserror(e, "taking on the connected socket") from None
+        finally:
+            sock.close()
+        if remembering.built is None:
+            raise NipcError("ECONNABORTED", f"connection to {self._path} refused by its protocol")
+        return remembering.built
+
+
+@implementer(IDestinationConnector)
+class ImpersonatedConnector:
+    """Makes the :class:`CallerEndpoint` for each connect, with the settings in force now
+    (a reload applies to the next connect). ``remote``: the callers come from other hosts,
+    so ``[destinations]`` limits where they may connect."""
+
+    def __init__(self, reactor: IConnectorReactor, config: Config, *, remote: bool) -> None:
+        self._reactor = reactor
+        self._config = config
+        self._remote = remote
+
+    def endpoint(self, who: LocalIdentity, path: str, conn_id: str) -> CallerEndpoint:
+        config = self._config
+        policy = (PathPolicy(config.destination_allow, config.destination_deny, config.host_name)
+                  if self._remote else None)
+        return CallerEndpoint(self._reactor, who, path, conn_id, config.connect_timeout, policy)
