@@ -26,7 +26,7 @@ from nipc import __version__
 from nipc.client import connect as nipc_connect
 from nipc.client import daemon_socket, open_gate, peer_identity, send_connect
 from nipc.errors import NipcError
-from nipc.request import check_host, check_path
+from nipc.request import check_host, parse_answer, parse_target
 
 #: Bytes per read while relaying: large, so 100 MiB is a few hundred system calls.
 CHUNK = 1 << 20
@@ -248,12 +248,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
 def _check_target(target: str) -> None:
     """Refuse before listening a target that could never be routed."""
-    path, at, host = target.rpartition("@")
     try:
-        if not at:
-            raise NipcError("EINVAL", f"target must be /path@host, got {target!r}")
-        check_path(path)
-        check_host(host)
+        parse_target(target)
     except NipcError as e:
         raise CommandError(e.errno_name, e.message) from None
 
@@ -431,18 +427,10 @@ def ask_status(path: str, timeout: float, request: bytes = b"STATUS") -> dict[st
             raise CommandError(name, f"admin socket {path}: {e.strerror or e}{hint}") from None
     if not data:
         raise CommandError("ECONNRESET", f"admin socket {path}: closed without an answer")
-    verdict, _, body = data.decode("utf-8", "replace").rstrip("\n").partition(" ")
-    if verdict == "OK":
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = None
-        if isinstance(answer, dict):
-            return answer
-    if verdict == "ERR":
-        name, _, message = body.partition(" ")
-        raise CommandError(name, message)
-    raise CommandError("EPROTO", f"unexpected answer from {path}: {data[:200]!r}")
+    answer = parse_answer(data.rstrip(b"\n"))
+    if isinstance(answer, NipcError):
+        raise CommandError(answer.errno_name, answer.message)
+    return answer
 
 
 def _size(n: object) -> str:

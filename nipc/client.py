@@ -11,7 +11,6 @@ name, so a socket or a directory that another user could have put there is refus
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pwd
 import socket
@@ -20,7 +19,8 @@ import struct
 from typing import Any
 
 # Not nipc.config: the client runs on a host's own Python, without the daemon's dependencies.
-from nipc.request import DEFAULT_SOCKET, MAX_LINE, parse_reply
+from nipc.errors import NipcError
+from nipc.request import DEFAULT_SOCKET, MAX_LINE, parse_answer, parse_reply
 
 
 def daemon_socket() -> str:
@@ -127,18 +127,10 @@ def peer_identity(conn: socket.socket, *, daemon: str | None = None,
         sock.settimeout(timeout)
         rights = struct.pack("i", conn.fileno())
         sock.sendmsg([b"PEER\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
-        line = _read_reply(sock)
-    verdict, _, body = line.partition(b" ")
-    if verdict == b"OK":
-        try:
-            info = json.loads(body)
-        except ValueError:
-            info = None
-        if isinstance(info, dict):
-            return info
-        raise OSError(errno.EPROTO, "NIPC daemon sent a malformed PEER answer")
-    error = parse_reply(line)
-    raise (error.to_oserror() if error else OSError(errno.EPROTO, "unexpected PEER answer"))
+        answer = parse_answer(_read_reply(sock))
+    if isinstance(answer, NipcError):
+        raise answer.to_oserror()
+    return answer
 
 
 def open_gate(path: str | None = None) -> socket.socket:

@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from nipc.client import check_gate, daemon_socket as default_daemon_socket
 from nipc.errors import NipcError
-from nipc.request import MAX_LINE, check_host, check_path, parse_reply
+from nipc.request import MAX_LINE, parse_reply, parse_target
 
 #: How long the daemon may take to answer: its own limits (handshake, connect) fit inside.
 DEFAULT_TIMEOUT = 30.0
@@ -50,18 +50,16 @@ class NIPCAddress:
         return f"{self.path}@{self.host}"
 
 
-def parse_target(target: str) -> NIPCAddress:
-    """``/path@host`` split at the last ``@`` and checked like the daemon checks it.
+def parse_address(target: str) -> NIPCAddress:
+    """``/path@host`` read as the daemon reads it (:func:`nipc.request.parse_target`).
 
     Raises ``ValueError`` so a bad endpoint string fails where it is written, not later.
     """
-    path, at, host = target.rpartition("@")
-    if not at:
-        raise ValueError(f"NIPC target must be '/path@host', got {target!r}")
     try:
-        return NIPCAddress(check_path(path), check_host(host))
+        request = parse_target(target)
     except NipcError as e:
         raise ValueError(f"bad NIPC target {target!r}: {e.message}") from None
+    return NIPCAddress(request.path, request.host)
 
 
 class Phase(Enum):
@@ -203,7 +201,7 @@ class NIPCClientEndpoint:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self._reactor = reactor
-        self.address = parse_target(target)
+        self.address = parse_address(target)
         self.daemon_socket = daemon_socket or default_daemon_socket()
         self.timeout = timeout
 

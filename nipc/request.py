@@ -1,14 +1,18 @@
 """The local protocol (SPEC section 2): parse the request line, encode the one-line reply.
 
 Pure functions, no I/O. Whatever bytes a client sends, the only exception that leaves
-this module is :class:`~nipc.errors.NipcError`.
+this module is :class:`~nipc.errors.NipcError`. Both sides use it: the daemon, and the
+clients (library, endpoint, command), which read a target and a reply with the very
+functions the daemon uses, so all of them accept and refuse the same things.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 from nipc.errors import NipcError, clean_message
 
@@ -73,9 +77,16 @@ def parse_request(line: bytes) -> Request:
         raise NipcError(
             "EINVAL", "expected 'CONNECT <absolute-path>@<host>' or 'PEER'"
         )
-    path, at, host = arg.rpartition("@")
+    return parse_target(arg)
+
+
+def parse_target(target: str) -> ConnectRequest:
+    """``<absolute-path>@<host>``, split at the LAST ``@`` (a path may hold one, a host name
+    cannot) and checked: the one parser of a target, for ``CONNECT`` lines, the ``nipc:``
+    endpoint and the ``nipc`` command."""
+    path, at, host = target.rpartition("@")
     if not at:
-        raise NipcError("EINVAL", "expected 'CONNECT <absolute-path>@<host>': no '@<host>'")
+        raise NipcError("EINVAL", "target must be '/path@host': no '@<host>'")
     return ConnectRequest(check_path(path), check_host(host))
 
 
@@ -142,3 +153,22 @@ def parse_reply(line: bytes) -> NipcError | None:
         except ValueError:
             pass
     return NipcError("EPROTO", f"unexpected reply from the NIPC daemon: {text[:80]!r}")
+
+
+def parse_answer(line: bytes) -> dict[str, Any] | NipcError:
+    """Client side of a request answered with data (``PEER``; the admin socket's ``STATUS``
+    and ``RELOAD``): the object of ``OK <json-object>``, else the error of ``ERR ...``; any
+    other line, or JSON that is not an object, is ``EPROTO``."""
+    verdict, _, body = line.partition(b" ")
+    if verdict == b"OK":
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict):
+            return answer
+    error = None if verdict == b"OK" else parse_reply(line)
+    if error is not None:
+        return error
+    text = line.decode("utf-8", "replace")
+    return NipcError("EPROTO", f"malformed answer from the NIPC daemon: {text[:80]!r}")

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from twisted.internet import error as twisted_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -27,6 +29,8 @@ from zope.interface import implementer
 
 from conftest import require_root
 from nipc.endpoint import NIPCAddress, NIPCClientEndpoint
+from nipc.errors import NipcError
+from nipc.request import parse_target
 from nipc_testbed.sandbox import Host, Sandbox
 from support import UnixServer
 from test_cli import FakeDaemon
@@ -267,6 +271,25 @@ def test_bad_endpoint_strings(text: str, message: str) -> None:
     with pytest.raises(ValueError) as e:
         clientFromString(MemoryReactorClock(), text)
     assert message in str(e.value)
+
+
+@settings(max_examples=300)
+@given(st.text(st.characters(codec="utf-8"), max_size=150))
+@example("/s@h")
+@example("/s")
+@example("relative@h")
+def test_the_endpoint_reads_a_target_as_the_daemon_does(target: str) -> None:
+    """The endpoint refuses exactly the targets the daemon would, with the daemon's reason,
+    and otherwise asks for what the daemon would route to."""
+    try:
+        wanted = parse_target(target)
+    except NipcError as e:
+        with pytest.raises(ValueError) as refused:
+            NIPCClientEndpoint(MemoryReactorClock(), target)
+        assert str(refused.value).endswith(e.message)
+    else:
+        endpoint = NIPCClientEndpoint(MemoryReactorClock(), target)
+        assert endpoint.address == NIPCAddress(wanted.path, wanted.host)
 
 
 # -- over real sockets --

@@ -22,8 +22,10 @@ from nipc.request import (
     check_path,
     error_reply,
     ok_reply,
+    parse_answer,
     parse_reply,
     parse_request,
+    parse_target,
     take_line,
 )
 
@@ -283,6 +285,56 @@ class TestParseRequest:
             pass
 
 
+# -------------------------------------------------------------------------- parse_target
+
+
+class TestParseTarget:
+    """The one parser of ``path@host``: the daemon's ``CONNECT`` line, the endpoint and the
+    command all read a target with it (issue 13: there were three)."""
+
+    def test_target(self) -> None:
+        assert parse_target("/run/a@b/c.sock@B.Example.") == ConnectRequest("/run/a@b/c.sock",
+                                                                             "b.example")
+
+    def test_no_host(self) -> None:
+        with pytest.raises(NipcError) as e:
+            parse_target("/run/x.sock")
+        assert e.value.errno_name == "EINVAL" and "must be '/path@host'" in e.value.message
+
+    @settings(max_examples=300)
+    @given(st.text(st.characters(codec="utf-8"), max_size=150))
+    @example("/s@h")
+    @example("@h")
+    @example("/s@")
+    @example("/s@h\r")
+    def test_the_connect_line_reads_its_target_with_it(self, target: str) -> None:
+        """``CONNECT <target>`` gives exactly what ``parse_target(target)`` gives: the same
+        request, or the same refusal (a final CR ends the line, it is not the target's)."""
+        target = target.removesuffix("\r")
+        def outcome(call: object, arg: object) -> object:
+            try:
+                return call(arg)  # type: ignore[operator]
+            except NipcError as e:
+                return (e.errno_name, e.message)
+
+        assert outcome(parse_request, f"CONNECT {target}".encode()) == outcome(parse_target,
+                                                                               target)
+
+    @settings(max_examples=200)
+    @given(st.text(st.characters(codec="utf-8"), max_size=60),
+           st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z0-9]{1,8}){0,3}",
+                         fullmatch=True))
+    def test_a_valid_target_round_trips(self, tail: str, host: str) -> None:
+        """Any path (``@`` included) before the LAST ``@``: ``.target`` gives it back."""
+        path = "/" + tail
+        try:
+            req = parse_target(f"{path}@{host}")
+        except NipcError as e:  # a control character or an overlong path: refused as such
+            assert e.errno_name in ("EINVAL", "ENAMETOOLONG")
+            return
+        assert (req.path, req.host, req.target) == (path, host, f"{path}@{host}")
+
+
 # --------------------------------------------------------------------------- check_path
 
 
@@ -497,6 +549,36 @@ class TestReplies:
         assert os_error.errno == errno.ECONNREFUSED
         assert os_error.strerror == "nobody listening"
         assert isinstance(os_error, ConnectionRefusedError)
+
+
+class TestParseAnswer:
+    """The one parser of ``OK <json>`` (``PEER`` in the library, ``STATUS``/``RELOAD`` in the
+    command; issue 13: there were two)."""
+
+    def test_object(self) -> None:
+        assert parse_answer(b'OK {"uid": 1201, "groups": [1]}') == {"uid": 1201, "groups": [1]}
+
+    def test_error(self) -> None:
+        error = parse_answer(b"ERR EPERM only root may reload the daemon")
+        assert isinstance(error, NipcError)
+        assert (error.errno_name, error.message) == ("EPERM", "only root may reload the daemon")
+
+    @pytest.mark.parametrize("line", [b"OK", b"OK ", b"OK []", b'OK "x"', b"OK {", b"OK\r",
+                                      b"", b"ERR EBOGUS x", b"HELLO", b"\xff"])
+    def test_anything_else_is_eproto(self, line: bytes) -> None:
+        error = parse_answer(line)
+        assert isinstance(error, NipcError) and error.errno_name == "EPROTO"
+
+    @settings(max_examples=300)
+    @given(st.binary(max_size=300))
+    @example(b"OK {}")
+    def test_never_raises(self, line: bytes) -> None:
+        """Any line: a dict or a NipcError value, one printable line."""
+        answer = parse_answer(line)
+        if isinstance(answer, NipcError):
+            assert "\n" not in answer.message and len(answer.message) <= MAX_MESSAGE
+        else:
+            assert isinstance(answer, dict) and line.startswith(b"OK ")
 
 
 # ----------------------------------------------------------------------------- errors
