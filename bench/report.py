@@ -308,7 +308,8 @@ def defaults_section(doc: dict[str, Any]) -> list[str]:
         if r:
             L.append(f"- {what}: {r['tps']:.0f} TPS, {r['tx']:.0f} transactions, "
                      f"{r['failed']:.0f} failed, {r['aborted']} clients aborted"
-                     + (f" (`{r['stderr'][-200:]}`)" if r.get("stderr") else ""))
+                     + (f" (`{' '.join(r['stderr'].split())[-200:]}`)"
+                        if r.get("stderr") else ""))
     for host, refused in (d.get("refused") or {}).items():
         L.append(f"- daemon {host} refused: " + (", ".join(f"{k} x{v}" for k, v in refused.items())
                                                  or "none"))

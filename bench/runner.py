@@ -582,7 +582,7 @@ mode = "0666"
                "tx": num(r"^number of transactions actually processed: (\d+)"),
                "failed": num(r"^number of failed transactions: (\d+)") or 0,
                "conn_ms": num(r"^average connection time = ([\d.]+) ms"),
-               "aborted": sum("aborted" in ln for ln in proc.stderr.splitlines()),
+               "aborted": len(re.findall(r"client \d+ aborted", proc.stderr)),
                "rc": proc.returncode, "cpu_s_A": ca, "cpu_s_B": cb}
         if res["tps"] is None or not res["tx"]:
             raise BenchError(f"{c.name}: pgbench exited {proc.returncode}: "
@@ -803,12 +803,14 @@ mode = "0666"
             return
         c = self.contenders["nipc"]
         secs = self.p["defaults_secs"]
-        for h in (self.a, self.b):
+        shipped = self.results.get("nipc_limits_shipped") or {}
+        limits = "".join(f"{k} = {v}\n" for k, v in shipped.items())
+        for h in (self.a, self.b):  # written out: what etc/nipcd.toml ships is what runs
             h.stop_daemon()
-            h.config_path.write_text(self.shipped_configs[h.name])
+            h.config_path.write_text(self.shipped_configs[h.name] + "\n[limits]\n" + limits)
         marks = {h.name: h.log_path.stat().st_size if h.log_path.exists() else 0
                  for h in (self.a, self.b)}
-        res: dict[str, Any] = {"limits": self.results.get("nipc_limits_shipped"), "secs": secs}
+        res: dict[str, Any] = {"limits": shipped, "secs": secs}
         try:
             self.restart_daemons()
             f, wall, ca, cb = self.client(c, "rate", secs, self.p["rate_procs"],
