@@ -300,13 +300,21 @@ def defaults_section(doc: dict[str, Any]) -> list[str]:
          f"All figures above are with the limits lifted. This short run ({d['secs']:.0f} s each) "
          "restarts both daemons with etc/nipcd.toml's [limits] ("
          + ", ".join(f"{k} {v}" for k, v in lim.items()) + ").", ""]
+    S = doc["summaries"]
+
+    def lifted(metric: str, unit: str) -> str:
+        m = med(S, "nipc", metric)
+        return "" if m is None else f" (lifted: {m:.0f}{unit})"
+
     if "rate_per_s" in d:
         L.append(f"- connection rate ({doc['meta']['params']['rate_procs']} clients, one uid): "
-                 f"{d['rate_per_s']:.0f}/s, {d['rate_errors']} refused or failed connects")
+                 f"{d['rate_per_s']:.0f}/s{lifted('rate_per_s', '/s')}, {d['rate_errors']} "
+                 "refused or failed connects")
     for w, what in (("pgC", "pgbench -S -C"), ("pgS", "pgbench -S")):
         r = d.get(w)
         if r:
-            L.append(f"- {what}: {r['tps']:.0f} TPS, {r['tx']:.0f} transactions, "
+            L.append(f"- {what}: {r['tps']:.0f} TPS{lifted(w + '_tps', ' TPS')}, "
+                     f"{r['tx']:.0f} transactions, "
                      f"{r['failed']:.0f} failed, {r['aborted']} clients aborted"
                      + (f" (`{' '.join(r['stderr'].split())[-200:]}`)"
                         if r.get("stderr") else ""))
