@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from nipc_testbed.sandbox import Host, Sandbox, _terminate  # noqa: E402
+from nipc_testbed.sandbox import Host, Sandbox, SandboxError, _terminate  # noqa: E402
 
 BUILD = HERE / "build"
 BENCH = BUILD / "bench"
@@ -790,7 +790,7 @@ mode = "0666"
                         if c.fresh is not None:
                             c.fresh()
                         res = self.run_hold(c, c.hold_n)
-                    except (BenchError, subprocess.TimeoutExpired) as e:
+                    except (BenchError, SandboxError, subprocess.TimeoutExpired) as e:
                         res = {"error": str(e)}
                         self.results["errors"].append(f"{c.name} hold: {e}")
                     self.results["hold"].setdefault(c.name, []).append(res)
@@ -813,14 +813,14 @@ mode = "0666"
         res: dict[str, Any] = {"limits": shipped, "secs": secs}
         try:
             self.restart_daemons()
-            f, wall, ca, cb = self.client(c, "rate", secs, self.p["rate_procs"],
-                                          timeout=secs + 120)
-            res["rate_per_s"], res["rate_errors"] = float(f[4]), int(f[2])
-            for connect in (True, False):
+            for connect in (True, False):  # the real client first, with a full token bucket
                 r = self.pgbench(c, connect, ["-T", str(int(secs))])
                 res["pgC" if connect else "pgS"] = {k: r.get(k) for k in (
                     "tps", "lat_ms", "tx", "failed", "aborted", "rc", "stderr")}
-        except (BenchError, subprocess.TimeoutExpired) as e:
+            f, wall, ca, cb = self.client(c, "rate", secs, self.p["rate_procs"],
+                                          timeout=secs + 120)
+            res["rate_per_s"], res["rate_errors"] = float(f[4]), int(f[2])
+        except (BenchError, SandboxError, subprocess.TimeoutExpired) as e:
             res["error"] = str(e)[-1000:]
             self.results["errors"].append(f"defaults run: {e}")
         res["refused"] = {h.name: self.refusals(h, marks[h.name]) for h in (self.a, self.b)}
@@ -833,6 +833,8 @@ mode = "0666"
         """Audit records after byte ``offset`` of ``h``'s log that are not "routed", by
         errno and reason."""
         out: dict[str, int] = {}
+        if not h.log_path.exists():
+            return out
         with open(h.log_path, "rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")
