@@ -1,4 +1,4 @@
-"""The operators' view of the daemon: the table of live connections and the admin socket.
+"""The operators' view of the daemon: the admin socket (``nipc status``, ``nipc reload``).
 
 The admin socket is separate from the gate, so the public local protocol (SPEC section 2)
 stays exactly as it is. It speaks one request line, ``STATUS`` or ``RELOAD``, answered by
@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -26,112 +24,17 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
-from nipc.interfaces import IDaemonReactor, ILiveConnections
+from nipc.interfaces import IDaemonReactor
 from nipc.request import error_reply
-from nipc.splice import End, Splice
 
 log = Logger()
 
-#: The three kinds of routed connection: a local caller's to another host, a local
-#: caller's to this host (no Kerberos), and a peer's caller's to a socket on this host.
-DIRECTIONS = ("outgoing", "local", "incoming")
 #: The longest admin request line we read ("STATUS" and room to spare).
 MAX_ADMIN_LINE = 64
-
-
-@dataclass
-class Live:
-    """One spliced connection: its audit facts and the splice that counts its bytes."""
-
-    facts: dict[str, Any]
-    splice: Splice
-    #: The end the caller's bytes arrive on, and the end the target's arrive on.
-    caller_end: End
-    target_end: End
-    opened: float = field(default_factory=time.monotonic)
-    since: float = field(default_factory=time.time)
-
-    @property
-    def conn_id(self) -> str:
-        return str(self.facts["conn_id"])
-
-    @property
-    def direction(self) -> str:
-        return str(self.facts.get("direction", "outgoing"))
-
-    @property
-    def bytes_in(self) -> int:
-        """Bytes from the caller towards the target so far."""
-        return self.splice.received[id(self.caller_end)]
-
-    @property
-    def bytes_out(self) -> int:
-        """Bytes from the target back to the caller so far."""
-        return self.splice.received[id(self.target_end)]
-
-    def describe(self, now: float) -> dict[str, Any]:
-        facts = self.facts
-        info: dict[str, Any] = {
-            "conn_id": self.conn_id,
-            "direction": self.direction,
-            "uid": facts.get("uid"),
-            "user": facts.get("user"),
-            "pid": facts.get("pid"),
-            "principal": facts.get("principal"),
-            "target": facts.get("target"),
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "age": round(now - self.opened, 3),
-            "since": round(self.since, 3),
-            "handshake": facts.get("handshake"),
-        }
-        for key in ("peer", "hops", "origin_conn_id", "chained_from"):
-            if key in facts:
-                info[key] = facts[key]
-        return info
-
-
-@implementer(ILiveConnections)
-class Connections:
-    """The daemon's live routed connections, in the order they were made.
-
-    The local gate and the receiving side add a connection when they splice it and
-    remove it when the splice ends; whoever wants to know when one opens (the metrics)
-    subscribes to ``listeners``.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._live: dict[str, Live] = {}
-        self.listeners: list[Callable[[Live], None]] = []
-
-    def add(self, facts: dict[str, Any], splice: Splice, caller_end: End, target_end: End) -> None:
-        live = Live(facts, splice, caller_end, target_end, opened=self._clock())
-        self._live[live.conn_id] = live
-        for listener in self.listeners:
-            try:
-                listener(live)
-            except Exception:  # a broken observer must not break a connection
-                log.failure("connection listener failed")
-
-    def remove(self, conn_id: str) -> None:
-        self._live.pop(conn_id, None)
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def __iter__(self) -> Iterator[Live]:
-        return iter(list(self._live.values()))
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every live connection as plain data (user names: :func:`fill_user_names`)."""
-        now = self._clock()
-        return [live.describe(now) for live in self]
 
 
 def fill_user_names(status: dict[str, Any]) -> dict[str, Any]:

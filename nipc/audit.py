@@ -1,8 +1,7 @@
 """One structured log line per routed connection: who, what, result, bytes, duration.
 
-The audit line is the one place that sees every connection's end and every refusal with
-its facts, so the metrics (:mod:`nipc.metrics`) count from here: they subscribe to
-``observers`` instead of counters being sprinkled through the code.
+Written by the daemon's connection records (:mod:`nipc.connections`), which hand the same
+fields to the daemon's audit sinks (the metrics count from them).
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any, Callable
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -20,14 +19,12 @@ from nipc.splice import End, Splice
 #: a second field, a quote or a line end. Anything else is written as a JSON string.
 _BARE = re.compile(r"[A-Za-z0-9_./:@%+=,{}-]+\Z")
 
-#: Called with each audit line's facts (``result``, ``direction``, ``errno``, bytes...).
-observers: list[Callable[[dict[str, Any]], None]] = []
-
 
 def audit(log: Logger, result: str, facts: dict[str, Any], started: float,
           splice: Splice | None = None, inbound: End | None = None,
-          outbound: End | None = None) -> None:
-    """Log the end of a connection (``routed``) or a refusal, with every fact known."""
+          outbound: End | None = None) -> dict[str, Any]:
+    """Log the end of a connection (``routed``) or a refusal, with every fact known; the
+    fields logged."""
     fields = dict(facts, result=result, duration=round(time.monotonic() - started, 3))
     if splice is not None and inbound is not None and outbound is not None:
         fields["bytes_in"] = splice.received[id(inbound)]
@@ -36,11 +33,7 @@ def audit(log: Logger, result: str, facts: dict[str, Any], started: float,
             fields["violation"] = splice.violation
     text = " ".join(f"{k}={field_text(fields[k])}" for k in sorted(fields))
     log.info("nipc-audit " + text.replace("{", "{{").replace("}", "}}"), nipc_audit=fields)
-    for observe in observers:
-        try:
-            observe(fields)
-        except Exception:  # counting must never break a connection's teardown
-            log.failure("audit observer failed")
+    return fields
 
 
 def field_text(value: Any) -> str:

@@ -21,12 +21,11 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nipc.audit import audit
 from nipc.config import Config
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
-from nipc.interfaces import ICallerAdmission, IDaemonReactor, ILiveConnections, IRegistry, IRouter
+from nipc.interfaces import ICallerAdmission, IConnections, IDaemonReactor, IRegistry, IRouter
 from nipc.registry import Routed, check_may_chain, held_by, new_connection_id, one_caller
 from nipc.request import ConnectRequest, PeerRequest, error_reply, ok_reply, parse_request, take_line
 from nipc.splice import UNIX_BUFFER, End, Splice, UnixEnd
@@ -58,7 +57,7 @@ class GateServices:
     router: IRouter
     registry: IRegistry
     limits: ICallerAdmission
-    live: ILiveConnections
+    live: IConnections
 
 
 class LocalGate(UnixEnd):
@@ -81,8 +80,11 @@ class LocalGate(UnixEnd):
         self._early_eof = False
         self._routing: Deferred[End] | None = None
         self._deadline = Deadline(self._reactor)
-        self._started = self._requested = time.monotonic()
-        self._facts: dict[str, Any] = {"conn_id": self.conn_id, "direction": "outgoing"}
+        #: This connection's record; its facts are the audit line's.
+        self._connection = self._live.begin(log, {"conn_id": self.conn_id,
+                                                   "direction": "outgoing"})
+        self._facts = self._connection.facts
+        self._requested = self._connection.started
         self.caller: Caller | None = None
 
     def connectionMade(self) -> None:
@@ -206,10 +208,9 @@ class LocalGate(UnixEnd):
 
         def ended(splice: Splice) -> None:
             self._registry.remove(self.conn_id)
-            self._live.remove(self.conn_id)
-            audit(log, "routed", self._facts, self._started, splice, self, end)
+            self._live.ended(self._connection)
 
-        self._live.add(self._facts, Splice(self, end, ended), self, end)
+        self._live.spliced(self._connection, Splice(self, end, ended), self, end)
 
     def start(self) -> None:
         """Deliver what the client sent ahead of ``OK``, then read again."""
@@ -238,7 +239,7 @@ class LocalGate(UnixEnd):
         if self.state is State.DONE:
             return
         self.state = State.DONE
-        audit(log, "refused", dict(self._facts, errno=error.errno_name, reason=error.message), self._started)
+        self._live.refused(self._connection, error)
         self._tell_refusal(error)
 
     def _announce(self) -> None:

@@ -22,14 +22,13 @@ from zope.interface import implementer
 
 from nipc import wire
 from nipc.admission import source_of
-from nipc.audit import audit
 from nipc.channel import Channel
 from nipc.config import Config
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 from nipc.interfaces import (
-    IAcceptor, IDaemonReactor, IDestinationConnector, IInboundAdmission, IInboundHandler,
-    ILiveConnections, IProjection, IRegistry,
+    IAcceptor, IConnections, IDaemonReactor, IDestinationConnector, IInboundAdmission,
+    IInboundHandler, IProjection, IRegistry,
 )
 from nipc.destination import expand
 from nipc.impersonate import on_fresh_thread
@@ -68,7 +67,7 @@ class Inbound:
     """Handles the HELLO of every channel peers open on their links to this daemon."""
 
     def __init__(self, reactor: IDaemonReactor, config: Config, acceptor: IAcceptor,
-                 projection: IProjection, registry: IRegistry, live: ILiveConnections,
+                 projection: IProjection, registry: IRegistry, live: IConnections,
                  limits: IInboundAdmission, connector: IDestinationConnector) -> None:
         self._reactor = reactor
         self._config = config
@@ -112,12 +111,12 @@ class Inbound:
 
     def hello(self, channel: Channel, binding: bytes, hello: wire.Hello) -> None:
         conn_id = new_connection_id()
-        started = time.monotonic()
-        facts: dict[str, Any] = {
+        connection = self._live.begin(log, {
             "conn_id": conn_id, "origin_conn_id": hello.conn_id, "target": hello.path,
             "hops": list(hello.hops), "peer": channel.peer,
             "direction": "incoming",
-        }
+        })
+        facts = connection.facts
         source = source_of(channel.link.transport.getPeer())  # type: ignore[union-attr]
         counted = False
         #: The accepted ticket, once it is: its AP-REP goes back with any answer.
@@ -173,11 +172,10 @@ class Inbound:
             def ended(splice: Splice) -> None:
                 uncount()
                 self._registry.remove(conn_id)
-                self._live.remove(conn_id)
-                audit(log, "routed", facts, started, splice, channel, end)
+                self._live.ended(connection)
 
-            facts["handshake"] = round(time.monotonic() - started, 6)
-            self._live.add(facts, Splice(channel, end, ended), channel, end)
+            facts["handshake"] = round(time.monotonic() - connection.started, 6)
+            self._live.spliced(connection, Splice(channel, end, ended), channel, end)
             token = accepted.token
             channel.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 
@@ -185,7 +183,7 @@ class Inbound:
             uncount()
             self._registry.remove(conn_id)  # if it got as far as being registered
             channel.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
-            audit(log, "refused", dict(facts, errno=error.errno_name, reason=error.message), started)
+            self._live.refused(connection, error)
 
         def refusal(failure: Failure) -> Failure | None:
             if not isinstance(failure.value, NipcError):

@@ -11,12 +11,14 @@ are written without ``self``, as zope.interface wants. Which way the arrows go::
     link --IInboundHandler--> inbound --IAcceptor--> kerberos  (receiving side)
                                  |--IProjection--> projection
     gate, router, inbound --IDestinationConnector--> the local connect as the caller
-    gate, inbound --IRegistry, ILiveConnections, I*Admission, IAuditSink--> service's own
+    gate, inbound --IRegistry, IConnections, I*Admission--> the service's own
+    connections --IAuditSink--> metrics
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import (
     IReactorCore, IReactorSocket, IReactorTCP, IReactorThreads, IReactorTime, IReactorUNIX,
@@ -26,11 +28,13 @@ from zope.interface import Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.logger import Logger
 
     from nipc import wire
-    from nipc.admin import Live
     from nipc.channel import Channel
     from nipc.config import PeerAddress
+    from nipc.connections import Connection
+    from nipc.errors import NipcError
     from nipc.identity import Caller, LocalIdentity
     from nipc.kerberos import Accepted, Initiation
     from nipc.link import ClientLink
@@ -214,31 +218,44 @@ class IRegistry(Interface):
         """Inbound connections with a delegation that ``uid`` (or ``accounts``) may chain from."""
 
 
-class ILiveConnections(Interface):
-    """The spliced connections now open, for ``nipc status``, metrics and the drain."""
+class IConnections(Interface):
+    """One daemon's connection records (:mod:`nipc.connections`), shared by the gate and
+    the receiving side: each connection begins, then is refused, or spliced and ended.
+    The table writes the audit line and tells the daemon's audit sinks."""
 
-    def add(facts: dict[str, Any], splice: Splice, caller_end: End, target_end: End) -> None:
-        """A connection was spliced; ``facts`` are its audit line's."""
+    def begin(logger: Logger, facts: dict[str, Any]) -> Connection:
+        """A request arrived; ``facts`` (``conn_id`` at least) grow as it is handled, and
+        ``logger`` is whose audit line it is."""
 
-    def remove(conn_id: str) -> None:
-        """The connection ended."""
+    def refused(connection: Connection, error: NipcError) -> None:
+        """It was refused, for ``error``: the audit line."""
+
+    def spliced(connection: Connection, splice: Splice, caller_end: End,
+                target_end: End) -> None:
+        """It got through (``OK`` sent) and is spliced."""
+
+    def ended(connection: Connection) -> None:
+        """The spliced connection ended: the audit line, with its bytes."""
+
+    def abort_all() -> None:
+        """Close every spliced connection at both ends (the drain's deadline)."""
 
     def snapshot() -> list[dict[str, Any]]:
-        """Every open connection's facts and counters, as ``nipc status`` shows them."""
+        """Every spliced connection's facts and counters, as ``nipc status`` shows them."""
 
-    def __iter__() -> Any:
-        """The open connections (:class:`~nipc.admin.Live`)."""
+    def __iter__() -> Iterator[Connection]:
+        """The spliced connections, oldest first."""
 
     def __len__() -> int:
-        """How many connections are open."""
+        """How many connections are spliced now."""
 
 
 class IAuditSink(Interface):
     """Sees every connection of one daemon: as it is spliced, and its audit line (its end
-    or its refusal). The metrics are one; two embedded daemons never share one."""
+    or its refusal). The metrics are one; each daemon hands its own to its own table."""
 
-    def opened(live: Live) -> None:
+    def opened(connection: Connection) -> None:
         """A connection was spliced (the handshake's latency is in its facts)."""
 
-    def audited(fields: dict[str, Any]) -> None:
-        """One audit line (``result``, ``direction``, ``errno``, bytes...); must not raise."""
+    def audited(connection: Connection, fields: dict[str, Any]) -> None:
+        """Its audit line's ``fields`` (``result``, ``direction``, ``errno``, bytes...)."""

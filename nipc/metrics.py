@@ -1,10 +1,10 @@
 """Counters and latencies for monitoring: a Prometheus text endpoint (``[metrics] listen``).
 
-Fed from the places that already see every connection, not from counters sprinkled
-through the code: the audit line (:func:`nipc.audit.audit`: refusals with their errno,
-bytes of finished connections, violations) and the live table (:class:`Connections`: a
-connection was routed, and how long its handshake took). Gauges and the byte totals of
-open connections are read from the daemon's own state at scrape time. Labels carry no
+Fed from the one place that sees every connection, not from counters sprinkled through
+the code: the daemon's connection records (:mod:`nipc.connections`), whose audit sink this
+is: a connection was spliced, and how long its handshake took; its audit line (refusals
+with their errno, bytes of finished connections, violations). Gauges and the byte totals
+of open connections are read from the records and the daemon's state at scrape time. Labels carry no
 user, path or host, so the endpoint reveals nothing about who connects where.
 
 Served by ``twisted.web`` on the reactor thread: a scrape reads the same state the reactor
@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from nipc.admin import DIRECTIONS, Connections, Live
+from nipc.connections import DIRECTIONS, Connection
 from nipc.interfaces import IAuditSink
 from nipc.limits import Limits
 
@@ -36,12 +36,14 @@ HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 @implementer(IAuditSink)
 class Metrics:
-    """The daemon's metrics in their own registry (embedding never mixes two daemons')."""
+    """The daemon's metrics in their own registry, fed by the daemon's own connection
+    records (embedding never mixes two daemons')."""
 
-    def __init__(self, live: Connections, limits: Limits,
+    def __init__(self, limits: Limits,
                  links: Callable[[], list[dict[str, Any]]] = list,
                  log_dropped: Callable[[], int] = lambda: 0) -> None:
-        self.live = live
+        #: The spliced connections, told of by the records, to read their bytes.
+        self.live: dict[str, Connection] = {}
         self.limits = limits
         #: The peer links now (as ``nipc status`` shows them).
         self.links = links
@@ -70,18 +72,19 @@ class Metrics:
         self._ended_bytes = {(d, w): 0 for d in DIRECTIONS for w in ("in", "out")}
         self.registry.register(_Now(self))
         ProcessCollector(registry=self.registry)
-        live.listeners.append(self.opened)
 
-    def opened(self, live: Live) -> None:
-        """A connection was spliced (the live table's listener)."""
-        direction = live.direction
+    def opened(self, connection: Connection) -> None:
+        """A connection was spliced."""
+        self.live[connection.conn_id] = connection
+        direction = connection.direction
         self.routed.labels(direction).inc()
-        handshake = live.facts.get("handshake")
+        handshake = connection.facts.get("handshake")
         if isinstance(handshake, (int, float)):
             self.handshake.labels(direction).observe(handshake)
 
-    def audited(self, fields: dict[str, Any]) -> None:
-        """One audit line's facts (the audit observer)."""
+    def audited(self, connection: Connection, fields: dict[str, Any]) -> None:
+        """A connection's audit line: it was refused, or it ended."""
+        self.live.pop(connection.conn_id, None)
         direction = str(fields.get("direction", "outgoing"))
         if fields.get("result") == "refused":
             self.refused.labels(direction, str(fields.get("errno", "EPROTO"))).inc()
@@ -94,7 +97,7 @@ class Metrics:
 
     def byte_totals(self) -> dict[tuple[str, str], int]:
         totals = dict(self._ended_bytes)
-        for live in self.live:
+        for live in self.live.values():
             totals[(live.direction, "in")] = totals.get((live.direction, "in"), 0) + live.bytes_in
             totals[(live.direction, "out")] = totals.get((live.direction, "out"), 0) + live.bytes_out
         return totals
@@ -115,7 +118,7 @@ class _Now:
         open_now = GaugeMetricFamily("nipc_open_connections", "Routed connections open now",
                                      labels=["direction"])
         counts = {d: 0 for d in DIRECTIONS}
-        for live in m.live:
+        for live in m.live.values():
             counts[live.direction] = counts.get(live.direction, 0) + 1
         for direction, n in sorted(counts.items()):
             open_now.add_metric([direction], n)

@@ -8,7 +8,7 @@ import signal
 import socket
 import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
@@ -17,13 +17,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nipc import __version__, audit
+from nipc import __version__
 from nipc import reload as reloading
-from nipc.admin import AdminFactory, Connections
+from nipc.admin import AdminFactory
 from nipc.admission import Admission, ServerLinkFactory, source_of
 from nipc.client import check_gate
 from nipc.compat import AdoptedUNIXPort, GatePort, UnbufferedTLSFactory, systemd_listen_fds
 from nipc.config import Config, ConfigError, Import
+from nipc.connections import Connections
 from nipc.connector import ImpersonatedConnector
 from nipc.errors import NipcError
 from nipc.gate import GateServices, LocalGateFactory
@@ -43,6 +44,9 @@ from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
 from nipc.tls import client_options, server_options, tune_tcp
+
+if TYPE_CHECKING:
+    from nipc.metrics import Metrics
 
 log = Logger()
 #: Signals whose default action (terminate) would end the daemon and every routed connection
@@ -138,10 +142,14 @@ class NipcService(Service):
         self.source = source
         self.logs = logs if logs is not None else LogFile()
         self.notifier = notifier if notifier is not None else Notifier()
-        self.live = Connections()
         self.limits = Limits(config, reactor.seconds, descriptors=Descriptors(
             config.host_name, reactor.seconds, open_fds,
             lambda count: deferToThreadPool(reactor, reactor.getThreadPool(), count)))
+        #: The Prometheus metrics, if ``[metrics] listen`` asks for them.
+        self.metrics = self._metrics()
+        #: Every connection's record, shared by the gates and the receiving side; its audit
+        #: sinks are this daemon's own (an embedding application may run two daemons).
+        self.live = Connections(sinks=() if self.metrics is None else (self.metrics,))
         self._ports: list[Any] = []
         #: The operators' sockets (admin, metrics): open while connections drain, to watch.
         self._watch_ports: list[Any] = []
@@ -150,7 +158,6 @@ class NipcService(Service):
         self._tickets: IDaemonTickets | None = None
         self._router: Router | None = None
         self._accepted_links: set[ServerLink] = set()
-        self._observers: list[Any] = []
         self._started = 0.0
         self._ready = False
         self._draining = False
@@ -316,17 +323,20 @@ class NipcService(Service):
         log.info("admin socket {path} (root{group})", path=where,
                  group="" if group is None else f" and gid {group}")
 
+    def _metrics(self) -> Metrics | None:
+        if self.config.metrics_listen is None:
+            return None
+        from nipc.metrics import Metrics  # prometheus_client only when used
+
+        return Metrics(self.limits, self._links_now, lambda: self.logs.dropped)
+
     def _start_metrics(self) -> None:
         """The Prometheus endpoint, if ``[metrics] listen`` asks for one."""
-        where = self.config.metrics_listen
-        if where is None:
+        where, metrics = self.config.metrics_listen, self.metrics
+        if where is None or metrics is None:
             return
-        from nipc.metrics import Metrics, metrics_site  # prometheus_client only when used
+        from nipc.metrics import metrics_site
 
-        self.metrics = metrics = Metrics(self.live, self.limits, self._links_now,
-                                         lambda: self.logs.dropped)
-        audit.observers.append(metrics.audited)
-        self._observers.append(metrics.audited)
         self._watch_ports.append(self.reactor.listenTCP(where.port, metrics_site(metrics),
                                                         interface=where.host))
         log.info("metrics on http://{addr}:{port}/metrics", addr=where.host, port=where.port)
@@ -571,9 +581,7 @@ class NipcService(Service):
                 poll.stop()
                 log.warn("stopping: drain time ({seconds:g}s) is up; closing {count} "
                          "connection(s)", seconds=self.config.drain_timeout, count=len(self.live))
-                for live in self.live:
-                    live.caller_end.abort()
-                    live.target_end.abort()
+                self.live.abort_all()
                 done.callback(None)
 
         poll = LoopingCall(check)
@@ -590,7 +598,4 @@ class NipcService(Service):
             self._tickets.stop()
         if self._router is not None:
             self._router.links.close()
-        for observer in self._observers:
-            audit.observers.remove(observer)
-        self._observers = []
         self.notifier.close()

@@ -28,7 +28,7 @@ from conftest import require_root
 from local_daemon import LocalDaemon, environ_for_cli
 import nipc
 from nipc import admin, cli
-from nipc.admin import AdminProtocol, Connections, fill_user_names, may_administer
+from nipc.admin import AdminProtocol, fill_user_names, may_administer
 from nipc.config import ConfigError, from_mapping
 from nipc.identity import Caller
 from nipc_testbed.sandbox import Host, Sandbox
@@ -75,41 +75,6 @@ def test_who_may_administer() -> None:
     assert not may_administer(Caller(1, stranger, 100, (100, 200)), 300)
     assert may_administer(Caller(1, stranger, 100, (100, 200)), 200)  # supplementary
     assert may_administer(Caller(1, stranger, 300, ()), 300)          # primary
-
-
-# -- the live table --
-
-
-def test_connections_table_counts_bytes_and_ages() -> None:
-    clock = Clock()
-    table = Connections(clock.seconds)
-    opened: list[str] = []
-    table.listeners.append(lambda live: opened.append(live.conn_id))
-    near, far = object(), object()
-    splice = SimpleNamespace(received={id(near): 5, id(far): 7})
-    facts = {"conn_id": "c1", "direction": "outgoing", "uid": 0, "pid": 42,
-             "target": "/x.sock@b.example", "handshake": 0.01}
-    table.add(facts, splice, near, far)  # type: ignore[arg-type]
-    clock.advance(65)
-    splice.received[id(near)] += 100
-    (row,) = fill_user_names({"connections": table.snapshot()})["connections"]
-    assert row["conn_id"] == "c1" and opened == ["c1"]
-    assert (row["bytes_in"], row["bytes_out"], row["age"]) == (105, 7, 65)
-    assert row["user"] == "root" and row["principal"] is None
-    table.remove("c1")
-    table.remove("c1")  # twice is harmless
-    assert table.snapshot() == [] and len(table) == 0
-
-
-def test_a_broken_listener_does_not_break_the_connection() -> None:
-    table = Connections()
-
-    def broken(live: object) -> None:
-        raise RuntimeError("boom")
-
-    table.listeners.append(broken)
-    table.add({"conn_id": "c"}, SimpleNamespace(received={}), object(), object())  # type: ignore[arg-type]
-    assert len(table) == 1
 
 
 # -- the protocol --

@@ -11,8 +11,8 @@ from zope.interface import Interface
 from zope.interface.verify import verifyClass, verifyObject
 
 from nipc import interfaces
-from nipc.admin import Connections
 from nipc.config import from_mapping
+from nipc.connections import Connections
 from nipc.discovery import PeerLocator
 from nipc.inbound import Inbound
 from nipc.kerberos import Acceptor, Delegated, OwnCredentialCache, ProtocolTransition
@@ -40,7 +40,7 @@ DECLARED: list[tuple[type, type[Interface]]] = [
     (Limits, interfaces.IPeerAdmission),
     (Limits, interfaces.IInboundAdmission),
     (Registry, interfaces.IRegistry),
-    (Connections, interfaces.ILiveConnections),
+    (Connections, interfaces.IConnections),
     (Metrics, interfaces.IAuditSink),
 ]
 
@@ -66,7 +66,7 @@ def test_objects_provide_their_interfaces() -> None:
                   interfaces.IInboundAdmission):
         assert verifyObject(iface, limits)
     assert verifyObject(interfaces.IRegistry, Registry())
-    assert verifyObject(interfaces.ILiveConnections, Connections())
+    assert verifyObject(interfaces.IConnections, Connections())
     assert verifyObject(interfaces.IProjection, Projection(CONFIG))
     assert verifyObject(interfaces.IAcceptor, Acceptor(CONFIG))
-    assert verifyObject(interfaces.IAuditSink, Metrics(Connections(), limits))
+    assert verifyObject(interfaces.IAuditSink, Metrics(limits))

@@ -1,4 +1,5 @@
-"""The Prometheus endpoint: off by default, counts from the audit line and the live table.
+"""The Prometheus endpoint: off by default, counts from the connection records (their audit
+lines, and the connections spliced now).
 
 Unit tests of the counting; a real daemon on this host scraped over loopback; and in the
 sandbox a's endpoint scraped from inside a's network namespace after a routed and a
@@ -17,13 +18,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from twisted.logger import Logger
 
 from conftest import require_root
 from local_daemon import LocalDaemon, metric
-from nipc import audit as audit_module
-from nipc.admin import Connections
-from nipc.audit import audit
 from nipc.config import ConfigError, PeerAddress, from_mapping
+from nipc.connections import Connection, Connections
+from nipc.errors import NipcError
 from nipc.limits import Limits
 from nipc.metrics import Metrics
 from nipc_testbed.sandbox import Host, Sandbox
@@ -63,23 +64,34 @@ def test_bad_metrics_keys(section: dict[str, Any]) -> None:
 # -- counting --
 
 
+#: Audit lines of the unit tests go nowhere.
+QUIET = Logger(observer=lambda event: None)
+
+
 @pytest.fixture
-def metrics() -> Iterator[Metrics]:
-    config = from_mapping(MINIMAL)
-    m = Metrics(Connections(), Limits(config, time.monotonic))
-    audit_module.observers.append(m.audited)
-    yield m
-    audit_module.observers.remove(m.audited)
+def metrics() -> Metrics:
+    return Metrics(Limits(from_mapping(MINIMAL), time.monotonic))
 
 
-def test_counts_come_from_the_audit_line_and_the_live_table(metrics: Metrics) -> None:
-    log = SimpleNamespace(info=lambda *a, **k: None, failure=lambda *a, **k: None)
-    audit(log, "refused", {"direction": "outgoing", "errno": "EACCES", "uid": 5}, 0.0)  # type: ignore[arg-type]
-    audit(log, "refused", {"direction": "incoming", "errno": "EPERM"}, 0.0)  # type: ignore[arg-type]
+@pytest.fixture
+def table(metrics: Metrics) -> Connections:
+    """A daemon's connection records with ``metrics`` as their audit sink."""
+    return Connections(sinks=[metrics])
+
+
+def refuse(table: Connections, facts: dict[str, Any], errno: str) -> None:
+    table.refused(table.begin(QUIET, facts), NipcError(errno, "refused"))
+
+
+def test_counts_come_from_the_audit_line_and_the_live_table(metrics: Metrics,
+                                                            table: Connections) -> None:
+    refuse(table, {"conn_id": "r1", "direction": "outgoing", "uid": 5}, "EACCES")
+    refuse(table, {"conn_id": "r2", "direction": "incoming"}, "EPERM")
     near, far = object(), object()
     splice = SimpleNamespace(received={id(near): 10, id(far): 20}, violation=None)
     facts = {"conn_id": "c", "direction": "outgoing", "handshake": 0.02}
-    metrics.live.add(facts, splice, near, far)  # type: ignore[arg-type]
+    connection = table.begin(QUIET, facts)
+    table.spliced(connection, splice, near, far)  # type: ignore[arg-type]
     text = metrics.text().decode()
     assert metric(text, "nipc_refused_connections_total", direction="outgoing", errno="EACCES") == 1
     assert metric(text, "nipc_refused_connections_total", direction="incoming", errno="EPERM") == 1
@@ -93,8 +105,7 @@ def test_counts_come_from_the_audit_line_and_the_live_table(metrics: Metrics) ->
     # bytes of an open connection grow live; at its end they move to the ended totals
     splice.received[id(near)] = 110
     assert metric(metrics.text().decode(), "nipc_bytes_total", direction="outgoing", way="in") == 110
-    metrics.live.remove("c")
-    audit(log, "routed", facts, 0.0, splice, near, far)  # type: ignore[arg-type]
+    table.ended(connection)
     text = metrics.text().decode()
     assert metric(text, "nipc_bytes_total", direction="outgoing", way="in") == 110
     assert metric(text, "nipc_bytes_total", direction="outgoing", way="out") == 20
@@ -108,18 +119,19 @@ def test_links_are_counted() -> None:
     config = from_mapping(MINIMAL)
     links = [{"direction": "dialled", "channels": 3}, {"direction": "dialled", "channels": 1},
              {"direction": "accepted", "channels": 2}]
-    text = Metrics(Connections(), Limits(config, time.monotonic), lambda: links).text().decode()
+    text = Metrics(Limits(config, time.monotonic), lambda: links).text().decode()
     assert metric(text, "nipc_peer_links", direction="dialled") == 2
     assert metric(text, "nipc_peer_link_channels", direction="dialled") == 4
     assert metric(text, "nipc_peer_links", direction="accepted") == 1
     assert metric(text, "nipc_peer_link_channels", direction="accepted") == 2
 
 
-def test_violations_are_counted(metrics: Metrics) -> None:
-    log = SimpleNamespace(info=lambda *a, **k: None)
+def test_violations_are_counted(metrics: Metrics, table: Connections) -> None:
     near, far = object(), object()
     splice = SimpleNamespace(received={id(near): 0, id(far): 0}, violation="fd passing")
-    audit(log, "routed", {"direction": "incoming"}, 0.0, splice, near, far)  # type: ignore[arg-type]
+    connection = table.begin(QUIET, {"conn_id": "v", "direction": "incoming"})
+    table.spliced(connection, splice, near, far)  # type: ignore[arg-type]
+    table.ended(connection)
     assert metric(metrics.text().decode(), "nipc_violations_total", direction="incoming") == 1
 
 
@@ -127,14 +139,15 @@ def test_a_broken_observer_does_not_break_the_audit_line() -> None:
     lines: list[str] = []
     log = SimpleNamespace(info=lambda text, **k: lines.append(text), failure=lambda *a, **k: None)
 
-    def broken(fields: dict[str, Any]) -> None:
-        raise RuntimeError("boom")
+    class Broken:
+        def opened(self, connection: Connection) -> None:
+            raise RuntimeError("boom")
 
-    audit_module.observers.append(broken)
-    try:
-        audit(log, "refused", {"errno": "EINVAL"}, 0.0)  # type: ignore[arg-type]
-    finally:
-        audit_module.observers.remove(broken)
+        def audited(self, connection: Connection, fields: dict[str, Any]) -> None:
+            raise RuntimeError("boom")
+
+    table = Connections(sinks=[Broken()])  # type: ignore[list-item]
+    table.refused(table.begin(log, {"conn_id": "c"}), NipcError("EINVAL", "bad"))  # type: ignore[arg-type]
     assert lines and "errno=EINVAL" in lines[0]
 
 
