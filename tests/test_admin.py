@@ -29,6 +29,7 @@ from local_daemon import LocalDaemon, environ_for_cli
 import nipc
 from nipc import admin, cli
 from nipc.admin import AdminProtocol, fill_user_names, may_administer
+from nipc.cli.status import status_table
 from nipc.config import ConfigError, from_mapping
 from nipc.identity import Caller
 from nipc_testbed.sandbox import Host, Sandbox
@@ -139,7 +140,7 @@ def test_protocol_refuses_other_requests(monkeypatch: pytest.MonkeyPatch, reques
 
 
 def test_status_table() -> None:
-    text = cli.status_table({
+    text = status_table({
         "host": "b.example", "version": "0.1.0", "pid": 7, "uptime": 3700, "local_clients": 0,
         "pending_peer_handshakes": 0,
         "connections": [
@@ -157,7 +158,7 @@ def test_status_table() -> None:
 
 
 def test_status_table_shows_links() -> None:
-    text = cli.status_table({
+    text = status_table({
         "host": "a.example", "pid": 7, "uptime": 5, "local_clients": 0,
         "pending_peer_handshakes": 0, "connections": [],
         "links": [{"host": "b.example", "direction": "dialled", "peer": "10.0.0.2:7445",

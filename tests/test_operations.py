@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from acting import as_user
 from conftest import require_root
 from local_daemon import LocalDaemon, environ_for_cli
-from nipc.cli import ask_status
+from nipc.cli.status import ask_status
 from nipc.client import connect
 from nipc_testbed.sandbox import Host
 from support import CLIENT_PYTHON, UnixServer, client_dir, digest_of, read_line, stream

@@ -63,8 +63,8 @@ def test_wheel_carries_the_daemon_and_client_but_not_the_throwaway_domain(
     with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
         texts = [whl.read(name) for name in names]
-    assert {"nipc/__init__.py", "nipc/service.py", "nipc/client.py",
-            "twisted/plugins/nipc_plugin.py"} <= names, sorted(names)
+    assert {"nipc/__init__.py", "nipc/service.py", "nipc/client.py", "nipc/cli/__init__.py",
+            "nipc/cli/__main__.py", "twisted/plugins/nipc_plugin.py"} <= names, sorted(names)
     assert {n.split("/")[0] for n in names if not n.startswith("nipc-")} == {"nipc", "twisted"}
     assert not names & {"nipc/sandbox.py", "nipc/sandbox_ldap.py", "nipc/demo.py",
                         "nipc/prereqs.py"}
@@ -93,7 +93,7 @@ def _imported_distributions() -> dict[str, str]:
     """Distribution -> a module of nipc that imports it (third-party imports only)."""
     by_module = importlib.metadata.packages_distributions()
     found: dict[str, str] = {}
-    for path in [*(ROOT / "nipc").glob("*.py"), *(ROOT / "twisted" / "plugins").glob("*.py")]:
+    for path in [*(ROOT / "nipc").rglob("*.py"), *(ROOT / "twisted" / "plugins").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]

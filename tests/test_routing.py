@@ -274,7 +274,7 @@ def test_one_link_carries_every_connection_and_status_shows_it(lan: dict[str, Ho
     ``nipc status`` on both daemons shows the link and its channels."""
     import nipc
     from acting import as_user
-    from nipc.cli import ask_status, status_table
+    from nipc.cli.status import ask_status, status_table
 
     a, b = lan["a"], lan["b"]
     socks = [as_user(a.user("alice"), lambda: nipc.connect(target(b, "dns.sock"), daemon=str(a.socket_path),
