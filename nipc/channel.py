@@ -9,6 +9,7 @@ framing and the channel table; a channel only writes its frames to it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from OpenSSL import SSL
@@ -19,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
+from nipc.channel_state import PEER_SENDS, Do, Event, State, step
 from nipc.errors import NipcError
 from nipc.splice import Splice
 
@@ -32,9 +34,37 @@ WINDOW = 1024 * 1024
 GRANT_AT = WINDOW // 4
 
 
+@dataclass
+class Held:
+    """The peer's frames that arrive before the splice starts (bounded by the window):
+    its bytes, then whether its EOF and CLOSE came. Nothing but a CLOSE follows an EOF."""
+
+    data: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+    close: bool = False
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def take(self, number: int, kind: int, payload: bytes) -> None:
+        if self.eof and kind != wire.Kind.CLOSE:
+            raise NipcError("EPROTO", f"channel {number}: frame of type {kind} after EOF")
+        if kind == wire.Kind.DATA:
+            self.data += payload
+        elif kind == wire.Kind.EOF:
+            self.eof = True
+        else:
+            self.close = True
+
+
 @implementer(IPushProducer)
 class Channel:
     """One routed connection on a link: an end of a splice.
+
+    Its lifecycle is :mod:`nipc.channel_state`'s table: each frame from the peer and each
+    call from the splice or the link is an event; the table gives the next state and
+    what to do, and every ending goes through :meth:`_end`. What stays here is the window
+    (credit both ways, bytes queued for credit) and the frames held for the splice.
 
     It is its own ``transport`` for the splice: the local socket's transport is registered
     as its producer (paused while the peer has granted no room) and it is registered as
@@ -48,7 +78,7 @@ class Channel:
         self.link = link
         self.number = number
         self.transport = self
-        self.closed = False
+        self.state = State.OPENING
         self.producerPaused = False
         #: Server side: called once when the handshake is over, whichever way.
         self.on_settle: Callable[[], None] | None = None
@@ -58,24 +88,59 @@ class Channel:
         self._owed = 0  # bytes delivered locally, not yet granted back
         self._granting = True
         self._pending = bytearray()  # read locally, waiting for credit
-        self._eof_pending = False
-        self._close_pending = False
-        #: What arrives before the splice exists (bounded by the window): data, then
-        #: whether EOF and CLOSE came.
-        self._holding = True
-        self._held = bytearray()
-        self._held_eof = False
-        self._held_close = False
-        self._eof_received = False
-        #: The handshake is over (RESULT OK sent or received): a CLOSE before that ends
-        #: the channel at once, since no splice will come to take it.
-        self.established = False
+        self._eof_pending = False  # our EOF, queued behind _pending
+        #: The peer's frames until the splice starts; None once given to it.
+        self._held: Held | None = Held()
         self._reason: Failure | None = None
         self._result: Deferred[wire.Result] | None = None
 
     @property
     def peer(self) -> str:
         return self.link.peer
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # -- the lifecycle: events in, the table's actions out
+    def _fire(self, event: Event, reason: Failure | None = None) -> None:
+        self.state, do = step(self.state, event)
+        if do is Do.NOTHING:
+            return
+        if do is Do.HOLD:
+            assert self._held is not None
+            self._held.take(self.number, wire.Kind.EOF if event is Event.PEER_EOF else wire.Kind.CLOSE, b"")
+        elif do is Do.RELEASE:
+            self._release()
+        elif do is Do.REPORT_LOST:
+            assert self.splice is not None and self._held is not None and self._reason is not None
+            self._held = None
+            self.splice.lost(self, self._reason)
+        elif do is Do.DELIVER_EOF:
+            assert self.splice is not None
+            self.splice.eof(self)
+        elif do is Do.QUEUE_EOF:
+            self._eof_pending = True
+            self._flush()
+        elif do is Do.FLUSH:
+            self._flush()
+        else:
+            self._end(reason or Failure(ConnectionDone("channel closed")), do is Do.END_AND_TELL)
+
+    def _end(self, reason: Failure, tell: bool) -> None:
+        """The one way a channel ends (the state is CLOSED already): CLOSE to the peer if
+        it does not know, out of the link's table, and the splice or the handshake told."""
+        if tell and not self.link.closed:
+            self.link.write(wire.frame(wire.Kind.CLOSE, self.number))
+        self._reason = reason
+        self._pending.clear()
+        self.link.forget(self)
+        self._settle()
+        if self.splice is not None:
+            if self._held is None:  # started: otherwise its start reports the loss
+                self.splice.lost(self, reason)
+        else:
+            self._handshake_failed(reason)
 
     # -- frames from the link
     def received(self, kind: int, payload: bytes) -> None:
@@ -86,28 +151,21 @@ class Channel:
             self._flush()
             return
         if kind == wire.Kind.CLOSE:
-            if not self.established:
-                self.finish(Failure(ConnectionDone("the peer closed the channel during its handshake")))
-            elif self._holding:
-                self._held_close = True
-            else:
-                self.finish(Failure(ConnectionDone("the peer closed the channel")))
+            self._fire(Event.PEER_CLOSE, Failure(ConnectionDone(
+                "the peer closed the channel during its handshake" if self.state is State.OPENING
+                else "the peer closed the channel")))
             return
-        if self._eof_received:
-            raise NipcError("EPROTO", f"channel {self.number}: frame of type {kind} after EOF")
         if kind == wire.Kind.EOF:
-            self._eof_received = True
-            if self._holding:
-                self._held_eof = True
-            else:
-                self.splice.eof(self)  # type: ignore[union-attr]
+            self._fire(Event.PEER_EOF)  # a second one is illegal, held or not
             return
         # DATA: never empty (an empty frame would cost us without counting against the window)
+        if self.state not in PEER_SENDS:
+            raise NipcError("EPROTO", f"channel {self.number}: frame of type {kind} after EOF")
         if not payload or len(payload) > self._room:
             raise NipcError("EPROTO", f"channel {self.number}: empty data, or beyond the granted window")
         self._room -= len(payload)
-        if self._holding:
-            self._held += payload
+        if self._held is not None:
+            self._held.take(self.number, kind, payload)
         else:
             self._deliver(payload)
 
@@ -118,7 +176,7 @@ class Channel:
         self._grant()
 
     def _grant(self) -> None:
-        if self._granting and self._owed >= GRANT_AT and not self.closed:
+        if self._granting and self._owed >= GRANT_AT and self.state is not State.CLOSED:
             self.link.write(wire.credit_frame(self.number, self._owed))
             self._room += self._owed
             self._owed = 0
@@ -134,7 +192,7 @@ class Channel:
 
         result: Deferred[wire.Result] = Deferred(cancel)
         self._result = result
-        if self.closed:  # its link was lost since the channel was opened
+        if self.state is State.CLOSED:  # its link was lost since the channel was opened
             assert self._reason is not None
             self._handshake_failed(self._reason)
         else:
@@ -146,9 +204,9 @@ class Channel:
             raise NipcError("EPROTO", f"channel {self.number}: unexpected RESULT")
         d, self._result = self._result, None
         if result.ok:
-            self.established = True
+            self._fire(Event.ANSWERED)
         else:
-            self._drop()
+            self._fire(Event.REFUSED, Failure(ConnectionDone("the peer refused the channel")))
         d.callback(result)
 
     # -- the handshake (receiving side)
@@ -158,18 +216,19 @@ class Channel:
 
     def answer(self, result: wire.Result) -> None:
         """Send the RESULT; a refusal ends the channel (the link stays, unless it has
-        taken too many refusals before any channel authenticated)."""
+        taken too many refusals before any channel authenticated). A channel the peer
+        gave up on meanwhile is answered with nothing."""
         tried = self.on_settle is not None  # admitted to the Kerberos work
         self._settle()
-        if self.closed:
+        event = Event.ANSWERED if result.ok else Event.REFUSED
+        if self.state is State.CLOSED:
+            self._fire(event)
             return
+        step(self.state, event)  # a second answer raises before anything is sent
         self.link.write(wire.encode(result, self.number))
-        if result.ok:
-            self.established = True
-        else:
-            self._drop()
-            if tried and result.errno_name != "EAGAIN":  # this host's overload: not the peer's
-                self.link.refused()
+        self._fire(event, None if result.ok else Failure(ConnectionDone("the channel was refused")))
+        if not result.ok and tried and result.errno_name != "EAGAIN":  # this host's overload: not the peer's
+            self.link.refused()
 
     def _settle(self) -> None:
         settle, self.on_settle = self.on_settle, None
@@ -198,7 +257,7 @@ class Channel:
 
     def throttle(self) -> None:
         """Read the local socket only while the peer has room and the link keeps up."""
-        if self._producer is None or self.closed:
+        if self._producer is None or self.state is State.CLOSED:
             return
         if self.link.paused:
             self.link.blocked.add(self)
@@ -212,20 +271,21 @@ class Channel:
 
     # -- the splice's End
     def start(self) -> None:
-        assert self.splice is not None
-        self._holding = False
-        held, self._held = bytes(self._held), bytearray()
-        if held and not self.closed:
-            self._deliver(held)
-        if self._held_eof and not self.closed:
-            self.splice.eof(self)
-        if self._held_close:
-            self.finish(Failure(ConnectionDone("the peer closed the channel")))
-        elif self.closed and self._reason is not None:
-            self.splice.lost(self, self._reason)  # lost while the splice was being made
+        self._fire(Event.START)
+
+    def _release(self) -> None:
+        """Give the splice what was held, in the order it came."""
+        assert self.splice is not None and self._held is not None
+        held, self._held = self._held, None
+        if held.data:
+            self._deliver(bytes(held.data))
+        if held.eof and self.state is not State.CLOSED:
+            self._fire(Event.PEER_EOF)
+        if held.close and self.state is not State.CLOSED:
+            self._fire(Event.PEER_CLOSE, Failure(ConnectionDone("the peer closed the channel")))
 
     def send(self, data: bytes) -> None:
-        if self.closed:
+        if self.state is State.CLOSED:
             return
         if not self._pending and len(data) <= self._credit:
             self._credit -= len(data)
@@ -237,63 +297,35 @@ class Channel:
             self._flush()
 
     def _flush(self) -> None:
-        while self._pending and self._credit > 0 and not self.closed:
+        while self._pending and self._credit > 0 and self.state is not State.CLOSED:
             size = min(len(self._pending), self._credit, wire.MAX_DATA)
             self.link.send_data(self.number, bytes(self._pending[:size]))
             del self._pending[:size]
             self._credit -= size
-        if self.closed:
+        if self.state is State.CLOSED:
             return
         if not self._pending:
             if self._eof_pending:
                 self._eof_pending = False
                 self.link.write(wire.frame(wire.Kind.EOF, self.number))
-            if self._close_pending:
-                self._end()
+            if self.state in (State.CLOSING, State.CLOSING_IN_SHUT):
+                self._fire(Event.DRAINED)
                 return
         self.throttle()
 
     def send_eof(self) -> None:
-        if not self.closed:
-            self._eof_pending = True
-            self._flush()
+        self._fire(Event.LOCAL_EOF)
 
     def close(self) -> None:
         """Close once what is pending has been sent (as TCP's close does)."""
-        if not self.closed:
-            self._close_pending = True
-            self._flush()
+        self._fire(Event.LOCAL_CLOSE)
 
     def abort(self) -> None:
-        if not self.closed:
-            self._pending.clear()
-            self._end()
+        self._fire(Event.ABORT)
 
-    def _end(self) -> None:
-        """Tell the peer this channel is over, and end it here."""
-        if not self.link.closed:
-            self.link.write(wire.frame(wire.Kind.CLOSE, self.number))
-        self.finish(Failure(ConnectionDone("channel closed")))
-
-    def _drop(self) -> None:
-        """End a channel the peer knows is over (a refused handshake): nothing to say."""
-        self.closed = True
-        self.link.forget(self)
-
-    def finish(self, reason: Failure) -> None:
-        """The channel is over: closed by either side, or its link lost."""
-        if self.closed:
-            return
-        self.closed = True
-        self._reason = reason
-        self._pending.clear()
-        self.link.forget(self)
-        self._settle()
-        if self.splice is not None:
-            if not self._holding:
-                self.splice.lost(self, reason)
-        else:
-            self._handshake_failed(reason)
+    def link_lost(self, reason: Failure) -> None:
+        """Its link is gone: the channel ends as a crash would."""
+        self._fire(Event.LINK_LOST, reason)
 
     def _handshake_failed(self, reason: Failure) -> None:
         if self._result is not None:

@@ -175,9 +175,9 @@ class Inbound:
                 self._live.ended(connection)
 
             facts["handshake"] = round(time.monotonic() - connection.started, 6)
+            # Answered first: the splice starts a channel whose handshake is over.
+            channel.answer(wire.Result("OK", token=accepted.token, info={"conn_id": conn_id}))
             self._live.spliced(connection, Splice(channel, end, ended), channel, end)
-            token = accepted.token
-            channel.answer(wire.Result("OK", token=token, info={"conn_id": conn_id}))
 
         def refused(error: NipcError, acc: Accepted | None = None) -> None:
             uncount()

@@ -247,7 +247,7 @@ class Link(Protocol):
             self._idle = None
         channels, self.channels = list(self.channels.values()), {}
         for channel in channels:
-            channel.finish(reason)
+            channel.link_lost(reason)
         self.link_lost(reason)
 
     # Hooks for the two sides.
