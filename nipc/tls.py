@@ -41,6 +41,8 @@ EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 #: and fewer AES rounds (10 vs 14) cost less CPU per byte. ssh's aes128-gcm is what
 #: the benchmark compares against. ChaCha20 last, for a host without AES instructions.
 CIPHER_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+#: OpenSSL's SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h; pyOpenSSL sets it, exports no name).
+MODE_ENABLE_PARTIAL_WRITE = 0x1
 
 
 def ephemeral_certificate(host: str) -> tuple[Any, Any]:
@@ -63,16 +65,19 @@ def ephemeral_certificate(host: str) -> tuple[Any, Any]:
     return key, cert
 
 
-def _lean(options: ssl.CertificateOptions) -> ssl.CertificateOptions:
+def _tuned(options: ssl.CertificateOptions) -> ssl.CertificateOptions:
     """Let OpenSSL free an idle connection's read and write buffers (about 34 KB of the
     ~45 KB a TLS endpoint holds): most routed connections are idle most of the time.
     The suites of :data:`CIPHER_SUITES`, the server's order deciding (Twisted sets
-    ``OP_CIPHER_SERVER_PREFERENCE``); pyOpenSSL before 25.2 cannot set them, and
-    OpenSSL's default order (AES-256-GCM first) stays."""
+    ``OP_CIPHER_SERVER_PREFERENCE``). No partial writes: with them ``SSL_write`` returns
+    after each 16 KiB record, so a 256 KiB write took 16 calls through pyOpenSSL and 16
+    appends to the memory BIO; the BIO takes any size, so one call does it all.
+    pyOpenSSL before 25.2 can do neither of the last two: OpenSSL's defaults stay."""
     context = options.getContext()
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if hasattr(context, "set_tls13_ciphersuites"):
         context.set_tls13_ciphersuites(CIPHER_SUITES)
+        context.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
     return options
 
 
@@ -105,14 +110,14 @@ def server_options(config: Config) -> ssl.CertificateOptions:
             log.warn("peer.certificate {path} does not name {host}: peers that verify it "
                      "will refuse this daemon (name mismatch)",
                      path=str(config.tls_certificate), host=config.host_name)
-    return _lean(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3, **kw))
+    return _tuned(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3, **kw))
 
 
 def client_options(config: Config) -> ssl.CertificateOptions:
     """The dialling side, one context for every peer: the configured certificate as the
     client certificate, if any; with a CA bundle, the peer's chain is verified during the
     handshake and its name by :func:`check_peer_name` right after it."""
-    return _lean(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
+    return _tuned(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
                                         **_configured(config)))
 
 

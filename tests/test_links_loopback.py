@@ -15,7 +15,7 @@ from nipc.config import from_mapping
 from nipc.links import Links
 from nipc.link import ClientLink
 from nipc.compat import UnbufferedTLSFactory
-from nipc.tls import client_options, server_options
+from nipc.tls import MODE_ENABLE_PARTIAL_WRITE, client_options, server_options
 
 reactor: Any = _reactor
 HOST = "b.lan.test"
@@ -98,3 +98,9 @@ async def test_the_link_prefers_aes_128_gcm() -> None:
             if all(p.transport is None or not p.transport.connected for p in accepted):  # type: ignore[attr-defined]
                 break
             await deferLater(reactor, 0.1)
+
+
+def test_the_link_encrypts_a_whole_write_in_one_call() -> None:
+    """Partial writes off: one SSL_write for a whole 256 KiB chunk, not one per record."""
+    for options in (client_options(config(1)), server_options(config(1))):
+        assert options.getContext().set_mode(0) & MODE_ENABLE_PARTIAL_WRITE == 0
