@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from nipc.client import check_gate, daemon_socket as default_daemon_socket
 from nipc.errors import NipcError
-from nipc.request import MAX_LINE, parse_reply, parse_target
+from nipc.request import MAX_LINE, ConnectRequest, parse_reply, parse_target
 
 #: How long the daemon may take to answer: its own limits (handshake, connect) fit inside.
 DEFAULT_TIMEOUT = 30.0
@@ -39,15 +39,9 @@ DEFAULT_TIMEOUT = 30.0
 
 @implementer(IAddress)
 @dataclass(frozen=True)
-class NIPCAddress:
-    """The routed destination, given to ``buildProtocol`` instead of the daemon's address."""
-
-    path: str
-    host: str
-
-    @property
-    def target(self) -> str:
-        return f"{self.path}@{self.host}"
+class NIPCAddress(ConnectRequest):
+    """The routed destination, given to ``buildProtocol`` instead of the daemon's address:
+    the request the daemon was sent, as a Twisted address."""
 
 
 def parse_address(target: str) -> NIPCAddress:
