@@ -118,6 +118,7 @@ class _Dial:
         self._who = who
         self._request = request
         self._conn_id = conn_id
+        self._link: ClientLink | None = None
         self._channel: Channel | None = None
         self._initiation: Initiation | None = None
         self._reused: ClientLink | None = None
@@ -146,6 +147,7 @@ class _Dial:
     def _open(self, got: "ClientLink | Reused") -> "Deferred[End]":
         if isinstance(got, Reused):
             self._reused = got = got.link
+        self._link = got
         self._channel = channel = got.open()
         binding = wire.binding(got.exporter or b"", channel.number)
         return self._initiate(binding).addCallback(self._hello).addCallback(self._verify)
@@ -185,14 +187,13 @@ class _Dial:
         return channel
 
     def _failed(self, failure: Failure) -> Failure:
-        channel = self._channel
-        if channel is None:
+        channel, link = self._channel, self._link
+        if channel is None or link is None:
             return link_failure(failure, (), self._request.host)
-        link = channel.link
-        assert isinstance(link, ClientLink)
-        if failure.check(CancelledError, DeferTimeout) and not channel.closed:
-            # No answer in time on a link that is up: it may be dead without TCP knowing
-            # yet. New connections get a new link.
+        if failure.check(DeferTimeout) and not link.closed:
+            # No answer within the handshake timeout on a link that is up: it may be dead
+            # without TCP knowing yet. New connections get a new link. (The timeout has
+            # closed the channel already; a caller who went away says nothing of the link.)
             link.retire()
         channel.abort()
         return link_failure(failure, link.addresses, self._request.host)
