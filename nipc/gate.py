@@ -266,8 +266,10 @@ class LocalGate(UnixEnd):
             self._attached = descriptor
             return
         os.close(descriptor)
-        self._cancel_routing()
+        # Refused first: the cancelled route then finds the connection done (else its
+        # CancelledError would be answered as an internal error).
         self._refuse(NipcError("EINVAL", "file descriptors cannot be passed over NIPC"))
+        self._cancel_routing()
 
     def _cancel_routing(self) -> None:
         if self._routing is not None:
