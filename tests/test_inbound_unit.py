@@ -144,7 +144,7 @@ def test_an_accepted_ticket_connects_as_its_principals_account_and_answers_ok() 
     assert daemon.server.link.proven  # a channel passed Kerberos: the link is no longer pending
     # The end: both sides go; the count, the registration and the record are given back.
     end = daemon.connector.endpoints[0].protocol
-    channel.finish(Failure(ConnectionError("peer closed")))
+    daemon.server.link.dataReceived(wire.frame(wire.Kind.CLOSE, channel.number))
     end.connectionLost(Failure(ConnectionError("server closed")))
     assert len(daemon.live) == 0 and len(daemon.registry) == 0 and daemon.limits.inbound == 0
     assert [line["result"] for line in daemon.sink.lines] == ["routed"]
@@ -199,7 +199,8 @@ def test_a_failed_connect_is_refused_with_the_ap_rep_and_unregistered() -> None:
 def test_a_channel_closed_before_the_connection_was_made_is_econnreset() -> None:
     daemon = Daemon()
     channel = daemon.hello()
-    channel.finish(Failure(ConnectionError("the dialler gave up")))
+    daemon.server.link.dataReceived(wire.frame(wire.Kind.CLOSE, channel.number))  # gave up
+    assert channel.closed
     daemon.reactor.from_threads()
     assert daemon.connector.endpoints[0].transport.disconnecting  # the end is closed
     assert [line["errno"] for line in daemon.sink.lines] == ["ECONNRESET"]
