@@ -15,32 +15,20 @@ import math
 import pwd
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-
 from nipc.destination import pattern_problem
+from nipc.errors import ConfigError as ConfigError
 from nipc.errors import NipcError
 from nipc.request import DEFAULT_SOCKET, ConnectRequest, check_host, parse_request
+from nipc.tls import check_pem_files
 
 DEFAULT_PORT = 7445
 #: journald's socket for native entries ([log] journal_socket).
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
-#: Private key types a TLS certificate of [peer] may have.
-TLS_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
-                 ed448.Ed448PrivateKey)
-TLSKey = (rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-          | ed448.Ed448PrivateKey)
-
-
-class ConfigError(ValueError):
-    """The configuration file is unreadable or wrong; the message names the key."""
 
 
 class CredentialMode(Enum):
@@ -71,34 +59,80 @@ class Import:
 
 
 @dataclass(frozen=True)
-class Config:
-    """Frozen to every component that holds it; only :func:`nipc.reload.adopt` replaces its
-    fields (all at once, on a reload), so holders read settings when they decide something."""
+class HostSection:
+    """[host]: this daemon's name and realm (restart-only)."""
 
-    host_name: str
+    name: str
     realm: str
-    mode: CredentialMode
+
+    @property
+    def service_name(self) -> str:
+        """The GSS host-based service name peers use to reach this daemon."""
+        return f"nipc@{self.name}"
+
+
+@dataclass(frozen=True)
+class KerberosSection:
+    """[kerberos]: the daemon's own identity and how it gets tickets for callers."""
+
     keytab: Path
     principal: str
+    mode: CredentialMode = CredentialMode.PROTOCOL_TRANSITION
     krb5_config: Path | None = None
     ccache_template: str = "FILE:/tmp/krb5cc_%{uid}"
     trusted_realms: tuple[str, ...] = ()
     allow_root: bool = False
-    #: [kerberos] caller_ticket_reuse (minutes in the file, seconds here): the longest a
-    #: ticket obtained in a caller's name is reused before the KDC is asked again, so a
-    #: user locked at the KDC loses access within it.
+    #: caller_ticket_reuse (minutes in the file, seconds here): the longest a ticket
+    #: obtained in a caller's name is reused before the KDC is asked again, so a user
+    #: locked at the KDC loses access within it.
     caller_ticket_reuse: float = 600.0
-    socket_path: Path = Path(DEFAULT_SOCKET)
-    socket_owner: int = 0
-    socket_group: int = 0
-    socket_mode: int = 0o666
-    listen_address: str = "0.0.0.0"
-    listen_port: int = DEFAULT_PORT
-    peers: Mapping[str, PeerAddress] = field(default_factory=dict)
-    request_timeout: float = 10.0
-    handshake_timeout: float = 10.0
-    connect_timeout: float = 5.0
-    kdc_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class LocalSection:
+    """[local]: the gate socket local callers connect to."""
+
+    socket: Path = Path(DEFAULT_SOCKET)
+    owner: int = 0
+    group: int = 0
+    mode: int = 0o666
+
+
+@dataclass(frozen=True)
+class PeerSection:
+    """[peer]: the listening side for peer daemons, chaining, and the link's TLS files."""
+
+    listen: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    max_hops: int = 8
+    #: chain_accounts: local uids that may chain onward in the name of callers they do not
+    #: run as (SPEC section 6); everyone else only as themselves.
+    chain_accounts: frozenset[int] = frozenset()
+    #: certificate, private_key: PEM files presented instead of an ephemeral self-signed
+    #: certificate; ca_bundle: PEM CA certificates peers' certificates must chain to (both
+    #: directions). All None by default: Kerberos alone.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class DnsSection:
+    """[dns]: how peer daemons are found when [peers] does not name them."""
+
+    #: servers as (IPv4 address, port); empty: /etc/hosts and /etc/resolv.conf.
+    servers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class TimeoutsSection:
+    """[timeouts], in seconds."""
+
+    request: float = 10.0
+    handshake: float = 10.0
+    connect: float = 5.0
+    kdc: float = 5.0
     keepalive_idle: int = 15
     user_timeout: float = 30.0
     #: A dialled peer link with no connection for this long is closed (the receiving side
@@ -110,17 +144,13 @@ class Config:
     link_ping: float = 10.0
     #: On SIGTERM: how long routed connections may go on (no new ones are accepted) before
     #: the rest are closed.
-    drain_timeout: float = 30.0
-    max_hops: int = 8
-    #: [peer] chain_accounts: local uids that may chain onward in the name of callers they
-    #: do not run as (SPEC section 6); everyone else only as themselves.
-    chain_accounts: frozenset[int] = frozenset()
-    log_file: Path | None = None
-    #: [log] journal: native journal entries with NIPC_* fields (True), twistd's text
-    #: (False), or native exactly when stdout/stderr is journald's stream (None, "auto").
-    log_journal: bool | None = None
-    journal_socket: Path = JOURNAL_SOCKET
-    imports: tuple[Import, ...] = ()
+    drain: float = 30.0
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    """[limits]: admission limits (nipc.limits)."""
+
     max_connections: int = 4096
     max_per_caller: int = 256
     handshakes_per_second: int = 200
@@ -132,66 +162,91 @@ class Config:
     #: Connections peers route to this host, open at once: in all, and from one address.
     max_inbound: int = 4096
     max_inbound_per_source: int = 1024
-    #: [admin] socket: relative means next to the gate socket; "" turns it off.
-    admin_socket: str = "admin.sock"
-    admin_group: int | None = None
-    #: [metrics] listen: where the Prometheus endpoint is served; None (default) is off.
-    metrics_listen: PeerAddress | None = None
-    #: [dns] servers as (IPv4 address, port); empty: /etc/hosts and /etc/resolv.conf.
-    dns_servers: tuple[tuple[str, int], ...] = ()
-    dns_timeout: float = 5.0
-    #: [peer] certificate, private_key: PEM files presented instead of an ephemeral
-    #: self-signed certificate; ca_bundle: PEM CA certificates peers' certificates must
-    #: chain to (both directions). All None by default: Kerberos alone.
-    tls_certificate: Path | None = None
-    tls_private_key: Path | None = None
-    tls_ca_bundle: Path | None = None
-    #: [destinations] allow, deny: path patterns callers from other hosts may (not) reach
-    #: here, matched against the resolved path (nipc.destination.PathPolicy).
-    destination_allow: tuple[str, ...] = ("/**",)
-    destination_deny: tuple[str, ...] = ()
 
-    @property
-    def service_name(self) -> str:
-        """The GSS host-based service name peers use to reach this daemon."""
-        return f"nipc@{self.host_name}"
+
+@dataclass(frozen=True)
+class LogSection:
+    """[log]: where the daemon's log goes."""
+
+    file: Path | None = None
+    #: journal: native journal entries with NIPC_* fields (True), twistd's text (False), or
+    #: native exactly when stdout/stderr is journald's stream (None, "auto").
+    journal: bool | None = None
+    journal_socket: Path = JOURNAL_SOCKET
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    """[admin]: the admin socket (``nipc status``, ``nipc reload``)."""
+
+    #: socket: relative means next to the gate socket; "" turns it off.
+    socket: str = "admin.sock"
+    group: int | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """[metrics]: the Prometheus endpoint."""
+
+    #: listen: where the endpoint is served; None (default) is off.
+    listen: PeerAddress | None = None
+
+
+@dataclass(frozen=True)
+class DestinationsSection:
+    """[destinations]: path patterns callers from other hosts may (not) reach here, matched
+    against the resolved path (nipc.destination.PathPolicy)."""
+
+    allow: tuple[str, ...] = ("/**",)
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The file, section by section. Frozen to every component that holds it or one of its
+    sections; only :func:`nipc.reload.adopt` replaces their fields (all at once, in place,
+    on a reload), so holders read settings when they decide something. Each section is
+    its own object (never shared between two Configs) for that reason."""
+
+    host: HostSection
+    kerberos: KerberosSection
+    local: LocalSection = field(default_factory=LocalSection)
+    peer: PeerSection = field(default_factory=PeerSection)
+    #: [peers]: host name -> its daemon's address, before DNS.
+    peers: Mapping[str, PeerAddress] = field(default_factory=dict)
+    dns: DnsSection = field(default_factory=DnsSection)
+    timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    log: LogSection = field(default_factory=LogSection)
+    admin: AdminSection = field(default_factory=AdminSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    destinations: DestinationsSection = field(default_factory=DestinationsSection)
+    #: [[imports]]
+    imports: tuple[Import, ...] = ()
 
     @property
     def admin_socket_path(self) -> Path | None:
         """The admin socket (``nipc status``), or None when it is turned off."""
-        return self.socket_path.parent / self.admin_socket if self.admin_socket else None
+        return self.local.socket.parent / self.admin.socket if self.admin.socket else None
 
     def realms(self) -> tuple[str, ...]:
         """Realms whose principals this daemon accepts (its own unless configured)."""
-        return self.trusted_realms or (self.realm,)
+        return self.kerberos.trusted_realms or (self.host.realm,)
 
 
-#: Config fields a reload cannot change (something built at start-up holds them: a listening
-#: socket, the credential source, the krb5 library's settings), with their keys in the file.
+#: Settings a reload cannot change (something built at start-up holds them: a listening
+#: socket, the credential source, the krb5 library's settings), as ``section.key``.
 #: A reload keeps their running values and logs each changed one as needing a restart.
-RESTART_ONLY = {
-    "host_name": "host.name", "realm": "host.realm", "mode": "kerberos.mode",
-    "keytab": "kerberos.keytab", "principal": "kerberos.principal",
-    "krb5_config": "kerberos.krb5_config", "ccache_template": "kerberos.ccache_template",
-    "socket_path": "local.socket", "listen_address": "peer.listen", "listen_port": "peer.port",
-    "admin_socket": "admin.socket", "admin_group": "admin.group",
-    "metrics_listen": "metrics.listen", "log_journal": "log.journal",
-    "journal_socket": "log.journal_socket",
-}
+RESTART_ONLY = (
+    "host.name", "host.realm", "kerberos.mode", "kerberos.keytab", "kerberos.principal",
+    "kerberos.krb5_config", "kerberos.ccache_template", "local.socket", "peer.listen",
+    "peer.port", "admin.socket", "admin.group", "metrics.listen", "log.journal",
+    "log.journal_socket",
+)
 
 
-#: [limits] keys and the Config fields they set.
-_LIMITS = {
-    "max_connections": "max_connections",
-    "max_per_caller": "max_per_caller",
-    "handshakes_per_second": "handshakes_per_second",
-    "handshake_burst": "handshake_burst",
-    "max_pending_peers": "max_pending_peers",
-    "max_pending_per_source": "max_pending_per_source",
-    "peer_handshakes_per_second": "peer_handshakes_per_second",
-    "max_inbound": "max_inbound",
-    "max_inbound_per_source": "max_inbound_per_source",
-}
+#: [limits] keys.
+_LIMITS = frozenset(f.name for f in fields(LimitsSection))
 
 
 def check_known(found: Any, known: set[str], what: str, where: str) -> None:
@@ -334,35 +389,36 @@ def _imports(entries: Any) -> tuple[Import, ...]:
 METRICS_PORT = 9745
 
 
-def _admin_and_metrics(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """[admin] socket/group and [metrics] listen, as Config keyword arguments."""
+def _admin_and_metrics(doc: Mapping[str, Any]) -> tuple[AdminSection, MetricsSection]:
+    """[admin] socket/group and [metrics] listen."""
     admin = _section(doc, "admin", {"socket", "group"})
     metrics = _section(doc, "metrics", {"listen"})
-    kw: dict[str, Any] = {"admin_socket": _opt(admin, "admin", "socket", str, "admin.sock")}
-    if "\0" in kw["admin_socket"]:
+    socket = _opt(admin, "admin", "socket", str, AdminSection.socket)
+    if "\0" in socket:
         raise ConfigError("admin.socket: a path cannot hold NUL")
+    group = None
     if "group" in admin:
-        group = _typed(admin, "admin", "group", (str, int))
+        name = _typed(admin, "admin", "group", (str, int))
         try:
-            kw["admin_group"] = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
-            if kw["admin_group"] < 0:
-                raise KeyError(group)
+            group = name if isinstance(name, int) else grp.getgrnam(name).gr_gid
+            if group < 0:
+                raise KeyError(name)
         except KeyError:
-            raise ConfigError(f"admin.group: no such group {group!r}") from None
+            raise ConfigError(f"admin.group: no such group {name!r}") from None
+    listen = None
     if "listen" in metrics:
         text = _typed(metrics, "metrics", "listen", str)
         if not text.startswith("[") and text.count(":") > 1:
             text = f"[{text}]"  # a bare IPv6 address
         if text.endswith("]") or ":" not in text:
             text += f":{METRICS_PORT}"
-        kw["metrics_listen"] = parse_peer_address(text, "metrics.listen")
-    return kw
+        listen = parse_peer_address(text, "metrics.listen")
+    return AdminSection(socket, group), MetricsSection(listen)
 
 
-def _dns(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """[dns] servers ("address" or "address:port", IPv4) and timeout, as Config arguments."""
+def _dns(doc: Mapping[str, Any]) -> DnsSection:
+    """[dns] servers ("address" or "address:port", IPv4) and timeout."""
     sect = _section(doc, "dns", {"servers", "timeout"})
-    kw: dict[str, Any] = {}
     servers = _opt(sect, "dns", "servers", list, [])
     parsed = []
     for text in servers:
@@ -374,17 +430,16 @@ def _dns(doc: Mapping[str, Any]) -> dict[str, Any]:
         except ValueError:
             raise ConfigError(f"dns.servers: not an IPv4 address: {text!r}") from None
         parsed.append((address.host, address.port))
-    kw["dns_servers"] = tuple(parsed)
+    timeout = DnsSection.timeout
     if "timeout" in sect:
         timeout = _typed(sect, "dns", "timeout", (int, float))
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("dns.timeout must be positive")
-        kw["dns_timeout"] = timeout
-    return kw
+    return DnsSection(tuple(parsed), timeout)
 
 
-def _destinations(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """[destinations] allow and deny: lists of path patterns, as Config keyword arguments."""
+def _destinations(doc: Mapping[str, Any]) -> DestinationsSection:
+    """[destinations] allow and deny: lists of path patterns."""
     sect = _section(doc, "destinations", {"allow", "deny"})
     kw: dict[str, Any] = {}
     for key in ("allow", "deny"):
@@ -398,53 +453,13 @@ def _destinations(doc: Mapping[str, Any]) -> dict[str, Any]:
             problem = pattern_problem(pattern)
             if problem is not None:
                 raise ConfigError(f"destinations.{key}: {pattern!r} {problem}")
-        kw[f"destination_{key}"] = tuple(patterns)
-    return kw
-
-
-def _read_pem(path: str, where: str) -> bytes:
-    if not path:
-        raise ConfigError(f"{where}: expected a file name")
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
-
-
-def pem_certificates(path: str, where: str) -> list[x509.Certificate]:
-    """Every certificate of a PEM file (at least one), or ConfigError naming ``where``."""
-    data = _read_pem(path, where)
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ConfigError(f"{where}: no PEM certificate in {path}") from None
-
-
-def pem_private_key(path: str, where: str) -> TLSKey:
-    """An unencrypted PEM private key of a type TLS can use, or ConfigError."""
-    data = _read_pem(path, where)
-    try:
-        key = serialization.load_pem_private_key(data, None)
-    except TypeError:
-        raise ConfigError(f"{where}: {path} is encrypted; give an unencrypted key, readable "
-                          "by root only") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ConfigError(f"{where}: no usable PEM private key in {path}") from None
-    if not isinstance(key, TLS_KEY_TYPES):
-        raise ConfigError(f"{where}: {path}: unsupported key type {type(key).__name__} "
-                          "(use RSA, ECDSA or Ed25519)")
-    return key
-
-
-def _public(key: Any) -> bytes:
-    data: bytes = key.public_bytes(serialization.Encoding.DER,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
-    return data
+        kw[key] = tuple(patterns)
+    return DestinationsSection(**kw)
 
 
 def _tls(peer: Mapping[str, Any]) -> dict[str, Any]:
-    """[peer] certificate, private_key and ca_bundle, checked, as Config keyword arguments."""
+    """[peer] certificate, private_key and ca_bundle, checked (the files by
+    :func:`nipc.tls.check_pem_files`), as PeerSection keyword arguments."""
     cert = _opt(peer, "peer", "certificate", str, None)
     key = _opt(peer, "peer", "private_key", str, None)
     ca = _opt(peer, "peer", "ca_bundle", str, None)
@@ -453,22 +468,13 @@ def _tls(peer: Mapping[str, Any]) -> dict[str, Any]:
     if ca is not None and cert is None:
         raise ConfigError("peer.ca_bundle needs peer.certificate and peer.private_key: peers "
                           "that verify ask this daemon for a certificate from the CA too")
-    kw: dict[str, Any] = {}
-    if cert is not None and key is not None:
-        leaf = pem_certificates(cert, "peer.certificate")[0]
-        private = pem_private_key(key, "peer.private_key")
-        if _public(private.public_key()) != _public(leaf.public_key()):
-            raise ConfigError(f"peer.private_key: {key} does not match the certificate "
-                              f"in peer.certificate ({cert})")
-        kw.update(tls_certificate=Path(cert), tls_private_key=Path(key))
-    if ca is not None:
-        pem_certificates(ca, "peer.ca_bundle")
-        kw["tls_ca_bundle"] = Path(ca)
-    return kw
+    check_pem_files(cert, key, ca)
+    return {name: Path(value) for name, value in
+            (("certificate", cert), ("private_key", key), ("ca_bundle", ca)) if value is not None}
 
 
-def _chain_accounts(peer: Mapping[str, Any]) -> dict[str, Any]:
-    """[peer] chain_accounts (user names or uids), as the Config keyword argument."""
+def _chain_accounts(peer: Mapping[str, Any]) -> frozenset[int]:
+    """[peer] chain_accounts (user names or uids), as uids."""
     accounts = _opt(peer, "peer", "chain_accounts", list, [])
     uids = set()
     for account in accounts:
@@ -478,7 +484,7 @@ def _chain_accounts(peer: Mapping[str, Any]) -> dict[str, Any]:
             uids.add(account if isinstance(account, int) else pwd.getpwnam(account).pw_uid)
         except KeyError:
             raise ConfigError(f"peer.chain_accounts: no such user {account!r}") from None
-    return {"chain_accounts": frozenset(uids)}
+    return frozenset(uids)
 
 
 def load(path: str | Path) -> Config:
@@ -560,23 +566,23 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         ) from None
     socket_mode = _mode(_opt(local, "local", "mode", (str, int), "0666"), "local.mode")
 
-    kw: dict[str, Any] = {}
-    for key, name, kind in (
-        ("request", "request_timeout", (int, float)),
-        ("handshake", "handshake_timeout", (int, float)),
-        ("connect", "connect_timeout", (int, float)),
-        ("kdc", "kdc_timeout", (int, float)),
-        ("user_timeout", "user_timeout", (int, float)),
-        ("keepalive_idle", "keepalive_idle", int),
-        ("link_idle", "link_idle", (int, float)),
-        ("link_ping", "link_ping", (int, float)),
-        ("drain", "drain_timeout", (int, float)),
+    timeouts: dict[str, Any] = {}
+    for key, kind in (
+        ("request", (int, float)),
+        ("handshake", (int, float)),
+        ("connect", (int, float)),
+        ("kdc", (int, float)),
+        ("user_timeout", (int, float)),
+        ("keepalive_idle", int),
+        ("link_idle", (int, float)),
+        ("link_ping", (int, float)),
+        ("drain", (int, float)),
     ):
         if key in times:
             value = _typed(times, "timeouts", key, kind)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"timeouts.{key} must be positive")
-            kw[name] = value
+            timeouts[key] = value
 
     peer_table: dict[str, PeerAddress] = {}
     for name, addr in peers.items():
@@ -600,35 +606,37 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         raise ConfigError("kerberos.caller_ticket_reuse must be a positive number of minutes")
     log_file = _opt(log, "log", "file", str, None)
 
-    return Config(
-        host_name=_host_name(_typed(host, "host", "name", str), "host.name"),
-        realm=_typed(host, "host", "realm", str),
-        mode=mode,
+    host_section = HostSection(_host_name(_typed(host, "host", "name", str), "host.name"),
+                               _typed(host, "host", "realm", str))
+    kerberos = KerberosSection(
         keytab=Path(_typed(krb, "kerberos", "keytab", str)),
         principal=_typed(krb, "kerberos", "principal", str),
+        mode=mode,
         krb5_config=Path(krb5_config) if krb5_config is not None else None,
-        ccache_template=_opt(krb, "kerberos", "ccache_template", str, Config.ccache_template),
+        ccache_template=_opt(krb, "kerberos", "ccache_template", str,
+                             KerberosSection.ccache_template),
         trusted_realms=tuple(realms),
         allow_root=_opt(krb, "kerberos", "allow_root", bool, False),
         caller_ticket_reuse=reuse * 60.0,
-        socket_path=Path(_opt(local, "local", "socket", str, DEFAULT_SOCKET)),
-        socket_owner=_uid(local.get("owner", 0)),
-        socket_group=_gid(local.get("group", 0)),
-        socket_mode=socket_mode,
-        listen_address=_opt(peer, "peer", "listen", str, "0.0.0.0"),
-        listen_port=listen_port,
-        max_hops=max_hops,
-        peers=peer_table,
-        log_file=Path(log_file) if log_file is not None else None,
-        log_journal=None if journal == "auto" else journal,
-        journal_socket=Path(_opt(log, "log", "journal_socket", str,
-                                 str(Config.journal_socket))),
-        imports=_imports(doc.get("imports", [])),
-        **_admin_and_metrics(doc),
-        **_dns(doc),
-        **_destinations(doc),
-        **_tls(peer),
-        **_chain_accounts(peer),
-        **{_LIMITS[key]: value for key, value in limits.items()},
-        **kw,
+    )
+    local_section = LocalSection(Path(_opt(local, "local", "socket", str, DEFAULT_SOCKET)),
+                                 _uid(local.get("owner", 0)), _gid(local.get("group", 0)),
+                                 socket_mode)
+    listen = _opt(peer, "peer", "listen", str, PeerSection.listen)
+    log_section = LogSection(
+        Path(log_file) if log_file is not None else None,
+        None if journal == "auto" else journal,
+        Path(_opt(log, "log", "journal_socket", str, str(LogSection.journal_socket))),
+    )
+    imports = _imports(doc.get("imports", []))
+    admin, metrics = _admin_and_metrics(doc)
+    dns = _dns(doc)
+    destinations = _destinations(doc)
+    peer_section = PeerSection(listen, listen_port, max_hops, **_tls(peer),
+                               chain_accounts=_chain_accounts(peer))
+    return Config(
+        host=host_section, kerberos=kerberos, local=local_section, peer=peer_section,
+        peers=peer_table, dns=dns, timeouts=TimeoutsSection(**timeouts),
+        limits=LimitsSection(**limits), log=log_section, admin=admin, metrics=metrics,
+        destinations=destinations, imports=imports,
     )

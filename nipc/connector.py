@@ -99,6 +99,6 @@ class ImpersonatedConnector:
 
     def endpoint(self, who: LocalIdentity, path: str, conn_id: str) -> CallerEndpoint:
         config = self._config
-        policy = (PathPolicy(config.destination_allow, config.destination_deny, config.host_name)
+        policy = (PathPolicy(config.destinations.allow, config.destinations.deny, config.host.name)
                   if self._remote else None)
-        return CallerEndpoint(self._reactor, who, path, conn_id, config.connect_timeout, policy)
+        return CallerEndpoint(self._reactor, who, path, conn_id, config.timeouts.connect, policy)

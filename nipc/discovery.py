@@ -99,13 +99,13 @@ class PeerLocator:
         self._config = config
         self._resolver = resolver
         self._rng = rng or random.SystemRandom()
-        self._timeouts = retransmissions(config.dns_timeout)
+        self._timeouts = retransmissions(config.dns.timeout)
 
     def _dns(self) -> Any:
         """The configured servers only, or /etc/hosts then /etc/resolv.conf's servers."""
         if self._resolver is None:
-            if self._config.dns_servers:
-                self._resolver = client.Resolver(servers=list(self._config.dns_servers),
+            if self._config.dns.servers:
+                self._resolver = client.Resolver(servers=list(self._config.dns.servers),
                                                  reactor=self._reactor)
             else:
                 self._resolver = resolve.ResolverChain([
@@ -115,7 +115,7 @@ class PeerLocator:
         return self._resolver
 
     def _servers(self) -> str:
-        servers = self._config.dns_servers
+        servers = self._config.dns.servers
         return ", ".join(f"{h}:{p}" for h, p in servers) if servers else "/etc/resolv.conf"
 
     def locate(self, host: str) -> "Deferred[list[PeerAddress]]":
@@ -125,9 +125,9 @@ class PeerLocator:
         if static is not None:
             return succeed([static])
         if isIPAddress(host) or isIPv6Address(host):
-            return succeed([PeerAddress(host, self._config.listen_port)])
+            return succeed([PeerAddress(host, self._config.peer.port)])
         d = Deferred.fromCoroutine(self._lookup(host))
-        d.addTimeout(self._config.dns_timeout, self._reactor)
+        d.addTimeout(self._config.dns.timeout, self._reactor)
         return d.addErrback(self._failed, host)
 
     def _failed(self, failure: Failure, host: str) -> Failure:
@@ -136,7 +136,7 @@ class PeerLocator:
         if _is_timeout(failure):
             return Failure(NipcError(
                 "ETIMEDOUT", f"DNS ({self._servers()}) did not answer within "
-                f"{self._config.dns_timeout:g}s looking up the NIPC daemon of {host}"))
+                f"{self._config.dns.timeout:g}s looking up the NIPC daemon of {host}"))
         return Failure(NipcError(
             "EHOSTUNREACH", f"DNS lookup for {host} failed ({self._servers()}): "
             f"{failure.getErrorMessage()}"))
@@ -160,7 +160,7 @@ class PeerLocator:
             raise NipcError(
                 "EHOSTUNREACH", f"no address for the NIPC daemon of {host}: not in [peers], and "
                 f"DNS ({self._servers()}) has no SRV record {srv} and no A/AAAA record {host}")
-        return [PeerAddress(ip, self._config.listen_port) for ip in ips]
+        return [PeerAddress(ip, self._config.peer.port) for ip in ips]
 
     async def _services(self, name: str) -> list[Service]:
         try:

@@ -50,6 +50,12 @@ class NipcError(Exception):
         return f"{self.errno_name} {self.message}"
 
 
+class ConfigError(ValueError):
+    """The configuration file is unreadable or wrong; the message names the key. Here, not
+    in nipc.config, because the modules that check a file's contents (the TLS module's PEM
+    loading) are below the configuration in the import graph."""
+
+
 def clean_message(message: str) -> str:
     """One printable line, bounded, so a message can never break the line protocol."""
     flat = "".join(c if c.isprintable() else " " for c in message)

@@ -98,11 +98,11 @@ class LocalGate(UnixEnd):
             self._refuse(e)
             return
         self._admitted = True
-        self._deadline.arm(self._config.request_timeout, self._expire)
+        self._deadline.arm(self._config.timeouts.request, self._expire)
 
     def _expire(self) -> None:
         if self.state is State.REQUEST:
-            self._refuse(NipcError("ETIMEDOUT", f"no complete request line within {self._config.request_timeout:g}s"))
+            self._refuse(NipcError("ETIMEDOUT", f"no complete request line within {self._config.timeouts.request:g}s"))
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.SPLICED:
@@ -173,7 +173,7 @@ class LocalGate(UnixEnd):
                 "EINVAL", "file descriptors cannot be passed over NIPC (only an inbound NIPC "
                 "connection may be attached, to chain from it)"))
             if explicit is not None:
-                check_may_chain(self.caller.uid, explicit, self._config.chain_accounts)
+                check_may_chain(self.caller.uid, explicit, self._config.peer.chain_accounts)
         except NipcError as e:
             self._refuse(e)
             return
@@ -181,7 +181,7 @@ class LocalGate(UnixEnd):
             self._refuse(NipcError("EACCES", "the attached connection carries no delegation to chain with"))
             return
         d: Deferred[Routed | None]
-        candidates = self._registry.delegations_for(self.caller.uid, self._config.chain_accounts)
+        candidates = self._registry.delegations_for(self.caller.uid, self._config.peer.chain_accounts)
         if explicit is not None or not candidates or self._router.is_local(request.host):
             d = succeed(explicit)
         else:

@@ -102,12 +102,12 @@ class Inbound:
     def _check_route(self, hello: wire.Hello) -> None:
         if not hello.hops:
             raise NipcError("EPROTO", "peer handshake: empty hop list")
-        if hello.host != self._config.host_name:
-            raise NipcError("EHOSTUNREACH", f"this NIPC daemon is {self._config.host_name}, not {hello.host}")
-        if self._config.host_name in hello.hops:
+        if hello.host != self._config.host.name:
+            raise NipcError("EHOSTUNREACH", f"this NIPC daemon is {self._config.host.name}, not {hello.host}")
+        if self._config.host.name in hello.hops:
             raise NipcError("ELOOP", f"routing loop: {' -> '.join(hello.hops)} -> {hello.host}")
-        if len(hello.hops) > self._config.max_hops:
-            raise NipcError("ELOOP", f"chain longer than {self._config.max_hops} hops")
+        if len(hello.hops) > self._config.peer.max_hops:
+            raise NipcError("ELOOP", f"chain longer than {self._config.peer.max_hops} hops")
 
     def hello(self, channel: Channel, binding: bytes, hello: wire.Hello) -> None:
         conn_id = new_connection_id()

@@ -98,16 +98,16 @@ def keytab_problem(e: GSSError, config: Config, reading: bool = True) -> str | N
     a system error there comes from the replay cache instead.
     """
     code = minor_code(e)
-    where = f"{config.host_name}'s keytab {config.keytab}"
+    where = f"{config.host.name}'s keytab {config.kerberos.keytab}"
     if reading and 0 < code < 4096 and code in errno.errorcode:
         return f"{where} cannot be read: {os.strerror(code)} ({errno.errorcode[code]})"
     if code in _KEYTAB_LACKS:
-        return (f"{where} has no key for {config.principal} (kerberos.principal): "
-                f"`klist -k {config.keytab}` lists what it holds")
+        return (f"{where} has no key for {config.kerberos.principal} (kerberos.principal): "
+                f"`klist -k {config.kerberos.keytab}` lists what it holds")
     if code in _KEYTAB_MALFORMED:
         return f"{where} is not a keytab (unknown format)"
     if code in _KEYTAB_STALE:
-        return (f"{where} does not hold the KDC's current keys for {config.principal}: export "
+        return (f"{where} does not hold the KDC's current keys for {config.kerberos.principal}: export "
                 "it anew (`klist -kte` shows its kvno and enctypes)")
     return None
 
@@ -240,7 +240,7 @@ class ProtocolTransition:
 
         def done(_: Any) -> None:
             log.info("Kerberos ready: {principal} has its ticket-granting ticket",
-                     principal=self._config.principal)
+                     principal=self._config.kerberos.principal)
 
         def failed(failure: Any) -> None:
             log.warn("Kerberos not ready at start (callers will retry): {error}",
@@ -256,8 +256,8 @@ class ProtocolTransition:
 
     def _daemon_creds(self) -> Any:
         store: dict[bytes | str, bytes | str] = {
-            "client_keytab": str(self._config.keytab),
-            "keytab": str(self._config.keytab),
+            "client_keytab": str(self._config.kerberos.keytab),
+            "keytab": str(self._config.kerberos.keytab),
             "ccache": f"MEMORY:nipc-daemon-{os.getpid()}",
         }
         # Never ask this credential its lifetime: python-gssapi's inquire_cred keeps the
@@ -266,7 +266,7 @@ class ProtocolTransition:
         # from the keytab by itself when S4U2Self needs it (with the GIL released).
         if self._daemon is None:
             self._daemon = gssapi.Credentials(
-                name=principal_name(self._config.principal), usage="both", store=store
+                name=principal_name(self._config.kerberos.principal), usage="both", store=store
             )
         return self._daemon
 
@@ -280,10 +280,10 @@ class ProtocolTransition:
         try:
             with self._daemon_lock:
                 daemon = self._daemon_creds()
-            gssapi.SecurityContext(name=service_name(self._config.host_name), creds=daemon,
+            gssapi.SecurityContext(name=service_name(self._config.host.name), creds=daemon,
                                    usage="initiate").step()
         except GSSError as e:
-            raise gss_failure(e, f"this daemon's own ticket as {self._config.principal}",
+            raise gss_failure(e, f"this daemon's own ticket as {self._config.kerberos.principal}",
                               keytab_of=self._config) from None
         return daemon
 
@@ -297,7 +297,7 @@ class ProtocolTransition:
         lifetime = creds.lifetime or 0
         # Reused until shortly before it expires, but never longer than the revocation bound:
         # only a new request lets the KDC refuse a user locked since.
-        keep = min(max(0.0, lifetime - RENEW_MARGIN), self._config.caller_ticket_reuse)
+        keep = min(max(0.0, lifetime - RENEW_MARGIN), self._config.kerberos.caller_ticket_reuse)
         with self._lock:
             # Drop what has expired, so the cache holds only live credentials.
             for stale in [p for p, (_, until) in self._cache.items() if until <= now]:
@@ -314,7 +314,7 @@ class ProtocolTransition:
         return _start(creds, target_host, channel, principal, doing)
 
     def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
-        principal = f"{who.user}@{self._config.realm}"
+        principal = f"{who.user}@{self._config.host.realm}"
         creds = self._cached(principal)
         if creds is not None:
             doing = f"protocol transition for {principal} to nipc/{target_host}"
@@ -334,7 +334,7 @@ class OwnCredentialCache:
 
     def __init__(self, reactor: IDaemonReactor, config: Config) -> None:
         self._reactor = reactor
-        self._template = config.ccache_template
+        self._template = config.kerberos.ccache_template
 
     def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
         ccache = self._template.replace("%{uid}", str(who.uid))
@@ -383,7 +383,7 @@ class Delegated:
 
 
 def ticket_source(reactor: IDaemonReactor, config: Config) -> IDaemonTickets:
-    if config.mode is CredentialMode.OWN_CCACHE:
+    if config.kerberos.mode is CredentialMode.OWN_CCACHE:
         return OwnCredentialCache(reactor, config)
     return ProtocolTransition(reactor, config)
 
@@ -430,12 +430,12 @@ def check_keytab(config: Config) -> None:
     principal (reading the file only; whether its keys are the KDC's is
     :meth:`Acceptor.warm`'s question, since the KDC may be away at start)."""
     try:
-        gssapi.Credentials(name=principal_name(config.principal), usage="accept",
-                           store={"keytab": str(config.keytab)})
+        gssapi.Credentials(name=principal_name(config.kerberos.principal), usage="accept",
+                           store={"keytab": str(config.kerberos.keytab)})
     except GSSError as e:
         problem = keytab_problem(e, config)
         if problem is None:
-            problem = f"{config.principal} with {config.keytab}: {_detail(e)}"
+            problem = f"{config.kerberos.principal} with {config.kerberos.keytab}: {_detail(e)}"
         raise KeytabError(f"cannot start: {problem}") from None
 
 
@@ -464,7 +464,7 @@ class Acceptor:
         creds = self._acceptor_creds(doing)
         channel = b"nipc-keytab-self-test"
         try:
-            ctx = gssapi.SecurityContext(name=service_name(self._config.host_name), creds=creds,
+            ctx = gssapi.SecurityContext(name=service_name(self._config.host.name), creds=creds,
                                          usage="initiate", channel_bindings=bindings(channel))
             token = ctx.step()
         except GSSError as e:
@@ -480,14 +480,14 @@ class Acceptor:
             if self._creds is None and (not stand_in or time.monotonic() >= self._retry_at):
                 # usage "both": only then does an accepted context keep the delegation
                 # evidence (delegated_creds) needed to chain onward.
-                keytab = str(self._config.keytab)
+                keytab = str(self._config.kerberos.keytab)
                 store: dict[bytes | str, bytes | str] = {
                     "keytab": keytab, "client_keytab": keytab,
                     "ccache": f"MEMORY:nipc-acceptor-{os.getpid()}",
                 }
                 try:
                     self._creds = gssapi.Credentials(
-                        name=principal_name(self._config.principal), usage="both", store=store)
+                        name=principal_name(self._config.kerberos.principal), usage="both", store=store)
                 except GSSError as e:
                     if not stand_in or keytab_problem(e, self._config) is not None:
                         raise gss_failure(e, doing, keytab_of=self._config) from None
@@ -499,8 +499,8 @@ class Acceptor:
             if self._accept_only is None:
                 try:
                     self._accept_only = gssapi.Credentials(
-                        name=principal_name(self._config.principal), usage="accept",
-                        store={"keytab": str(self._config.keytab)})
+                        name=principal_name(self._config.kerberos.principal), usage="accept",
+                        store={"keytab": str(self._config.kerberos.keytab)})
                 except GSSError as e:
                     raise gss_failure(e, doing, keytab_of=self._config) from None
             return self._accept_only
@@ -513,7 +513,7 @@ class Acceptor:
             return None
         text = " ".join(str(e.gen_message()).split())[:200]
         log.warn("cannot check a peer's ticket: {error}", error=text)
-        return NipcError("EAGAIN", f"{self._config.host_name} cannot check tickets now: its "
+        return NipcError("EAGAIN", f"{self._config.host.name} cannot check tickets now: its "
                          f"keytab or replay cache failed ({errno.errorcode[code]}: "
                          f"{os.strerror(code)}); the ticket was not at fault")
 

@@ -120,17 +120,17 @@ class Links:
 
     def _dial(self, host: str) -> None:
         link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._config),
-                          self._config.link_idle, self._config.link_ping)
+                          self._config.timeouts.link_idle, self._config.timeouts.link_ping)
 
         def connect(found: list[PeerAddress]) -> "Deferred[Any]":
             link.addresses = found
-            timeout = self._config.connect_timeout
+            timeout = self._config.timeouts.connect
             endpoint = FirstReachable([tcp_endpoint(self._reactor, a, timeout) for a in found])
             d: Deferred[Any] = endpoint.connect(UnbufferedTLSFactory(self._tls, True, Adopted(link)))
             d.addCallback(lambda _: link.ready)
-            if self._config.tls_ca_bundle is not None:
+            if self._config.peer.ca_bundle is not None:
                 d.addCallback(lambda _: check_peer_name(link.transport, host))
-            d.addTimeout(timeout + self._config.handshake_timeout, self._reactor)
+            d.addTimeout(timeout + self._config.timeouts.handshake, self._reactor)
             return d
 
         def done(_: Any) -> None:

@@ -92,4 +92,4 @@ class Projection:
     def project(self, principal: str) -> LocalIdentity:
         realms = self._config.realms()
         resolved = self._resolved.answer((principal, realms), lambda key: resolve(*key))
-        return project(principal, realms, self._config.allow_root, resolved)
+        return project(principal, realms, self._config.kerberos.allow_root, resolved)

@@ -48,7 +48,7 @@ class Router:
         self._names: Memo[int, str] = Memo()
 
     def is_local(self, host: str) -> bool:
-        return host in ("localhost", self._config.host_name)
+        return host in ("localhost", self._config.host.name)
 
     def route(self, request: ConnectRequest, caller: Caller, conn_id: str,
               evidence: Routed | None = None,
@@ -73,13 +73,13 @@ class Router:
         if self.is_local(request.host):
             return self.connect_as(who, request.path, conn_id, facts)
         tickets = self._tickets
-        hops: tuple[str, ...] = (self._config.host_name,)
+        hops: tuple[str, ...] = (self._config.host.name,)
         if evidence is not None:
             assert evidence.principal is not None
             tickets = Delegated(self._reactor, evidence.delegation, evidence.principal)
-            hops = (*evidence.hops, self._config.host_name)
-        if len(hops) > self._config.max_hops:
-            return fail(NipcError("ELOOP", f"chain longer than {self._config.max_hops} hops"))
+            hops = (*evidence.hops, self._config.host.name)
+        if len(hops) > self._config.peer.max_hops:
+            return fail(NipcError("ELOOP", f"chain longer than {self._config.peer.max_hops} hops"))
         return _Dial(self, tickets, who, request, conn_id, hops).start()
 
     def connect_as(self, who: LocalIdentity, path: str, conn_id: str,
@@ -96,7 +96,7 @@ class Router:
         end = UnixEnd()
 
         def connected(_: object) -> End:
-            self._registry.add(Routed(conn_id, who, None, (), self._config.host_name))
+            self._registry.add(Routed(conn_id, who, None, (), self._config.host.name))
             return end
 
         d: Deferred[object] = connectProtocol(self._connector.endpoint(who, expanded, conn_id), end)
@@ -153,7 +153,7 @@ class _Dial:
         return self._initiate(binding).addCallback(self._hello).addCallback(self._verify)
 
     def _initiate(self, binding: bytes) -> "Deferred[Initiation]":
-        limit = self._config.kdc_timeout
+        limit = self._config.timeouts.kdc
 
         def slow_kdc(failure: Failure) -> Failure:
             if failure.check(DeferTimeout):
@@ -170,7 +170,7 @@ class _Dial:
         assert self._channel is not None
         hello = wire.Hello(self._request.path, self._request.host, self._hops,
                            initiation.token, self._conn_id)
-        return self._channel.exchange(hello).addTimeout(self._config.handshake_timeout, self._reactor)
+        return self._channel.exchange(hello).addTimeout(self._config.timeouts.handshake, self._reactor)
 
     def _verify(self, result: wire.Result) -> End:
         """Mutual authentication before the answer is believed. On the reactor thread:

@@ -143,7 +143,7 @@ class NipcService(Service):
         self.logs = logs if logs is not None else LogFile()
         self.notifier = notifier if notifier is not None else Notifier()
         self.limits = Limits(config, reactor.seconds, descriptors=Descriptors(
-            config.host_name, reactor.seconds, open_fds,
+            config.host.name, reactor.seconds, open_fds,
             lambda count: deferToThreadPool(reactor, reactor.getThreadPool(), count)))
         #: The Prometheus metrics, if ``[metrics] listen`` asks for them.
         self.metrics = self._metrics()
@@ -165,8 +165,8 @@ class NipcService(Service):
 
     def startService(self) -> None:
         config, reactor = self.config, self.reactor
-        if config.krb5_config is not None:
-            os.environ["KRB5_CONFIG"] = str(config.krb5_config)
+        if config.kerberos.krb5_config is not None:
+            os.environ["KRB5_CONFIG"] = str(config.kerberos.krb5_config)
         try:
             check_keytab(config)
         except KeytabError as e:  # it could never work: stop here, as for a config error
@@ -192,8 +192,8 @@ class NipcService(Service):
         reactor.callWhenRunning(self._warm, tickets, acceptor)
         self._every(HeapTrim.INTERVAL, HeapTrim(live))
         self._every(STATUS_INTERVAL, self._tell_status)
-        path = str(config.socket_path)
-        self._inherited = inherited = inherited_listeners(config.listen_port)
+        path = str(config.local.socket)
+        self._inherited = inherited = inherited_listeners(config.peer.port)
         unknown = set(inherited) - {path, "peer", *(str(i.socket) for i in config.imports)}
         if unknown:
             raise RuntimeError(f"socket activation: no use for {', '.join(sorted(unknown))}: "
@@ -205,8 +205,8 @@ class NipcService(Service):
         peer_factory = self._peer_factory(server_options(config))
         peer_socket = inherited.pop("peer", None)
         if peer_socket is None:
-            peer_port = reactor.listenTCP(config.listen_port, peer_factory,
-                                          interface=config.listen_address,
+            peer_port = reactor.listenTCP(config.peer.port, peer_factory,
+                                          interface=config.peer.listen,
                                           backlog=LISTEN_BACKLOG)
         else:
             peer_port = reactor.adoptStreamPort(peer_socket.fileno(), peer_socket.family,
@@ -221,16 +221,16 @@ class NipcService(Service):
         self._start_admin()
         self._start_metrics()
         if not self._adopt_unix(path, LocalGateFactory(gates)):
-            self._ports.append(listen_gate(reactor, path, LocalGateFactory(gates), config.socket_mode))
-            os.chown(path, config.socket_owner, config.socket_group)
+            self._ports.append(listen_gate(reactor, path, LocalGateFactory(gates), config.local.mode))
+            os.chown(path, config.local.owner, config.local.group)
         self._gate_port = self._ports[-1]
         self._check_gate(path)
         for imported in config.imports:
             self._open_import(imported)
         peer_addr = peer_port.getHost()
         log.info("nipcd {host} serving {path} and peers on {addr}:{port} ({mode})",
-                 host=config.host_name, path=path, addr=peer_addr.host,
-                 port=peer_addr.port, mode=config.mode.value)
+                 host=config.host.name, path=path, addr=peer_addr.host,
+                 port=peer_addr.port, mode=config.kerberos.mode.value)
         self._handle_signals()
         watchdog = self.notifier.start_watchdog(reactor)
         if watchdog is not None:
@@ -259,9 +259,9 @@ class NipcService(Service):
             return lambda: limits.peer_settled(source)
 
         return ServerLink(self.reactor, lambda tls: tune_tcp(tls, config), self._inbound.hello,
-                          config.handshake_timeout, lambda: limits.peer_settled(source),
-                          admit_channel, self._accepted_links, config.link_idle,
-                          config.peer_handshakes_per_second, config.link_ping)
+                          config.timeouts.handshake, lambda: limits.peer_settled(source),
+                          admit_channel, self._accepted_links, config.timeouts.link_idle,
+                          config.limits.peer_handshakes_per_second, config.timeouts.link_ping)
 
     def _open_import(self, imported: Import) -> None:
         """Listen on an import's socket (or adopt systemd's for it)."""
@@ -283,7 +283,7 @@ class NipcService(Service):
         """Clients refuse a gate socket another user could have put in place
         (:func:`nipc.client.check_gate`): say so at start, where the operator looks."""
         try:
-            check_gate(path, self.config.socket_owner)
+            check_gate(path, self.config.local.owner)
         except OSError as e:
             log.warn("clients will refuse this daemon's gate socket: {error}", error=e.strerror)
 
@@ -313,8 +313,8 @@ class NipcService(Service):
         where = str(admin)
         os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
         clear_stale_socket(where)
-        group = config.admin_group
-        factory = AdminFactory(self.reactor, group, self.status, config.request_timeout,
+        group = config.admin.group
+        factory = AdminFactory(self.reactor, group, self.status, config.timeouts.request,
                                self.reload)
         self._watch_ports.append(self.reactor.listenUNIX(
             where, factory, mode=0o600 if group is None else 0o660, wantPID=False))
@@ -324,7 +324,7 @@ class NipcService(Service):
                  group="" if group is None else f" and gid {group}")
 
     def _metrics(self) -> Metrics | None:
-        if self.config.metrics_listen is None:
+        if self.config.metrics.listen is None:
             return None
         from nipc.metrics import Metrics  # prometheus_client only when used
 
@@ -332,7 +332,7 @@ class NipcService(Service):
 
     def _start_metrics(self) -> None:
         """The Prometheus endpoint, if ``[metrics] listen`` asks for one."""
-        where, metrics = self.config.metrics_listen, self.metrics
+        where, metrics = self.config.metrics.listen, self.metrics
         if where is None or metrics is None:
             return
         from nipc.metrics import metrics_site
@@ -344,7 +344,7 @@ class NipcService(Service):
     def status(self) -> dict[str, Any]:
         """The admin socket's ``STATUS`` answer."""
         return {
-            "host": self.config.host_name,
+            "host": self.config.host.name,
             "version": __version__,
             "pid": os.getpid(),
             "uptime": round(self.reactor.seconds() - self._started, 3),
@@ -379,7 +379,7 @@ class NipcService(Service):
             if isinstance(f.value, NipcError) and f.value.errno_name in ("EHOSTUNREACH",
                                                                          "ETIMEDOUT"):
                 log.warn("cannot load the keytab {keytab}: {error}",
-                         keytab=str(self.config.keytab), error=error)
+                         keytab=str(self.config.kerberos.keytab), error=error)
                 # The keys are there; the KDC (for this daemon's own TGT) is away for now,
                 # and callers retry: ready, or systemd would kill a daemon that serves.
                 loaded(None, f"ready, but the KDC is unreachable for now: {error}")
@@ -488,7 +488,7 @@ class NipcService(Service):
         """Make ``new`` the running configuration (reactor thread). What can still fail
         (the log file, new import sockets) is done first and undone on failure."""
         config = self.config
-        logfile = open_log(new.config.log_file)
+        logfile = open_log(new.config.log.file)
         wanted = {str(i.socket): i for i in new.config.imports}
         opened: list[str] = []
         try:
@@ -502,10 +502,10 @@ class NipcService(Service):
             if logfile is not None:
                 logfile.close()
             raise ConfigError(f"imports: {e}") from None
-        previous_owner = (config.socket_owner, config.socket_group, config.socket_mode)
+        previous_owner = (config.local.owner, config.local.group, config.local.mode)
         reloading.adopt(config, new.config)
         # From here on nothing fails: the rest follows the settings just adopted.
-        self.logs.switch(config.log_file, logfile)
+        self.logs.switch(config.log.file, logfile)
         old_factory, self._peer_port.factory = self._peer_port.factory, self._peer_factory(server_tls)
         self._peer_port.factory.doStart()
         old_factory.doStop()
@@ -516,11 +516,11 @@ class NipcService(Service):
                 self._close_import(where)
             elif wanted[where] != self._imports[where][0]:
                 self._change_import(wanted[where])
-        gate = str(config.socket_path)
-        if previous_owner != (config.socket_owner, config.socket_group, config.socket_mode) \
+        gate = str(config.local.socket)
+        if previous_owner != (config.local.owner, config.local.group, config.local.mode) \
                 and not isinstance(self._gate_port, AdoptedUNIXPort):
-            os.chmod(gate, config.socket_mode)
-            os.chown(gate, config.socket_owner, config.socket_group)
+            os.chmod(gate, config.local.mode)
+            os.chown(gate, config.local.owner, config.local.group)
         for key in new.restart_needed:
             log.warn("reload: {key} changed in {path}, but only a restart applies it (the "
                      "running value stays)", key=key, path=str(self.source))
@@ -568,10 +568,10 @@ class NipcService(Service):
     def _drain(self) -> "Deferred[None]":
         """Fires once no connection is left, or at the drain deadline after closing the rest."""
         done: Deferred[None] = Deferred()
-        deadline = self.reactor.seconds() + self.config.drain_timeout
+        deadline = self.reactor.seconds() + self.config.timeouts.drain
         if self.live or self.limits.active:
             log.info("stopping: draining {count} connection(s) for up to {seconds:g}s",
-                     count=len(self.live), seconds=self.config.drain_timeout)
+                     count=len(self.live), seconds=self.config.timeouts.drain)
 
         def check() -> None:
             if not self.live and not self.limits.active:
@@ -580,7 +580,7 @@ class NipcService(Service):
             elif self.reactor.seconds() >= deadline:
                 poll.stop()
                 log.warn("stopping: drain time ({seconds:g}s) is up; closing {count} "
-                         "connection(s)", seconds=self.config.drain_timeout, count=len(self.live))
+                         "connection(s)", seconds=self.config.timeouts.drain, count=len(self.live))
                 self.live.abort_all()
                 done.callback(None)
 

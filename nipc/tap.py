@@ -39,8 +39,8 @@ class ServiceMaker:
         try:
             cfg = configuration.load(options["config"])
             logs = LogFile()
-            logs.switch(cfg.log_file, open_log(cfg.log_file))
-            nipc_logs.journal_choice = (cfg.log_journal, str(cfg.journal_socket))
+            logs.switch(cfg.log.file, open_log(cfg.log.file))
+            nipc_logs.journal_choice = (cfg.log.journal, str(cfg.log.journal_socket))
         except configuration.ConfigError as e:
             raise SystemExit(f"nipc: {e}") from None
         take_over_memory()

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import datetime
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from service_identity import CertificateError, VerificationError
@@ -28,8 +29,10 @@ from twisted.internet import ssl
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nipc.config import Config, pem_certificates, pem_private_key
-from nipc.errors import NipcError
+from nipc.errors import ConfigError, NipcError
+
+if TYPE_CHECKING:  # nipc.config checks its PEM files with this module's functions
+    from nipc.config import Config
 
 log = Logger()
 
@@ -43,6 +46,67 @@ EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 CIPHER_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 #: OpenSSL's SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h; pyOpenSSL sets it, exports no name).
 MODE_ENABLE_PARTIAL_WRITE = 0x1
+
+#: Private key types a TLS certificate of [peer] may have.
+TLS_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
+                 ed448.Ed448PrivateKey)
+TLSKey = (rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+          | ed448.Ed448PrivateKey)
+
+
+def _read_pem(path: str, where: str) -> bytes:
+    if not path:
+        raise ConfigError(f"{where}: expected a file name")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+
+
+def pem_certificates(path: str, where: str) -> list[x509.Certificate]:
+    """Every certificate of a PEM file (at least one), or ConfigError naming ``where``."""
+    data = _read_pem(path, where)
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(f"{where}: no PEM certificate in {path}") from None
+
+
+def pem_private_key(path: str, where: str) -> TLSKey:
+    """An unencrypted PEM private key of a type TLS can use, or ConfigError."""
+    data = _read_pem(path, where)
+    try:
+        key = serialization.load_pem_private_key(data, None)
+    except TypeError:
+        raise ConfigError(f"{where}: {path} is encrypted; give an unencrypted key, readable "
+                          "by root only") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(f"{where}: no usable PEM private key in {path}") from None
+    if not isinstance(key, TLS_KEY_TYPES):
+        raise ConfigError(f"{where}: {path}: unsupported key type {type(key).__name__} "
+                          "(use RSA, ECDSA or Ed25519)")
+    return key
+
+
+def _public(key: Any) -> bytes:
+    data: bytes = key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    return data
+
+
+def check_pem_files(certificate: str | None, private_key: str | None,
+                    ca_bundle: str | None) -> None:
+    """[peer] certificate, private_key and ca_bundle as configuration loading checks them:
+    each readable PEM, the key the certificate's; ConfigError naming the key otherwise."""
+    if certificate is not None and private_key is not None:
+        leaf = pem_certificates(certificate, "peer.certificate")[0]
+        private = pem_private_key(private_key, "peer.private_key")
+        if _public(private.public_key()) != _public(leaf.public_key()):
+            raise ConfigError(f"peer.private_key: {private_key} does not match the certificate "
+                              f"in peer.certificate ({certificate})")
+    if ca_bundle is not None:
+        pem_certificates(ca_bundle, "peer.ca_bundle")
 
 
 def ephemeral_certificate(host: str) -> tuple[Any, Any]:
@@ -85,14 +149,15 @@ def _configured(config: Config) -> dict[str, Any]:
     """CertificateOptions keywords for the configured certificate (with its chain) and CA
     bundle; config loading already checked the files."""
     kw: dict[str, Any] = {}
-    if config.tls_certificate is not None and config.tls_private_key is not None:
-        chain = pem_certificates(str(config.tls_certificate), "peer.certificate")
+    peer = config.peer
+    if peer.certificate is not None and peer.private_key is not None:
+        chain = pem_certificates(str(peer.certificate), "peer.certificate")
         kw.update(certificate=chain[0], extraCertChain=chain[1:],
-                  privateKey=pem_private_key(str(config.tls_private_key), "peer.private_key"))
-    if config.tls_ca_bundle is not None:
+                  privateKey=pem_private_key(str(peer.private_key), "peer.private_key"))
+    if peer.ca_bundle is not None:
         kw["trustRoot"] = ssl.trustRootFromCertificates([
             ssl.Certificate(crypto.X509.from_cryptography(c))
-            for c in pem_certificates(str(config.tls_ca_bundle), "peer.ca_bundle")])
+            for c in pem_certificates(str(peer.ca_bundle), "peer.ca_bundle")])
     return kw
 
 
@@ -102,14 +167,14 @@ def server_options(config: Config) -> ssl.CertificateOptions:
     ``trustRoot`` means VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT)."""
     kw = _configured(config)
     if "certificate" not in kw:
-        kw["privateKey"], kw["certificate"] = ephemeral_certificate(config.host_name)
+        kw["privateKey"], kw["certificate"] = ephemeral_certificate(config.host.name)
     else:
         try:
-            verify_certificate_hostname(kw["certificate"], config.host_name)
+            verify_certificate_hostname(kw["certificate"], config.host.name)
         except (VerificationError, CertificateError):
             log.warn("peer.certificate {path} does not name {host}: peers that verify it "
                      "will refuse this daemon (name mismatch)",
-                     path=str(config.tls_certificate), host=config.host_name)
+                     path=str(config.peer.certificate), host=config.host.name)
     return _tuned(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3, **kw))
 
 
@@ -189,8 +254,8 @@ def tune_tcp(tls_transport: Any, config: Config) -> None:
     sock: socket.socket = tls_transport.transport.getHandle()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle = max(1, config.keepalive_idle)
+    idle = max(1, config.timeouts.keepalive_idle)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(config.user_timeout * 1000))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(config.timeouts.user_timeout * 1000))

@@ -1069,7 +1069,7 @@ class Sandbox:
         from nipc import config
 
         cfg = config.load(host.config_path)
-        if cfg.host_name != host.fqdn or cfg.socket_path != DAEMON_SOCKET:
+        if cfg.host.name != host.fqdn or cfg.local.socket != DAEMON_SOCKET:
             raise SandboxError(f"{host.config_path} does not read back as written")
 
     def _build_network(self) -> None:

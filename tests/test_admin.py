@@ -47,14 +47,14 @@ MINIMAL: dict[str, Any] = {
 def test_admin_socket_defaults_next_to_the_gate() -> None:
     cfg = from_mapping({**MINIMAL, "local": {"socket": "/run/x/nipc.sock"}})
     assert cfg.admin_socket_path == Path("/run/x/admin.sock")
-    assert cfg.admin_group is None
+    assert cfg.admin.group is None
     assert from_mapping(MINIMAL).admin_socket_path == Path("/run/nipc/admin.sock")
 
 
 def test_admin_keys() -> None:
     cfg = from_mapping({**MINIMAL, "admin": {"socket": "/srv/a.sock", "group": 0}})
-    assert (cfg.admin_socket_path, cfg.admin_group) == (Path("/srv/a.sock"), 0)
-    assert from_mapping({**MINIMAL, "admin": {"group": "root"}}).admin_group == 0
+    assert (cfg.admin_socket_path, cfg.admin.group) == (Path("/srv/a.sock"), 0)
+    assert from_mapping({**MINIMAL, "admin": {"group": "root"}}).admin.group == 0
     assert from_mapping({**MINIMAL, "admin": {"socket": ""}}).admin_socket_path is None
 
 

@@ -23,6 +23,8 @@ from nipc.config import (
     Config,
     ConfigError,
     CredentialMode,
+    HostSection,
+    KerberosSection,
     PeerAddress,
     from_mapping,
     load,
@@ -63,20 +65,19 @@ class TestDefaults:
         """Only host name/realm and the keytab/principal are required; the rest has defaults."""
         cfg = from_mapping(MINIMAL)
         assert cfg == Config(
-            host_name="a.example.com",
-            realm="EXAMPLE.COM",
-            mode=CredentialMode.PROTOCOL_TRANSITION,
-            keytab=Path("/etc/nipc/nipc.keytab"),
-            principal="nipc/a.example.com",
+            host=HostSection(name="a.example.com", realm="EXAMPLE.COM"),
+            kerberos=KerberosSection(mode=CredentialMode.PROTOCOL_TRANSITION,
+                                     keytab=Path("/etc/nipc/nipc.keytab"),
+                                     principal="nipc/a.example.com"),
         )
-        assert cfg.socket_path == Path(DEFAULT_SOCKET)
-        assert cfg.socket_mode == 0o666
-        assert cfg.listen_port == DEFAULT_PORT
-        assert cfg.max_hops == 8
-        assert cfg.allow_root is False
+        assert cfg.local.socket == Path(DEFAULT_SOCKET)
+        assert cfg.local.mode == 0o666
+        assert cfg.peer.port == DEFAULT_PORT
+        assert cfg.peer.max_hops == 8
+        assert cfg.kerberos.allow_root is False
         assert cfg.peers == {}
-        assert cfg.krb5_config is None and cfg.log_file is None
-        assert cfg.service_name == "nipc@a.example.com"
+        assert cfg.kerberos.krb5_config is None and cfg.log.file is None
+        assert cfg.host.service_name == "nipc@a.example.com"
         assert cfg.realms() == ("EXAMPLE.COM",)
 
     def test_every_key(self) -> None:
@@ -105,34 +106,34 @@ class TestDefaults:
                 "log": {"file": "/var/log/nipc.log"},
             }
         )
-        assert cfg.host_name == "a.example.com"
-        assert cfg.mode is CredentialMode.OWN_CCACHE
-        assert cfg.krb5_config == Path("/etc/krb5.test.conf")
-        assert cfg.ccache_template == "KEYRING:persistent:%{uid}"
+        assert cfg.host.name == "a.example.com"
+        assert cfg.kerberos.mode is CredentialMode.OWN_CCACHE
+        assert cfg.kerberos.krb5_config == Path("/etc/krb5.test.conf")
+        assert cfg.kerberos.ccache_template == "KEYRING:persistent:%{uid}"
         assert cfg.realms() == ("EXAMPLE.COM", "OTHER.COM")
-        assert cfg.allow_root is True
-        assert cfg.socket_path == Path("/run/x/x.sock")
-        assert (cfg.socket_owner, cfg.socket_group) == (os.getuid(), os.getgid())
-        assert cfg.socket_mode == 0o660
-        assert (cfg.listen_address, cfg.listen_port, cfg.max_hops) == ("::", 1234, 3)
+        assert cfg.kerberos.allow_root is True
+        assert cfg.local.socket == Path("/run/x/x.sock")
+        assert (cfg.local.owner, cfg.local.group) == (os.getuid(), os.getgid())
+        assert cfg.local.mode == 0o660
+        assert (cfg.peer.listen, cfg.peer.port, cfg.peer.max_hops) == ("::", 1234, 3)
         assert cfg.peers == {
             "b.example.com": PeerAddress("10.0.0.2", 99),
             "c.example.com": PeerAddress("fd00::3", DEFAULT_PORT),
         }
-        assert (cfg.request_timeout, cfg.handshake_timeout, cfg.connect_timeout) == (1, 2.5, 0.5)
-        assert (cfg.keepalive_idle, cfg.user_timeout, cfg.link_idle) == (7, 9, 600)
-        assert cfg.log_file == Path("/var/log/nipc.log")
+        assert (cfg.timeouts.request, cfg.timeouts.handshake, cfg.timeouts.connect) == (1, 2.5, 0.5)
+        assert (cfg.timeouts.keepalive_idle, cfg.timeouts.user_timeout, cfg.timeouts.link_idle) == (7, 9, 600)
+        assert cfg.log.file == Path("/var/log/nipc.log")
 
     def test_config_is_frozen(self) -> None:
         """The configuration is read once; the dataclass cannot be changed afterwards."""
         cfg = from_mapping(MINIMAL)
         with pytest.raises(AttributeError):
-            cfg.host_name = "other"  # type: ignore[misc]
+            cfg.host.name = "other"  # type: ignore[misc]
 
     def test_numeric_owner_and_group(self) -> None:
         """Owner and group may be numeric ids."""
         cfg = from_mapping(doc(local={"owner": 123, "group": 456}))
-        assert (cfg.socket_owner, cfg.socket_group) == (123, 456)
+        assert (cfg.local.owner, cfg.local.group) == (123, 456)
 
 
 class TestRequired:
@@ -237,7 +238,7 @@ class TestTypes:
 
     def test_host_name_is_normalised_like_requests(self) -> None:
         """host.name is lower-cased without a final dot, so it matches parsed request hosts."""
-        assert from_mapping(doc(host={"name": "A.Example.COM."})).host_name == "a.example.com"
+        assert from_mapping(doc(host={"name": "A.Example.COM."})).host.name == "a.example.com"
 
     def test_unknown_user_and_group(self) -> None:
         """A socket owner or group that NSS does not know is an error naming the key."""
@@ -253,7 +254,7 @@ class TestSocketMode:
     )
     def test_octal_mode(self, value: Any, expected: int) -> None:
         """local.mode is an octal string (as chmod takes it) or a TOML integer (0o660)."""
-        assert from_mapping(doc(local={"mode": value})).socket_mode == expected
+        assert from_mapping(doc(local={"mode": value})).local.mode == expected
 
     @pytest.mark.parametrize("value", ["0999", "rw-rw-rw-", "", "0x1b6", "-1", "17777", -1, 0o10000])
     def test_bad_mode(self, value: Any) -> None:
@@ -278,7 +279,7 @@ class TestTimeouts:
     def test_fractions_allowed(self) -> None:
         """Timeouts in seconds may be fractional (keepalive_idle is whole seconds)."""
         cfg = from_mapping(doc(timeouts={"request": 0.25, "keepalive_idle": 1}))
-        assert cfg.request_timeout == 0.25 and cfg.keepalive_idle == 1
+        assert cfg.timeouts.request == 0.25 and cfg.timeouts.keepalive_idle == 1
 
 
 class TestPeerSection:
@@ -294,9 +295,9 @@ class TestPeerSection:
 
     def test_chain_accounts(self) -> None:
         """peer.chain_accounts: user names or uids, as uids; nobody by default."""
-        assert from_mapping(doc()).chain_accounts == frozenset()
+        assert from_mapping(doc()).peer.chain_accounts == frozenset()
         cfg = from_mapping(doc(peer={"chain_accounts": ["root", 4242]}))
-        assert cfg.chain_accounts == frozenset({0, 4242})
+        assert cfg.peer.chain_accounts == frozenset({0, 4242})
 
     @pytest.mark.parametrize("accounts", [["no-such-user-x"], [True], "root", [1.5]])
     def test_bad_chain_accounts(self, accounts: Any) -> None:
@@ -383,7 +384,7 @@ class TestLoad:
             '[local]\nmode = "0600"\n[peers]\n"b.example.com" = "[fd00::2]:7000"\n'
         )
         cfg = load(path)
-        assert cfg.host_name == "a.example.com" and cfg.socket_mode == 0o600
+        assert cfg.host.name == "a.example.com" and cfg.local.mode == 0o600
         assert cfg.peers["b.example.com"] == PeerAddress("fd00::2", 7000)
         assert load(str(path)) == cfg
 
@@ -464,7 +465,7 @@ def test_the_shipped_example_config_loads() -> None:
     from nipc.config import load
 
     config = load(Path(__file__).resolve().parents[1] / "etc" / "nipcd.toml")
-    assert config.host_name
+    assert config.host.name
 
 
 # ------------------------------------------------- messages that say what was expected (issue 11)
@@ -528,14 +529,14 @@ class TestMessagesSayWhatWasExpected:
                         'principal = "p"\n[local]\nmode = 0o660\n[[imports]]\nsocket = "/s"\n'
                         'target = "/p@h"\nmode = "0600"\n')
         cfg = load(path)
-        assert cfg.socket_mode == 0o660 and cfg.imports[0].mode == 0o600
+        assert cfg.local.mode == 0o660 and cfg.imports[0].mode == 0o600
 
 
 def test_log_journal_settings() -> None:
     """[log] journal is true, false or "auto" (default: native entries exactly under journald)."""
-    assert from_mapping(MINIMAL).log_journal is None
-    assert from_mapping(doc(log={"journal": True})).log_journal is True
-    assert from_mapping(doc(log={"journal": "auto"})).log_journal is None
+    assert from_mapping(MINIMAL).log.journal is None
+    assert from_mapping(doc(log={"journal": True})).log.journal is True
+    assert from_mapping(doc(log={"journal": "auto"})).log.journal is None
     cfg = from_mapping(doc(log={"journal": False, "journal_socket": "/j"}))
-    assert cfg.log_journal is False and cfg.journal_socket == Path("/j")
+    assert cfg.log.journal is False and cfg.log.journal_socket == Path("/j")
     assert 'expected true, false or "auto"' in config_error(doc(log={"journal": "yes"}))

@@ -364,7 +364,7 @@ def test_patterns_that_could_never_match_are_refused_at_load(pattern: str, probl
         from_mapping(doc)
     doc["destinations"] = {"deny": ["/run/x/**"]}
     config = from_mapping(doc)
-    assert (config.destination_allow, config.destination_deny) == (("/**",), ("/run/x/**",))
+    assert (config.destinations.allow, config.destinations.deny) == (("/**",), ("/run/x/**",))
 
 
 def test_the_connect_goes_where_the_policy_looked(vault: Path) -> None:

@@ -83,7 +83,7 @@ def test_config_has_no_static_entry(lan: dict[str, Host]) -> None:
     from nipc import config
 
     cfg = config.load(lan["a"].config_path)
-    assert dict(cfg.peers) == {} and cfg.dns_servers == (("10.77.0.2", 53),)
+    assert dict(cfg.peers) == {} and cfg.dns.servers == (("10.77.0.2", 53),)
 
 
 def test_srv_record_leads_to_b(lan: dict[str, Host], servers: dict[str, UnixServer],

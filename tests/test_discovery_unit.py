@@ -222,10 +222,10 @@ def test_first_reachable_reports_the_last_failure() -> None:
 
 def test_dns_keys() -> None:
     cfg = config(dns={"servers": ["10.77.0.2", "192.0.2.1:5353"], "timeout": 1.5})
-    assert cfg.dns_servers == (("10.77.0.2", 53), ("192.0.2.1", 5353))
-    assert cfg.dns_timeout == 1.5
+    assert cfg.dns.servers == (("10.77.0.2", 53), ("192.0.2.1", 5353))
+    assert cfg.dns.timeout == 1.5
     plain = config()
-    assert plain.dns_servers == () and plain.dns_timeout == 5.0
+    assert plain.dns.servers == () and plain.dns.timeout == 5.0
 
 
 @pytest.mark.parametrize("dns_section", [

@@ -40,7 +40,7 @@ MINIMAL: dict[str, Any] = {
 
 
 def test_metrics_are_off_by_default() -> None:
-    assert from_mapping(MINIMAL).metrics_listen is None
+    assert from_mapping(MINIMAL).metrics.listen is None
 
 
 @pytest.mark.parametrize("text,address", [
@@ -51,7 +51,7 @@ def test_metrics_are_off_by_default() -> None:
     ("::", PeerAddress("::", 9745)),
 ])
 def test_metrics_listen(text: str, address: PeerAddress) -> None:
-    assert from_mapping({**MINIMAL, "metrics": {"listen": text}}).metrics_listen == address
+    assert from_mapping({**MINIMAL, "metrics": {"listen": text}}).metrics.listen == address
 
 
 @pytest.mark.parametrize("section", [{"listen": 9745}, {"listen": "h:0"}, {"listen": "h:x"},

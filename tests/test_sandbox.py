@@ -71,9 +71,9 @@ def test_layout(sandbox: Sandbox) -> None:
         assert host.run_dir.stat().st_mode & 0o777 == 0o755
         assert host.keytab.stat().st_mode & 0o777 == 0o600
         cfg = config.load(host.config_path)
-        assert cfg.host_name == host.fqdn
-        assert cfg.principal == host.principal
-        assert cfg.socket_path == DAEMON_SOCKET
+        assert cfg.host.name == host.fqdn
+        assert cfg.kerberos.principal == host.principal
+        assert cfg.local.socket == DAEMON_SOCKET
         assert set(cfg.peers) == {
             p.fqdn for p in sandbox.hosts.values() if p.realm == host.realm and p is not host
         }

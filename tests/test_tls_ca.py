@@ -138,20 +138,20 @@ def ca(tmp_path: Path) -> CA:
 
 def test_no_tls_keys_means_kerberos_alone() -> None:
     config = from_mapping(MINIMAL)
-    assert (config.tls_certificate, config.tls_private_key, config.tls_ca_bundle) == (None,) * 3
+    assert (config.peer.certificate, config.peer.private_key, config.peer.ca_bundle) == (None,) * 3
 
 
 def test_certificate_key_and_bundle_load(ca: CA) -> None:
     pem = ca.issue("a.example.com")
     config = from_mapping(with_peer(certificate=str(pem.certificate),
                                     private_key=str(pem.private_key), ca_bundle=str(ca.bundle)))
-    assert config.tls_certificate == pem.certificate
-    assert config.tls_private_key == pem.private_key
-    assert config.tls_ca_bundle == ca.bundle
+    assert config.peer.certificate == pem.certificate
+    assert config.peer.private_key == pem.private_key
+    assert config.peer.ca_bundle == ca.bundle
     # A certificate without a bundle is fine: presented to peers that verify.
     config = from_mapping(with_peer(certificate=str(pem.certificate),
                                     private_key=str(pem.private_key)))
-    assert config.tls_ca_bundle is None
+    assert config.peer.ca_bundle is None
 
 
 def test_certificate_and_key_go_together(ca: CA) -> None:
@@ -221,7 +221,7 @@ def test_a_chain_file_presents_the_leaf_first(ca: CA) -> None:
     pem.certificate.write_bytes(pem.certificate.read_bytes() + ca.bundle.read_bytes())
     config = from_mapping(with_peer(certificate=str(pem.certificate),
                                     private_key=str(pem.private_key)))
-    assert config.tls_certificate == pem.certificate
+    assert config.peer.certificate == pem.certificate
 
 
 # ------------------------------------------------ the TLS layer on loopback (no Kerberos)
@@ -236,9 +236,9 @@ class _Listener(Protocol):
 
 def _config(host: str, pem: Pem | None, bundle: Path | None) -> Config:
     config = from_mapping(MINIMAL)
-    return replace(config, host_name=host,
-                   tls_certificate=pem.certificate if pem else None,
-                   tls_private_key=pem.private_key if pem else None, tls_ca_bundle=bundle)
+    return replace(config, host=replace(config.host, name=host),
+                   peer=replace(config.peer, certificate=pem.certificate if pem else None,
+                                private_key=pem.private_key if pem else None, ca_bundle=bundle))
 
 
 async def _dial(client: Config, server: Config, host: str) -> Any:
@@ -252,7 +252,7 @@ async def _dial(client: Config, server: Config, host: str) -> Any:
         d: Deferred[Any] = TCP4ClientEndpoint(reactor, where.host, where.port).connect(
             UnbufferedTLSFactory(client_options(client), True, Adopted(link)))
         d.addCallback(lambda _: link.ready)
-        if client.tls_ca_bundle is not None:
+        if client.peer.ca_bundle is not None:
             d.addCallback(lambda channel: (check_peer_name(link.transport, host), channel)[1])
         # A server that refuses our certificate says so after our side of the handshake:
         # the exchange sees its alert; one that accepted us closes the link.
