@@ -180,7 +180,7 @@ def test_no_request_line_in_time() -> None:
     daemon = Daemon()
     protocol, client = daemon.connect()
     protocol.dataReceived(b"CONNECT /run/s.so")
-    daemon.reactor.advance(daemon.config.request_timeout - 0.1)
+    daemon.reactor.advance(daemon.config.timeouts.request - 0.1)
     assert client.value() == b""
     daemon.reactor.advance(0.1)
     assert client.value().startswith(b"ERR ETIMEDOUT ") and client.disconnecting

@@ -231,7 +231,7 @@ def test_a_handshake_timeout_retires_the_link(reused: bool) -> None:
     links = Links(Reused(hung) if reused else hung)
     ok, failed = dial(reactor, links)
     assert len(hellos(hung)) == 1
-    reactor.advance(CONFIG.handshake_timeout)
+    reactor.advance(CONFIG.timeouts.handshake)
     assert not ok and failed[0].value.errno_name == "ETIMEDOUT"
     assert links.asked == ["b.test"]
     assert hung.retired and gone == [hung]
