@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -32,6 +32,7 @@ from nipc.channel import Channel
 from nipc.config import PeerAddress
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
+from nipc.link_state import READING, Do, Event, State, step
 from nipc.tls import channel_binding, is_certificate_failure, ssl_detail
 
 log = Logger()
@@ -68,11 +69,14 @@ MAX_UNPROVEN_FRAMES = 1024
 
 @implementer(IHandshakeListener, IPushProducer)
 class Link(Protocol):
-    """Frame decoding, channel table and link-wide flow control, for both sides."""
+    """Frame decoding, channel table and link-wide flow control, for both sides.
 
-    closed = False
-    #: Closing: frames still arriving are ignored.
-    stopped = False
+    Its lifecycle is :mod:`nipc.link_state`'s table: TLS done, a channel authenticated,
+    retire, close, abort and the connection lost are events; the table gives the next
+    state and what to do. Whoever must know when the link is gone (its channels, the
+    dialler's table, per-link records) asks :meth:`when_ended`.
+    """
+
     #: True while the TLS transport cannot take more: channels stop reading.
     paused = False
     exporter: bytes | None = None
@@ -98,6 +102,50 @@ class Link(Protocol):
         self.opened = 0.0
         self._idle: Any = None
         self._grace = Deadline(reactor)
+        self.state = State.PENDING
+        self._ended: list[Deferred[None]] = []
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def stopped(self) -> bool:
+        """Closing or closed: frames still arriving are ignored."""
+        return self.state not in READING
+
+    def when_ended(self) -> "Deferred[None]":
+        """Fires (with None: the reason is :attr:`lost_reason`) once the connection is
+        gone and its channels ended; at once if it is."""
+        if self.state is State.CLOSED:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ended.append(d)
+        return d
+
+    def _fire(self, event: Event, reason: Failure | None = None) -> None:
+        self.state, do = step(self.state, event)
+        if do is Do.NOTHING:
+            return
+        if do is Do.TLS_READY:
+            self.exporter = channel_binding(self.transport)
+            self.tls_ready()
+            self._idle_check()
+        elif do is Do.PROVEN:
+            self.proved()
+        elif do is Do.RETIRE:
+            self.retiring()
+        elif do is Do.SHUTDOWN:
+            self._grace.arm(CLOSE_GRACE, self.abort)
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            if self.paused:  # nobody will resume it now; and the peer's close_notify is to be read
+                self.resumeProducing()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif do is Do.ABORT:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            assert reason is not None
+            self._end(reason)
 
     def connectionMade(self) -> None:
         self._tune(self.transport)
@@ -112,9 +160,7 @@ class Link(Protocol):
                 "opened_channels": self.highest, "age": round(now - self.opened, 3)}
 
     def handshakeCompleted(self) -> None:
-        self.exporter = channel_binding(self.transport)
-        self.tls_ready()
-        self._idle_check()
+        self._fire(Event.TLS_DONE)
 
     def dataReceived(self, data: bytes) -> None:
         self._heard = True
@@ -221,22 +267,21 @@ class Link(Protocol):
         """Send TLS close_notify and close TCP once the peer answers it, or abort after
         :data:`CLOSE_GRACE`. The link first stops being the transport's producer: Twisted's
         TLS does not start its shutdown while a producer is registered."""
-        self.stopped = True
-        if self.closed or self._grace.armed:
-            return
-        self._grace.arm(CLOSE_GRACE, self.abort)
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        if self.paused:  # nobody will resume it now; and the peer's close_notify is to be read
-            self.resumeProducing()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._fire(Event.CLOSE)
 
     def abort(self) -> None:
-        self.stopped = True
-        if not self.closed:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+        self._fire(Event.ABORT)
+
+    def authenticated(self) -> None:
+        """One of its channels passed Kerberos."""
+        self._fire(Event.AUTHENTICATED)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self.closed = True
+        self._fire(Event.LOST, reason)
+
+    def _end(self, reason: Failure) -> None:
+        """The connection is gone: its channels end as a crash would, then the side and
+        whoever asked :meth:`when_ended` are told."""
         self.lost_reason = reason
         self._grace.cancel()
         if self._liveness is not None:
@@ -249,12 +294,18 @@ class Link(Protocol):
         for channel in channels:
             channel.link_lost(reason)
         self.link_lost(reason)
+        ended, self._ended = self._ended, []
+        for d in ended:
+            d.callback(None)
 
     # Hooks for the two sides.
     def tls_ready(self) -> None:
         pass
 
-    def authenticated(self) -> None:
+    def proved(self) -> None:
+        pass
+
+    def retiring(self) -> None:
         pass
 
     def refused(self) -> None:
@@ -271,8 +322,6 @@ class ClientLink(Link):
                  idle_after: float = CLIENT_IDLE, ping_every: float = LINK_PING) -> None:
         super().__init__(reactor, tune, idle_after, ping_every)
         self.ready: Deferred[ClientLink] = Deferred()
-        #: No new channels (a handshake on it timed out): closed once its last one ends.
-        self.retired = False
         #: Where the peer daemon was looked for (for error messages).
         self.addresses: Sequence[PeerAddress] = ()
         self.on_lost: Callable[[ClientLink], None] | None = None
@@ -287,8 +336,16 @@ class ClientLink(Link):
             self.retire()  # the next connect dials a new link
         return channel
 
+    @property
+    def retired(self) -> bool:
+        """No new channels (a handshake on it timed out, or it is closing): closed once
+        its last one ends."""
+        return self.state in (State.RETIRED, State.CLOSING, State.CLOSED)
+
     def retire(self) -> None:
-        self.retired = True
+        self._fire(Event.RETIRE)
+
+    def retiring(self) -> None:
         if self.on_lost is not None:
             self.on_lost(self)
         if not self.channels:
@@ -345,9 +402,6 @@ class ServerLink(Link):
         self._deadline = Deadline(reactor)
         #: Channel numbers below ``highest`` not used yet (see _claim).
         self.skipped: set[int] = set()
-        #: One of its channels passed Kerberos: until then the link counts as pending
-        #: (per-source and global caps) and the handshake deadline holds.
-        self.proven = False
         self._refusals = 0
         #: HELLOs taken, and frames for channels already over, before any channel passed
         #: Kerberos: the dialler may send one CLOSE for a channel we refused as it gave up
@@ -374,13 +428,17 @@ class ServerLink(Link):
                  peer=self.peer, timeout=self._timeout)
         self.abort()
 
-    def authenticated(self) -> None:
-        if not self.proven:
-            self.proven = True
-            self._decoder.data_limit = wire.MAX_DATA
-            self._deadline.cancel()
-            self._settle()
-            self._idle_check()
+    @property
+    def proven(self) -> bool:
+        """One of its channels passed Kerberos: until then the link counts as pending
+        (per-source and global caps) and the handshake deadline holds."""
+        return self.state is State.AUTHENTICATED
+
+    def proved(self) -> None:
+        self._decoder.data_limit = wire.MAX_DATA
+        self._deadline.cancel()
+        self._settle()
+        self._idle_check()
 
     # -- the TLS transport's producer: also stop reading while TCP cannot take our output.
     # Each HELLO read is answered; a peer that sends HELLOs but reads no RESULTs would
