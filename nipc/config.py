@@ -153,8 +153,8 @@ class LimitsSection:
 
     max_connections: int = 4096
     max_per_caller: int = 256
-    handshakes_per_second: int = 200
-    handshake_burst: int = 400
+    handshakes_per_second: int = 1000
+    handshake_burst: int = 2000
     max_pending_peers: int = 256
     max_pending_per_source: int = 32
     #: HELLOs one peer link may send per second (burst: twice that); beyond, ``EAGAIN``.
