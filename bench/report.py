@@ -283,10 +283,20 @@ def pgbench_section(doc: dict[str, Any]) -> list[str]:
     L.append("")
     for w, what in (("pgS_tps", "-S TPS"), ("pgC_tps", "-S -C TPS")):
         nipc = med(S, "nipc", w)
-        parts = [f"{ratio(nipc, med(S, o, w)):.2f}x {PG_LABELS[o]}" for o in ("ssh", "ssh-tt", "unix")
-                 if ratio(nipc, med(S, o, w)) is not None]
+        parts = [f"{ratio(nipc, med(S, o, w)):.2f}x {PG_LABELS[o]}"
+                 for o in ("ssh", "ssh-tt", "unix") if ratio(nipc, med(S, o, w)) is not None]
         if parts:
             L.append(f"- NIPC {what}: " + ", ".join(parts))
+
+    def cpu(name: str, w: str) -> float | None:
+        a, b = med(S, name, f"{w}_cpu_ms_per_tx_A"), med(S, name, f"{w}_cpu_ms_per_tx_B")
+        return None if a is None or b is None else a + b
+
+    for w, what in (("pgS", "per -S transaction"), ("pgC", "per -S -C connection")):
+        parts = [f"{ratio(cpu('nipc', w), cpu(o, w)):.1f}x {PG_LABELS[o]}'s"
+                 for o in ("ssh", "ssh-tt") if ratio(cpu("nipc", w), cpu(o, w)) is not None]
+        if parts:
+            L.append(f"- NIPC's relay CPU (A + B) {what}: " + ", ".join(parts))
     L.append("")
     return L
 
