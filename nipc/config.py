@@ -87,6 +87,11 @@ class KerberosSection:
     #: locked at the KDC loses access within it.
     caller_ticket_reuse: float = 600.0
 
+    def realms(self, own: str) -> tuple[str, ...]:
+        """Realms whose principals this daemon accepts: ``own`` (host.realm) unless
+        trusted_realms says otherwise."""
+        return self.trusted_realms or (own,)
+
 
 @dataclass(frozen=True)
 class LocalSection:
@@ -228,10 +233,6 @@ class Config:
     def admin_socket_path(self) -> Path | None:
         """The admin socket (``nipc status``), or None when it is turned off."""
         return self.local.socket.parent / self.admin.socket if self.admin.socket else None
-
-    def realms(self) -> tuple[str, ...]:
-        """Realms whose principals this daemon accepts (its own unless configured)."""
-        return self.kerberos.trusted_realms or (self.host.realm,)
 
 
 #: Settings a reload cannot change (something built at start-up holds them: a listening

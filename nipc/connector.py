@@ -22,7 +22,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ServerFactory
 from zope.interface import implementer
 
-from nipc.config import Config
+from nipc.config import DestinationsSection, HostSection, TimeoutsSection
 from nipc.destination import PathPolicy, connect_unix
 from nipc.errors import NipcError, from_oserror
 from nipc.identity import LocalIdentity
@@ -92,13 +92,15 @@ class ImpersonatedConnector:
     (a reload applies to the next connect). ``remote``: the callers come from other hosts,
     so ``[destinations]`` limits where they may connect."""
 
-    def __init__(self, reactor: IConnectorReactor, config: Config, *, remote: bool) -> None:
+    def __init__(self, reactor: IConnectorReactor, host: HostSection, timeouts: TimeoutsSection,
+                 destinations: DestinationsSection, *, remote: bool) -> None:
         self._reactor = reactor
-        self._config = config
+        self._host = host
+        self._timeouts = timeouts
+        self._destinations = destinations
         self._remote = remote
 
     def endpoint(self, who: LocalIdentity, path: str, conn_id: str) -> CallerEndpoint:
-        config = self._config
-        policy = (PathPolicy(config.destinations.allow, config.destinations.deny, config.host.name)
-                  if self._remote else None)
-        return CallerEndpoint(self._reactor, who, path, conn_id, config.timeouts.connect, policy)
+        allowed = self._destinations
+        policy = PathPolicy(allowed.allow, allowed.deny, self._host.name) if self._remote else None
+        return CallerEndpoint(self._reactor, who, path, conn_id, self._timeouts.connect, policy)

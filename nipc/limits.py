@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from nipc.config import Config
+from nipc.config import HostSection, LimitsSection
 from nipc.errors import NipcError
 from nipc.interfaces import ICallerAdmission, IInboundAdmission, IPeerAdmission
 
@@ -59,13 +59,12 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd")) - 1  # not the one listdir itself used
 
 
-def fds_needed(config: Config) -> int:
-    """Descriptors the daemon may need with every limit in ``config`` used up: a local
+def fds_needed(limits: LimitsSection) -> int:
+    """Descriptors the daemon may need with every one of ``limits`` used up: a local
     connection holds two (the caller's socket, the destination's or its share of a
     link), an inbound one one, a peer link in its handshake up to three (its socket, the
     keytab, the replay cache)."""
-    return (2 * config.limits.max_connections + config.limits.max_inbound + 3 * config.limits.max_pending_peers
-            + FD_RESERVE)
+    return 2 * limits.max_connections + limits.max_inbound + 3 * limits.max_pending_peers + FD_RESERVE
 
 
 class Descriptors:
@@ -158,7 +157,10 @@ class _Bucket:
 @implementer(ICallerAdmission, IPeerAdmission, IInboundAdmission)
 @dataclass
 class Limits:
-    config: Config
+    #: [limits], read at each admission (a reload replaces its fields).
+    settings: LimitsSection
+    #: [host]: its name, in refusals.
+    host: HostSection
     clock: Callable[[], float]
     active: int = 0
     per_caller: dict[int, int] = field(default_factory=dict)
@@ -180,10 +182,10 @@ class Limits:
 
     def admit(self, uid: int) -> None:
         """Count a new local connection of ``uid`` in, or refuse it."""
-        if self.active >= self.config.limits.max_connections:
-            raise NipcError("EAGAIN", f"daemon at its limit of {self.config.limits.max_connections} connections")
-        if self.per_caller.get(uid, 0) >= self.config.limits.max_per_caller:
-            raise NipcError("EAGAIN", f"uid {uid} is at its limit of {self.config.limits.max_per_caller} connections")
+        if self.active >= self.settings.max_connections:
+            raise NipcError("EAGAIN", f"daemon at its limit of {self.settings.max_connections} connections")
+        if self.per_caller.get(uid, 0) >= self.settings.max_per_caller:
+            raise NipcError("EAGAIN", f"uid {uid} is at its limit of {self.settings.max_per_caller} connections")
         self._fd_room()
         self.active += 1
         self.per_caller[uid] = self.per_caller.get(uid, 0) + 1
@@ -193,22 +195,22 @@ class Limits:
         self.active -= 1
         if _take_one(self.per_caller, uid):
             bucket = self._buckets.get(uid)
-            if bucket is not None and self._refill(bucket) >= self.config.limits.handshake_burst:
+            if bucket is not None and self._refill(bucket) >= self.settings.handshake_burst:
                 del self._buckets[uid]  # a full bucket holds no state worth keeping
 
     def _refill(self, bucket: _Bucket) -> float:
         now = self.clock()
-        rate = self.config.limits.handshakes_per_second
-        bucket.tokens = min(float(self.config.limits.handshake_burst), bucket.tokens + (now - bucket.stamp) * rate)
+        rate = self.settings.handshakes_per_second
+        bucket.tokens = min(float(self.settings.handshake_burst), bucket.tokens + (now - bucket.stamp) * rate)
         bucket.stamp = now
         return bucket.tokens
 
     def handshake(self, uid: int) -> None:
         """Take one handshake from ``uid``'s bucket, or refuse."""
-        bucket = self._buckets.setdefault(uid, _Bucket(float(self.config.limits.handshake_burst), self.clock()))
+        bucket = self._buckets.setdefault(uid, _Bucket(float(self.settings.handshake_burst), self.clock()))
         if self._refill(bucket) < 1:
             raise NipcError(
-                "EAGAIN", f"uid {uid} exceeds {self.config.limits.handshakes_per_second} new connections per second")
+                "EAGAIN", f"uid {uid} exceeds {self.settings.handshakes_per_second} new connections per second")
         bucket.tokens -= 1
 
     def peer_arrived(self, source: str) -> bool:
@@ -217,9 +219,9 @@ class Limits:
         than its share: one host's flood cannot lock the others out, while a busy host's
         burst is welcome when there is room."""
         from_source = self.pending_by_source.get(source, 0)
-        contended = self.pending_peers >= self.config.limits.max_pending_peers // 2
-        if (self.pending_peers >= self.config.limits.max_pending_peers
-                or (contended and from_source >= self.config.limits.max_pending_per_source)):
+        contended = self.pending_peers >= self.settings.max_pending_peers // 2
+        if (self.pending_peers >= self.settings.max_pending_peers
+                or (contended and from_source >= self.settings.max_pending_per_source)):
             return False
         self.pending_peers += 1
         self.pending_by_source[source] = from_source + 1
@@ -232,13 +234,13 @@ class Limits:
     def inbound_arrived(self, source: str) -> None:
         """Count in a connection a peer routes to this host from address ``source``, or
         refuse it: one busy or hostile host cannot take all the room."""
-        host, config = self.config.host.name, self.config
+        host, settings = self.host.name, self.settings
         from_source = self.inbound_by_source.get(source, 0)
-        if self.inbound >= config.limits.max_inbound:
-            raise NipcError("EAGAIN", f"{host} is at its limit of {config.limits.max_inbound} "
+        if self.inbound >= settings.max_inbound:
+            raise NipcError("EAGAIN", f"{host} is at its limit of {settings.max_inbound} "
                             "inbound connections (limits.max_inbound)")
-        if from_source >= config.limits.max_inbound_per_source:
-            raise NipcError("EAGAIN", f"{host} is at its limit of {config.limits.max_inbound_per_source} "
+        if from_source >= settings.max_inbound_per_source:
+            raise NipcError("EAGAIN", f"{host} is at its limit of {settings.max_inbound_per_source} "
                             f"inbound connections from {source} (limits.max_inbound_per_source)")
         self._fd_room()
         self.inbound += 1

@@ -87,7 +87,7 @@ class Links:
         #: One TLS context for every dial: building an SSL_CTX per link costs
         #: milliseconds of CPU. With [peer] ca_bundle it verifies every peer's chain;
         #: the name, which differs per peer, is checked per link (check_peer_name).
-        self._tls = client_options(config)
+        self._tls = client_options(config.peer)
         self._locator = PeerLocator(reactor, config)
         self._links: dict[str, ClientLink] = {}
         self._dialling: dict[str, list[Deferred[ClientLink]]] = {}
@@ -119,7 +119,7 @@ class Links:
         return waiter  # type: ignore[return-value]
 
     def _dial(self, host: str) -> None:
-        link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._config),
+        link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._config.timeouts),
                           self._config.timeouts.link_idle, self._config.timeouts.link_ping)
 
         def connect(found: list[PeerAddress]) -> "Deferred[Any]":

@@ -11,7 +11,7 @@ import ctypes.util
 
 from zope.interface import implementer
 
-from nipc.config import Config
+from nipc.config import HostSection, KerberosSection
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, account_expired, identity_of_user
 from nipc.interfaces import IProjection
@@ -84,12 +84,13 @@ class Projection:
     """This host's mapping as the running configuration says (realms, root), with recent
     answers of :func:`resolve` reused."""
 
-    def __init__(self, config: Config) -> None:
-        self._config = config
+    def __init__(self, host: HostSection, kerberos: KerberosSection) -> None:
+        self._host = host
+        self._kerberos = kerberos
         #: Keyed by the realms too: a reload that stops trusting a realm applies at once.
         self._resolved: Memo[tuple[str, tuple[str, ...]], LocalIdentity] = Memo()
 
     def project(self, principal: str) -> LocalIdentity:
-        realms = self._config.realms()
+        realms = self._kerberos.realms(self._host.realm)
         resolved = self._resolved.answer((principal, realms), lambda key: resolve(*key))
-        return project(principal, realms, self._config.kerberos.allow_root, resolved)
+        return project(principal, realms, self._kerberos.allow_root, resolved)

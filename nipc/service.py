@@ -142,7 +142,7 @@ class NipcService(Service):
         self.source = source
         self.logs = logs if logs is not None else LogFile()
         self.notifier = notifier if notifier is not None else Notifier()
-        self.limits = Limits(config, reactor.seconds, descriptors=Descriptors(
+        self.limits = Limits(config.limits, config.host, reactor.seconds, descriptors=Descriptors(
             config.host.name, reactor.seconds, open_fds,
             lambda count: deferToThreadPool(reactor, reactor.getThreadPool(), count)))
         #: The Prometheus metrics, if ``[metrics] listen`` asks for them.
@@ -178,14 +178,17 @@ class NipcService(Service):
         self._tickets = tickets = ticket_source(reactor, config)
         acceptor = Acceptor(config)
         self._router = router = Router(reactor, config, tickets, registry, Links(reactor, config),
-                                       ImpersonatedConnector(reactor, config, remote=False))
-        fd_limit, needed = raise_fd_limit(), fds_needed(config)
+                                       ImpersonatedConnector(reactor, config.host, config.timeouts,
+                                                             config.destinations, remote=False))
+        fd_limit, needed = raise_fd_limit(), fds_needed(config.limits)
         if fd_limit < needed:
             log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
                      "overload will be refused at the descriptor limit first (raise LimitNOFILE= "
                      "in nipcd.service)", limit=fd_limit, needed=needed)
-        inbound = Inbound(reactor, config, acceptor, Projection(config), registry, live, limits,
-                          ImpersonatedConnector(reactor, config, remote=True))
+        inbound = Inbound(reactor, config, acceptor, Projection(config.host, config.kerberos),
+                          registry, live, limits,
+                          ImpersonatedConnector(reactor, config.host, config.timeouts,
+                                                config.destinations, remote=True))
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config, router, registry, limits, live)
@@ -202,7 +205,7 @@ class NipcService(Service):
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
             clear_stale_socket(path)  # before anything else: never race a live daemon
         # Peers next: the local socket accepting is the sign that the daemon is ready.
-        peer_factory = self._peer_factory(server_options(config))
+        peer_factory = self._peer_factory(server_options(config.peer, config.host))
         peer_socket = inherited.pop("peer", None)
         if peer_socket is None:
             peer_port = reactor.listenTCP(config.peer.port, peer_factory,
@@ -258,7 +261,7 @@ class NipcService(Service):
                 return None
             return lambda: limits.peer_settled(source)
 
-        return ServerLink(self.reactor, lambda tls: tune_tcp(tls, config), self._inbound.hello,
+        return ServerLink(self.reactor, lambda tls: tune_tcp(tls, config.timeouts), self._inbound.hello,
                           config.timeouts.handshake, lambda: limits.peer_settled(source),
                           admit_channel, self._accepted_links, config.timeouts.link_idle,
                           config.limits.peer_handshakes_per_second, config.timeouts.link_ping)
@@ -461,7 +464,8 @@ class NipcService(Service):
             """Off the reactor: files, NSS, PEM parsing. Nothing is applied yet."""
             new = reloading.prepare(self.config, source)
             try:
-                return new, server_options(new.config), client_options(new.config)
+                peer = new.config.peer
+                return new, server_options(peer, new.config.host), client_options(peer)
             except Exception as e:
                 raise ConfigError(f"[peer] TLS: {e}") from None
 

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from nipc.errors import ConfigError, NipcError
 
 if TYPE_CHECKING:  # nipc.config checks its PEM files with this module's functions
-    from nipc.config import Config
+    from nipc.config import HostSection, PeerSection, TimeoutsSection
 
 log = Logger()
 
@@ -150,11 +150,10 @@ def _tuned(options: ssl.CertificateOptions) -> ssl.CertificateOptions:
     return options
 
 
-def _configured(config: Config) -> dict[str, Any]:
+def _configured(peer: PeerSection) -> dict[str, Any]:
     """CertificateOptions keywords for the configured certificate (with its chain) and CA
     bundle; config loading already checked the files."""
     kw: dict[str, Any] = {}
-    peer = config.peer
     if peer.certificate is not None and peer.private_key is not None:
         chain = pem_certificates(str(peer.certificate), "peer.certificate")
         kw.update(certificate=chain[0], extraCertChain=chain[1:],
@@ -166,29 +165,29 @@ def _configured(config: Config) -> dict[str, Any]:
     return kw
 
 
-def server_options(config: Config) -> ssl.CertificateOptions:
+def server_options(peer: PeerSection, host: HostSection) -> ssl.CertificateOptions:
     """The listening side: the configured certificate, else an ephemeral self-signed one;
     with a CA bundle, a client certificate from that CA is required (Twisted's
     ``trustRoot`` means VERIFY_PEER | VERIFY_FAIL_IF_NO_PEER_CERT)."""
-    kw = _configured(config)
+    kw = _configured(peer)
     if "certificate" not in kw:
-        kw["privateKey"], kw["certificate"] = ephemeral_certificate(config.host.name)
+        kw["privateKey"], kw["certificate"] = ephemeral_certificate(host.name)
     else:
         try:
-            verify_certificate_hostname(kw["certificate"], config.host.name)
+            verify_certificate_hostname(kw["certificate"], host.name)
         except (VerificationError, CertificateError):
             log.warn("peer.certificate {path} does not name {host}: peers that verify it "
                      "will refuse this daemon (name mismatch)",
-                     path=str(config.peer.certificate), host=config.host.name)
+                     path=str(peer.certificate), host=host.name)
     return _tuned(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3, **kw))
 
 
-def client_options(config: Config) -> ssl.CertificateOptions:
+def client_options(peer: PeerSection) -> ssl.CertificateOptions:
     """The dialling side, one context for every peer: the configured certificate as the
     client certificate, if any; with a CA bundle, the peer's chain is verified during the
     handshake and its name by :func:`check_peer_name` right after it."""
     return _tuned(ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
-                                        **_configured(config)))
+                                        **_configured(peer)))
 
 
 def _names(cert: x509.Certificate) -> str:
@@ -254,15 +253,15 @@ def channel_binding(tls_transport: Any) -> bytes:
     return data
 
 
-def tune_tcp(tls_transport: Any, config: Config) -> None:
+def tune_tcp(tls_transport: Any, timeouts: TimeoutsSection) -> None:
     """No Nagle delay; a dead peer is noticed within the configured bound; reads of
     :data:`LINK_BUFFER`."""
     tls_transport.transport.bufferSize = LINK_BUFFER
     sock: socket.socket = tls_transport.transport.getHandle()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle = max(1, config.timeouts.keepalive_idle)
+    idle = max(1, timeouts.keepalive_idle)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(config.timeouts.user_timeout * 1000))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeouts.user_timeout * 1000))

@@ -78,7 +78,7 @@ class TestDefaults:
         assert cfg.peers == {}
         assert cfg.kerberos.krb5_config is None and cfg.log.file is None
         assert cfg.host.service_name == "nipc@a.example.com"
-        assert cfg.realms() == ("EXAMPLE.COM",)
+        assert cfg.kerberos.realms(cfg.host.realm) == ("EXAMPLE.COM",)
 
     def test_every_key(self) -> None:
         """A document setting every key gives those values, converted to their types."""
@@ -110,7 +110,7 @@ class TestDefaults:
         assert cfg.kerberos.mode is CredentialMode.OWN_CCACHE
         assert cfg.kerberos.krb5_config == Path("/etc/krb5.test.conf")
         assert cfg.kerberos.ccache_template == "KEYRING:persistent:%{uid}"
-        assert cfg.realms() == ("EXAMPLE.COM", "OTHER.COM")
+        assert cfg.kerberos.realms(cfg.host.realm) == ("EXAMPLE.COM", "OTHER.COM")
         assert cfg.kerberos.allow_root is True
         assert cfg.local.socket == Path("/run/x/x.sock")
         assert (cfg.local.owner, cfg.local.group) == (os.getuid(), os.getgid())

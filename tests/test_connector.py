@@ -43,6 +43,11 @@ def config(**destinations: list[str]) -> Any:
     })
 
 
+def connector_of(config: Any, remote: bool) -> ImpersonatedConnector:
+    return ImpersonatedConnector(reactor, config.host, config.timeouts, config.destinations,
+                                 remote=remote)
+
+
 class Received(Protocol):
     def __init__(self) -> None:
         self.data = b""
@@ -84,7 +89,7 @@ def place() -> Iterator[Place]:
 def test_the_connector_and_its_endpoints_provide_their_interfaces() -> None:
     assert verifyClass(IDestinationConnector, ImpersonatedConnector)
     assert verifyClass(IStreamClientEndpoint, CallerEndpoint)
-    connector = ImpersonatedConnector(reactor, config(), remote=False)
+    connector = connector_of(config(), remote=False)
     endpoint = connector.endpoint(identity_of_user(CALLER), "/run/x.sock", "c0")
     assert verifyObject(IStreamClientEndpoint, endpoint)
 
@@ -96,7 +101,7 @@ async def test_connect_protocol_connects_as_the_caller_bound_to_the_connection_i
     connection id; the protocol connectProtocol was given is connected and carries bytes
     both ways."""
     who, conn_id = identity_of_user(CALLER), new_connection_id()
-    endpoint = ImpersonatedConnector(reactor, config(), remote=False).endpoint(
+    endpoint = connector_of(config(), remote=False).endpoint(
         who, str(place.top / "open.sock"), conn_id)
     ours = Received()
     events: list[dict[str, Any]] = []
@@ -133,7 +138,7 @@ async def test_connect_protocol_connects_as_the_caller_bound_to_the_connection_i
 ])
 async def test_a_refused_connect_fails_the_deferred_with_the_callers_errno(
         place: Place, target: str, remote: bool, errno_name: str) -> None:
-    connector = ImpersonatedConnector(reactor, config(allow=["/run/**"]), remote=remote)
+    connector = connector_of(config(allow=["/run/**"]), remote=remote)
     endpoint = connector.endpoint(identity_of_user(CALLER), str(place.top / target), "c1")
     with pytest.raises(NipcError) as refused:
         await connectProtocol(endpoint, Received())

@@ -63,7 +63,7 @@ class Daemon:
         self.config = from_mapping({**BASE, "limits": limits})
         self.router = Router()
         self.registry = Registry()
-        self.limits = Limits(self.config, self.reactor.seconds)
+        self.limits = Limits(self.config.limits, self.config.host, self.reactor.seconds)
         self.sink = Recorder()
         self.live = Connections(sinks=[self.sink])  # type: ignore[list-item]
         self.services = GateServices(self.reactor, self.config, self.router,  # type: ignore[arg-type]

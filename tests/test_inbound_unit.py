@@ -103,7 +103,7 @@ class Daemon:
         self.acceptor = Acceptor()
         self.connector = connector or Connector()
         self.registry = Registry()
-        self.limits = Limits(self.config, self.reactor.seconds)
+        self.limits = Limits(self.config.limits, self.config.host, self.reactor.seconds)
         self.sink = Recorder()
         self.live = Connections(sinks=[self.sink])  # type: ignore[list-item]
         self.inbound = Inbound(self.reactor, self.config, self.acceptor, Projection(),  # type: ignore[arg-type]

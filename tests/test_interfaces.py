@@ -61,12 +61,12 @@ def test_daemon_ticket_sources_are_ticket_sources() -> None:
 
 
 def test_objects_provide_their_interfaces() -> None:
-    limits = Limits(CONFIG, time.monotonic)
+    limits = Limits(CONFIG.limits, CONFIG.host, time.monotonic)
     for iface in (interfaces.ICallerAdmission, interfaces.IPeerAdmission,
                   interfaces.IInboundAdmission):
         assert verifyObject(iface, limits)
     assert verifyObject(interfaces.IRegistry, Registry())
     assert verifyObject(interfaces.IConnections, Connections())
-    assert verifyObject(interfaces.IProjection, Projection(CONFIG))
+    assert verifyObject(interfaces.IProjection, Projection(CONFIG.host, CONFIG.kerberos))
     assert verifyObject(interfaces.IAcceptor, Acceptor(CONFIG))
     assert verifyObject(interfaces.IAuditSink, Metrics(limits))

@@ -17,7 +17,7 @@ BASE = {"host": {"name": "a.test", "realm": "T"}, "kerberos": {"keytab": "/k", "
 def limits(**kw: int) -> tuple[Limits, list[float]]:
     now = [0.0]
     config = from_mapping({**BASE, "limits": kw})
-    return Limits(config, lambda: now[0]), now
+    return Limits(config.limits, config.host, lambda: now[0]), now
 
 
 def test_per_caller_and_global_caps() -> None:
@@ -116,7 +116,8 @@ def test_descriptor_headroom() -> None:
     room = 30
     world = FdWorld(open_now=40, limit=40 + FD_RESERVE + room)
     fds = Descriptors("b.test", lambda: now[0], world.count, world.background, lambda: world.limit)
-    lim = Limits(from_mapping(BASE), lambda: now[0], descriptors=fds)
+    base = from_mapping(BASE)
+    lim = Limits(base.limits, base.host, lambda: now[0], descriptors=fds)
     first = 0
     while not world.queued:  # a count starts once half the room may be used
         lim.inbound_arrived("10.0.0.1")
@@ -168,7 +169,7 @@ def test_unit_file_fd_limit_covers_the_limits() -> None:
 
     unit = (Path(__file__).resolve().parents[1] / "etc" / "nipcd.service").read_text()
     limit = int(unit.split("\nLimitNOFILE=", 1)[1].split()[0])
-    assert fds_needed(from_mapping(BASE)) == 13_120
+    assert fds_needed(from_mapping(BASE).limits) == 13_120
     assert "= 13,120 with the defaults" in unit
     hub = from_mapping({**BASE, "limits": {"max_connections": 131072, "max_inbound": 131072}})
-    assert fds_needed(hub) == 394_048 <= limit and "(394,048)" in unit
+    assert fds_needed(hub.limits) == 394_048 <= limit and "(394,048)" in unit

@@ -40,7 +40,7 @@ async def test_a_link_at_the_last_channel_number_is_replaced_and_closed() -> Non
             accepted.append(self)
 
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        UnbufferedTLSFactory(server_options(config(1)), False, Factory.forProtocol(Hold)))
+        UnbufferedTLSFactory(server_options(config(1).peer, config(1).host), False, Factory.forProtocol(Hold)))
     links = Links(reactor, config(port.getHost().port))
     try:
         first = await links.get(HOST)
@@ -79,12 +79,12 @@ async def test_the_link_prefers_aes_128_gcm() -> None:
             accepted.append(self)
 
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        UnbufferedTLSFactory(server_options(config(1)), False, Factory.forProtocol(Hold)))
+        UnbufferedTLSFactory(server_options(config(1).peer, config(1).host), False, Factory.forProtocol(Hold)))
     try:
         for offered in (None, b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"):
             links = Links(reactor, config(port.getHost().port))
             if offered is not None:
-                dialler = client_options(config(1))
+                dialler = client_options(config(1).peer)
                 dialler.getContext().set_tls13_ciphersuites(offered)
                 links.reconfigure(dialler)
             try:
@@ -102,5 +102,5 @@ async def test_the_link_prefers_aes_128_gcm() -> None:
 
 def test_the_link_encrypts_a_whole_write_in_one_call() -> None:
     """Partial writes off: one SSL_write for a whole 256 KiB chunk, not one per record."""
-    for options in (client_options(config(1)), server_options(config(1))):
+    for options in (client_options(config(1).peer), server_options(config(1).peer, config(1).host)):
         assert options.getContext().set_mode(0) & MODE_ENABLE_PARTIAL_WRITE == 0

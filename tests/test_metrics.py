@@ -70,7 +70,8 @@ QUIET = Logger(observer=lambda event: None)
 
 @pytest.fixture
 def metrics() -> Metrics:
-    return Metrics(Limits(from_mapping(MINIMAL), time.monotonic))
+    config = from_mapping(MINIMAL)
+    return Metrics(Limits(config.limits, config.host, time.monotonic))
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ def test_links_are_counted() -> None:
     config = from_mapping(MINIMAL)
     links = [{"direction": "dialled", "channels": 3}, {"direction": "dialled", "channels": 1},
              {"direction": "accepted", "channels": 2}]
-    text = Metrics(Limits(config, time.monotonic), lambda: links).text().decode()
+    text = Metrics(Limits(config.limits, config.host, time.monotonic), lambda: links).text().decode()
     assert metric(text, "nipc_peer_links", direction="dialled") == 2
     assert metric(text, "nipc_peer_link_channels", direction="dialled") == 4
     assert metric(text, "nipc_peer_links", direction="accepted") == 1

@@ -245,12 +245,12 @@ async def _dial(client: Config, server: Config, host: str) -> Any:
     """What links.Links does, then a channel's HELLO: TLS, then (with a bundle) the name
     check; a failure as links.link_failure maps it."""
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        UnbufferedTLSFactory(server_options(server), False, Factory.forProtocol(_Listener)))
+        UnbufferedTLSFactory(server_options(server.peer, server.host), False, Factory.forProtocol(_Listener)))
     try:
         link = ClientLink(reactor, lambda tls: None)
         where = PeerAddress("127.0.0.1", port.getHost().port)
         d: Deferred[Any] = TCP4ClientEndpoint(reactor, where.host, where.port).connect(
-            UnbufferedTLSFactory(client_options(client), True, Adopted(link)))
+            UnbufferedTLSFactory(client_options(client.peer), True, Adopted(link)))
         d.addCallback(lambda _: link.ready)
         if client.peer.ca_bundle is not None:
             d.addCallback(lambda channel: (check_peer_name(link.transport, host), channel)[1])
