@@ -161,8 +161,9 @@ class UnixEnd(Protocol):
 
 
 class Adopted(Factory):
-    """Hands one already-built protocol to ``adoptStreamConnection`` or an endpoint,
-    quietly (a factory per connection must not log a start and a stop line each)."""
+    """Hands one already-built protocol (a link) to an endpoint inside a TLS factory,
+    quietly: connectProtocol's factory would log a start and a stop line per link. (The
+    destination connector needs none: :mod:`nipc.connector`.)"""
 
     noisy = False
 
