@@ -31,6 +31,11 @@ HEADER = struct.Struct(">BII")
 CREDIT = struct.Struct(">I")
 MAX_HANDSHAKE = 64 * 1024
 MAX_DATA = 1024 * 1024
+#: A DATA frame longer than this is passed on in pieces as its bytes arrive, not collected
+#: whole: the 256 KiB a local read makes spans several reads of the link, and collecting
+#: it cost two more copies of every byte. (On a link nobody has authenticated on yet, no
+#: DATA frame is this long.)
+STREAM_OVER = MAX_HANDSHAKE
 MAX_HOPS_ON_WIRE = 64
 
 
@@ -196,33 +201,45 @@ class FrameDecoder:
     Handshake frames are limited to :data:`MAX_HANDSHAKE` bytes, data frames to
     ``data_limit`` (:data:`MAX_DATA`; lower on a link nobody has authenticated on yet): a
     peer cannot make us buffer more than that per frame. Channel 0 is the link's own
-    (PING, PONG), never a channel's.
+    (PING, PONG), never a channel's. A DATA frame longer than :data:`STREAM_OVER` comes
+    out in pieces as its bytes arrive, each a DATA frame of the same channel: never empty,
+    and together its payload.
     """
 
     def __init__(self, data_limit: int = MAX_DATA) -> None:
         self._buffer = bytearray()
         self.data_limit = data_limit
+        #: Bytes still to come of a DATA frame passed on in pieces, and its channel.
+        self._rest = 0
+        self._rest_channel = 0
 
     def feed(self, data: bytes) -> list[Frame]:
         # Most reads end on a frame boundary: parse them where they lie, and copy each
         # payload once; only a partial frame is kept (and appended to) in the buffer.
+        frames: list[Frame] = []
+        start = 0
+        if self._rest:  # the buffer is empty: the rest of a large DATA frame comes first
+            start = min(self._rest, len(data))
+            frames.append((Kind.DATA, self._rest_channel, data if start == len(data) else data[:start]))
+            self._rest -= start
+            if start == len(data):
+                return frames
         buffered = bool(self._buffer)
         if buffered:
             self._buffer += data
         source = self._buffer if buffered else data
-        frames: list[Frame] = []
         with memoryview(source) as view:
-            pos = self._split(view, frames, self.data_limit)
+            pos = self._split(view, start, frames)
             if not buffered and pos < len(data):
                 self._buffer += view[pos:]
         if buffered:
             del self._buffer[:pos]
         return frames
 
-    @staticmethod
-    def _split(view: memoryview, frames: list[Frame], data_limit: int) -> int:
-        """Append the whole frames in ``view`` to ``frames``; where the rest starts."""
-        pos, size = 0, len(view)
+    def _split(self, view: memoryview, pos: int, frames: list[Frame]) -> int:
+        """Append the frames in ``view`` from ``pos`` on to ``frames``; where the rest
+        (a partial frame) starts."""
+        size, data_limit = len(view), self.data_limit
         while size - pos >= HEADER.size:
             kind, channel, length = HEADER.unpack_from(view, pos)
             limit = data_limit if kind == Kind.DATA else MAX_HANDSHAKE
@@ -235,6 +252,11 @@ class FrameDecoder:
                 raise _proto(f"frame of type {kind} has a bad length ({length} bytes)")
             end = pos + HEADER.size + length
             if end > size:
+                if kind == Kind.DATA and length > STREAM_OVER:
+                    if size > pos + HEADER.size:
+                        frames.append((kind, channel, bytes(view[pos + HEADER.size :])))
+                    self._rest, self._rest_channel = end - size, channel
+                    return size
                 break
             frames.append((kind, channel, bytes(view[pos + HEADER.size : end])))
             pos = end

@@ -21,6 +21,7 @@ from nipc.wire import (
     MAX_DATA,
     MAX_HANDSHAKE,
     MAX_HOPS_ON_WIRE,
+    STREAM_OVER,
     VERSION,
     FrameDecoder,
     Hello,
@@ -365,12 +366,36 @@ class TestFrameDecoder:
             assert decoder.buffered <= bound
 
     def test_buffer_bound_with_one_big_chunk(self) -> None:
-        """A big chunk of many frames is consumed: only the incomplete tail stays buffered."""
+        """A big chunk of many frames is consumed: only the incomplete tail stays buffered
+        (a frame collected whole; a longer DATA frame is passed on in pieces, below)."""
         decoder = FrameDecoder()
         body = b"y" * MAX_DATA
-        frames = decoder.feed((data_header(1, MAX_DATA) + body) * 3 + data_header(2, MAX_DATA) + body[:-1])
+        frames = decoder.feed((data_header(1, MAX_DATA) + body) * 3 + data_header(2, STREAM_OVER)
+                              + body[: STREAM_OVER - 1])
         assert len(frames) == 3
-        assert decoder.buffered == HEADER.size + MAX_DATA - 1
+        assert decoder.buffered == HEADER.size + STREAM_OVER - 1
+
+    @settings(max_examples=50)
+    @given(st.integers(STREAM_OVER + 1, MAX_DATA), st.data())
+    def test_a_long_data_frame_comes_in_pieces_as_it_arrives(self, length: int, data: st.DataObject) -> None:
+        """A DATA frame over STREAM_OVER is never collected whole: each chunk's part of it
+        comes out at once (never empty), nothing is buffered, and the frames around it
+        come out as before."""
+        body = bytes(range(256)) * (length // 256) + b"z" * (length % 256)
+        stream = encode(Result("OK"), 3) + data_header(3, length) + body + frame(Kind.EOF, 3)
+        cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=12))))
+        decoder = FrameDecoder()
+        got: list[tuple[int, int, bytes]] = []
+        for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+            new = decoder.feed(stream[start:end])
+            inside = HEADER.size + len(encode(Result("OK"), 3)) < end < len(stream) - HEADER.size
+            if inside:  # what arrived of the body is out, nothing held
+                assert decoder.buffered == 0 and new and new[-1][0] == Kind.DATA
+            got += new
+        assert got[0][0] == Kind.RESULT and got[-1] == (Kind.EOF, 3, b"")
+        pieces = got[1:-1]
+        assert all(k == Kind.DATA and c == 3 and p for k, c, p in pieces)
+        assert b"".join(p for _, _, p in pieces) == body
 
 
 # ---------------------------------------------------------------------------- decode
