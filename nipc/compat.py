@@ -133,6 +133,8 @@ class BulkTLSProtocol(TLSMemoryBIOProtocol):
             except SSL.WantReadError:
                 return
             write_now(self.transport, data)
+            if len(data) < size:  # the BIO is empty: spare the WantReadError (~3 us)
+                return
 
     def _flushReceiveBIO(self) -> None:
         received: list[bytes] = []
