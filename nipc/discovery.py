@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from socket import AF_INET, AF_INET6, inet_ntop
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from twisted.names.error import DomainError
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nipc.config import Config, PeerAddress
+from nipc.config import DnsSection, PeerAddress
 from nipc.errors import NipcError
 from nipc.interfaces import IDaemonReactor, IPeerLocator
 
@@ -93,19 +93,23 @@ def _is_timeout(failure: Failure) -> bool:
 class PeerLocator:
     """Finds the addresses of a peer daemon; one per daemon (the resolver is made once)."""
 
-    def __init__(self, reactor: IDaemonReactor, config: Config, resolver: Any = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, reactor: IDaemonReactor, dns: DnsSection, peers: Mapping[str, PeerAddress],
+                 port: int, resolver: Any = None, rng: random.Random | None = None) -> None:
+        """``peers``: [peers]; ``port``: [peer] port, where a peer found by its address
+        alone listens."""
         self._reactor = reactor
-        self._config = config
+        self._settings = dns
+        self._peers = peers
+        self._port = port
         self._resolver = resolver
         self._rng = rng or random.SystemRandom()
-        self._timeouts = retransmissions(config.dns.timeout)
+        self._timeouts = retransmissions(dns.timeout)
 
     def _dns(self) -> Any:
         """The configured servers only, or /etc/hosts then /etc/resolv.conf's servers."""
         if self._resolver is None:
-            if self._config.dns.servers:
-                self._resolver = client.Resolver(servers=list(self._config.dns.servers),
+            if self._settings.servers:
+                self._resolver = client.Resolver(servers=list(self._settings.servers),
                                                  reactor=self._reactor)
             else:
                 self._resolver = resolve.ResolverChain([
@@ -115,19 +119,19 @@ class PeerLocator:
         return self._resolver
 
     def _servers(self) -> str:
-        servers = self._config.dns.servers
+        servers = self._settings.servers
         return ", ".join(f"{h}:{p}" for h, p in servers) if servers else "/etc/resolv.conf"
 
     def locate(self, host: str) -> "Deferred[list[PeerAddress]]":
         """Addresses to dial for ``host``, best first; fails with ``NipcError``
         (``EHOSTUNREACH``: nothing found; ``ETIMEDOUT``: DNS did not answer in time)."""
-        static = self._config.peers.get(host)
+        static = self._peers.get(host)
         if static is not None:
             return succeed([static])
         if isIPAddress(host) or isIPv6Address(host):
-            return succeed([PeerAddress(host, self._config.peer.port)])
+            return succeed([PeerAddress(host, self._port)])
         d = Deferred.fromCoroutine(self._lookup(host))
-        d.addTimeout(self._config.dns.timeout, self._reactor)
+        d.addTimeout(self._settings.timeout, self._reactor)
         return d.addErrback(self._failed, host)
 
     def _failed(self, failure: Failure, host: str) -> Failure:
@@ -136,7 +140,7 @@ class PeerLocator:
         if _is_timeout(failure):
             return Failure(NipcError(
                 "ETIMEDOUT", f"DNS ({self._servers()}) did not answer within "
-                f"{self._config.dns.timeout:g}s looking up the NIPC daemon of {host}"))
+                f"{self._settings.timeout:g}s looking up the NIPC daemon of {host}"))
         return Failure(NipcError(
             "EHOSTUNREACH", f"DNS lookup for {host} failed ({self._servers()}): "
             f"{failure.getErrorMessage()}"))
@@ -160,7 +164,7 @@ class PeerLocator:
             raise NipcError(
                 "EHOSTUNREACH", f"no address for the NIPC daemon of {host}: not in [peers], and "
                 f"DNS ({self._servers()}) has no SRV record {srv} and no A/AAAA record {host}")
-        return [PeerAddress(ip, self._config.peer.port) for ip in ips]
+        return [PeerAddress(ip, self._port) for ip in ips]
 
     async def _services(self, name: str) -> list[Service]:
         try:

@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nipc.config import Config
+from nipc.config import PeerSection, TimeoutsSection
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
 from nipc.identity import Caller, caller_of
@@ -53,7 +53,9 @@ class GateServices:
     """What every local gate of one daemon shares."""
 
     reactor: IDaemonReactor
-    config: Config
+    #: [timeouts] (request) and [peer] (chain_accounts), read per connection.
+    timeouts: TimeoutsSection
+    peer: PeerSection
     router: IRouter
     registry: IRegistry
     limits: ICallerAdmission
@@ -65,7 +67,8 @@ class LocalGate(UnixEnd):
 
     def __init__(self, services: GateServices) -> None:
         self._reactor = services.reactor
-        self._config = services.config
+        self._timeouts = services.timeouts
+        self._peer_section = services.peer
         self._router = services.router
         self._registry = services.registry
         self._limits = services.limits
@@ -98,11 +101,11 @@ class LocalGate(UnixEnd):
             self._refuse(e)
             return
         self._admitted = True
-        self._deadline.arm(self._config.timeouts.request, self._expire)
+        self._deadline.arm(self._timeouts.request, self._expire)
 
     def _expire(self) -> None:
         if self.state is State.REQUEST:
-            self._refuse(NipcError("ETIMEDOUT", f"no complete request line within {self._config.timeouts.request:g}s"))
+            self._refuse(NipcError("ETIMEDOUT", f"no complete request line within {self._timeouts.request:g}s"))
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.SPLICED:
@@ -173,7 +176,7 @@ class LocalGate(UnixEnd):
                 "EINVAL", "file descriptors cannot be passed over NIPC (only an inbound NIPC "
                 "connection may be attached, to chain from it)"))
             if explicit is not None:
-                check_may_chain(self.caller.uid, explicit, self._config.peer.chain_accounts)
+                check_may_chain(self.caller.uid, explicit, self._peer_section.chain_accounts)
         except NipcError as e:
             self._refuse(e)
             return
@@ -181,7 +184,7 @@ class LocalGate(UnixEnd):
             self._refuse(NipcError("EACCES", "the attached connection carries no delegation to chain with"))
             return
         d: Deferred[Routed | None]
-        candidates = self._registry.delegations_for(self.caller.uid, self._config.peer.chain_accounts)
+        candidates = self._registry.delegations_for(self.caller.uid, self._peer_section.chain_accounts)
         if explicit is not None or not candidates or self._router.is_local(request.host):
             d = succeed(explicit)
         else:

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from nipc import wire
 from nipc.admission import source_of
 from nipc.channel import Channel
-from nipc.config import Config
+from nipc.config import HostSection, PeerSection
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 from nipc.interfaces import (
@@ -66,11 +66,13 @@ class _Admission:
 class Inbound:
     """Handles the HELLO of every channel peers open on their links to this daemon."""
 
-    def __init__(self, reactor: IDaemonReactor, config: Config, acceptor: IAcceptor,
-                 projection: IProjection, registry: IRegistry, live: IConnections,
-                 limits: IInboundAdmission, connector: IDestinationConnector) -> None:
+    def __init__(self, reactor: IDaemonReactor, host: HostSection, peer: PeerSection,
+                 acceptor: IAcceptor, projection: IProjection, registry: IRegistry,
+                 live: IConnections, limits: IInboundAdmission,
+                 connector: IDestinationConnector) -> None:
         self._reactor = reactor
-        self._config = config
+        self._host = host
+        self._peer = peer
         self._acceptor = acceptor
         self._projection = projection
         self._connector = connector
@@ -102,12 +104,12 @@ class Inbound:
     def _check_route(self, hello: wire.Hello) -> None:
         if not hello.hops:
             raise NipcError("EPROTO", "peer handshake: empty hop list")
-        if hello.host != self._config.host.name:
-            raise NipcError("EHOSTUNREACH", f"this NIPC daemon is {self._config.host.name}, not {hello.host}")
-        if self._config.host.name in hello.hops:
+        if hello.host != self._host.name:
+            raise NipcError("EHOSTUNREACH", f"this NIPC daemon is {self._host.name}, not {hello.host}")
+        if self._host.name in hello.hops:
             raise NipcError("ELOOP", f"routing loop: {' -> '.join(hello.hops)} -> {hello.host}")
-        if len(hello.hops) > self._config.peer.max_hops:
-            raise NipcError("ELOOP", f"chain longer than {self._config.peer.max_hops} hops")
+        if len(hello.hops) > self._peer.max_hops:
+            raise NipcError("ELOOP", f"chain longer than {self._peer.max_hops} hops")
 
     def hello(self, channel: Channel, binding: bytes, hello: wire.Hello) -> None:
         conn_id = new_connection_id()

@@ -137,8 +137,9 @@ class ILinks(Interface):
     def describe(now: float) -> list[dict[str, Any]]:
         """The open links, for ``nipc status``."""
 
-    def reconfigure(tls: Any) -> None:
-        """A reload: links dialled from now on use ``tls`` (client options)."""
+    def reconfigure(tls: Any, locator: IPeerLocator) -> None:
+        """A reload: links dialled from now on use ``tls`` (client options) and
+        ``locator`` (the new [peers] and [dns])."""
 
     def close() -> None:
         """Close every link (the daemon is stopping)."""

@@ -24,10 +24,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc.compat import UnbufferedTLSFactory
-from nipc.config import Config, PeerAddress
-from nipc.discovery import FirstReachable, PeerLocator, show
+from nipc.config import PeerAddress, PeerSection, TimeoutsSection
+from nipc.discovery import FirstReachable, show
 from nipc.errors import NipcError, from_oserror
-from nipc.interfaces import IDaemonReactor, ILinks
+from nipc.interfaces import IDaemonReactor, ILinks, IPeerLocator
 from nipc.link import ClientLink
 from nipc.splice import Adopted
 from nipc.tls import check_peer_name, client_options, tls_failure, tune_tcp
@@ -81,22 +81,25 @@ class Reused:
 class Links:
     """One :class:`ClientLink` per peer host name, dialled on first use."""
 
-    def __init__(self, reactor: IDaemonReactor, config: Config) -> None:
+    def __init__(self, reactor: IDaemonReactor, timeouts: TimeoutsSection, peer: PeerSection,
+                 locator: IPeerLocator) -> None:
         self._reactor = reactor
-        self._config = config
+        self._timeouts = timeouts
+        self._peer = peer
         #: One TLS context for every dial: building an SSL_CTX per link costs
         #: milliseconds of CPU. With [peer] ca_bundle it verifies every peer's chain;
         #: the name, which differs per peer, is checked per link (check_peer_name).
-        self._tls = client_options(config.peer)
-        self._locator = PeerLocator(reactor, config)
+        self._tls = client_options(peer)
+        self._locator = locator
         self._links: dict[str, ClientLink] = {}
         self._dialling: dict[str, list[Deferred[ClientLink]]] = {}
 
-    def reconfigure(self, tls: Any) -> None:
+    def reconfigure(self, tls: Any, locator: IPeerLocator) -> None:
         """A reload: links dialled from now on use ``tls`` (client_options of the new
-        settings) and look peers up with the new [dns] settings; open links carry on."""
+        settings) and look peers up with ``locator`` (the new [peers] and [dns]); open
+        links carry on."""
         self._tls = tls
-        self._locator = PeerLocator(self._reactor, self._config)
+        self._locator = locator
 
     def get(self, host: str) -> "Deferred[ClientLink | Reused]":
         """The link to ``host``'s daemon: the open one, else one being dialled for it."""
@@ -119,18 +122,18 @@ class Links:
         return waiter  # type: ignore[return-value]
 
     def _dial(self, host: str) -> None:
-        link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._config.timeouts),
-                          self._config.timeouts.link_idle, self._config.timeouts.link_ping)
+        link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._timeouts),
+                          self._timeouts.link_idle, self._timeouts.link_ping)
 
         def connect(found: list[PeerAddress]) -> "Deferred[Any]":
             link.addresses = found
-            timeout = self._config.timeouts.connect
+            timeout = self._timeouts.connect
             endpoint = FirstReachable([tcp_endpoint(self._reactor, a, timeout) for a in found])
             d: Deferred[Any] = endpoint.connect(UnbufferedTLSFactory(self._tls, True, Adopted(link)))
             d.addCallback(lambda _: link.ready)
-            if self._config.peer.ca_bundle is not None:
+            if self._peer.ca_bundle is not None:
                 d.addCallback(lambda _: check_peer_name(link.transport, host))
-            d.addTimeout(timeout + self._config.timeouts.handshake, self._reactor)
+            d.addTimeout(timeout + self._timeouts.handshake, self._reactor)
             return d
 
         def done(_: Any) -> None:

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
-from nipc.config import Config
+from nipc.config import HostSection, PeerSection, TimeoutsSection
 from nipc.errors import NipcError
 from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
 from nipc.destination import expand
@@ -37,10 +37,13 @@ log = Logger()
 
 @implementer(IRouter)
 class Router:
-    def __init__(self, reactor: IDaemonReactor, config: Config, tickets: ITicketSource,
-                 registry: IRegistry, links: ILinks, connector: IDestinationConnector) -> None:
+    def __init__(self, reactor: IDaemonReactor, host: HostSection, peer: PeerSection,
+                 timeouts: TimeoutsSection, tickets: ITicketSource, registry: IRegistry,
+                 links: ILinks, connector: IDestinationConnector) -> None:
         self._reactor = reactor
-        self._config = config
+        self._host = host
+        self._peer = peer
+        self._timeouts = timeouts
         self._tickets = tickets
         self._connector = connector
         self._registry = registry
@@ -48,7 +51,7 @@ class Router:
         self._names: Memo[int, str] = Memo()
 
     def is_local(self, host: str) -> bool:
-        return host in ("localhost", self._config.host.name)
+        return host in ("localhost", self._host.name)
 
     def route(self, request: ConnectRequest, caller: Caller, conn_id: str,
               evidence: Routed | None = None,
@@ -73,13 +76,13 @@ class Router:
         if self.is_local(request.host):
             return self.connect_as(who, request.path, conn_id, facts)
         tickets = self._tickets
-        hops: tuple[str, ...] = (self._config.host.name,)
+        hops: tuple[str, ...] = (self._host.name,)
         if evidence is not None:
             assert evidence.principal is not None
             tickets = Delegated(self._reactor, evidence.delegation, evidence.principal)
-            hops = (*evidence.hops, self._config.host.name)
-        if len(hops) > self._config.peer.max_hops:
-            return fail(NipcError("ELOOP", f"chain longer than {self._config.peer.max_hops} hops"))
+            hops = (*evidence.hops, self._host.name)
+        if len(hops) > self._peer.max_hops:
+            return fail(NipcError("ELOOP", f"chain longer than {self._peer.max_hops} hops"))
         return _Dial(self, tickets, who, request, conn_id, hops).start()
 
     def connect_as(self, who: LocalIdentity, path: str, conn_id: str,
@@ -96,7 +99,7 @@ class Router:
         end = UnixEnd()
 
         def connected(_: object) -> End:
-            self._registry.add(Routed(conn_id, who, None, (), self._config.host.name))
+            self._registry.add(Routed(conn_id, who, None, (), self._host.name))
             return end
 
         d: Deferred[object] = connectProtocol(self._connector.endpoint(who, expanded, conn_id), end)
@@ -111,7 +114,7 @@ class _Dial:
     def __init__(self, router: "Router", tickets: ITicketSource, who: LocalIdentity,
                  request: ConnectRequest, conn_id: str, hops: tuple[str, ...]) -> None:
         self._reactor = router._reactor
-        self._config = router._config
+        self._timeouts = router._timeouts
         self._links = router.links
         self._hops = hops
         self._tickets = tickets
@@ -153,7 +156,7 @@ class _Dial:
         return self._initiate(binding).addCallback(self._hello).addCallback(self._verify)
 
     def _initiate(self, binding: bytes) -> "Deferred[Initiation]":
-        limit = self._config.timeouts.kdc
+        limit = self._timeouts.kdc
 
         def slow_kdc(failure: Failure) -> Failure:
             if failure.check(DeferTimeout):
@@ -170,7 +173,7 @@ class _Dial:
         assert self._channel is not None
         hello = wire.Hello(self._request.path, self._request.host, self._hops,
                            initiation.token, self._conn_id)
-        return self._channel.exchange(hello).addTimeout(self._config.timeouts.handshake, self._reactor)
+        return self._channel.exchange(hello).addTimeout(self._timeouts.handshake, self._reactor)
 
     def _verify(self, result: wire.Result) -> End:
         """Mutual authentication before the answer is believed. On the reactor thread:

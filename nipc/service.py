@@ -26,6 +26,7 @@ from nipc.compat import AdoptedUNIXPort, GatePort, UnbufferedTLSFactory, systemd
 from nipc.config import Config, ConfigError, Import
 from nipc.connections import Connections
 from nipc.connector import ImpersonatedConnector
+from nipc.discovery import PeerLocator
 from nipc.errors import NipcError
 from nipc.gate import GateServices, LocalGateFactory
 from nipc.heap import HeapTrim
@@ -177,21 +178,24 @@ class NipcService(Service):
         live, limits = self.live, self.limits
         self._tickets = tickets = ticket_source(reactor, config)
         acceptor = Acceptor(config)
-        self._router = router = Router(reactor, config, tickets, registry, Links(reactor, config),
-                                       ImpersonatedConnector(reactor, config.host, config.timeouts,
-                                                             config.destinations, remote=False))
+        links = Links(reactor, config.timeouts, config.peer, self._peer_locator())
+        self._router = router = Router(
+            reactor, config.host, config.peer, config.timeouts, tickets, registry, links,
+            ImpersonatedConnector(reactor, config.host, config.timeouts, config.destinations,
+                                  remote=False))
         fd_limit, needed = raise_fd_limit(), fds_needed(config.limits)
         if fd_limit < needed:
             log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
                      "overload will be refused at the descriptor limit first (raise LimitNOFILE= "
                      "in nipcd.service)", limit=fd_limit, needed=needed)
-        inbound = Inbound(reactor, config, acceptor, Projection(config.host, config.kerberos),
-                          registry, live, limits,
+        inbound = Inbound(reactor, config.host, config.peer, acceptor,
+                          Projection(config.host, config.kerberos), registry, live, limits,
                           ImpersonatedConnector(reactor, config.host, config.timeouts,
                                                 config.destinations, remote=True))
 
         self._inbound = inbound
-        self._gates = gates = GateServices(reactor, config, router, registry, limits, live)
+        self._gates = gates = GateServices(reactor, config.timeouts, config.peer, router, registry,
+                                           limits, live)
         reactor.callWhenRunning(self._warm, tickets, acceptor)
         self._every(HeapTrim.INTERVAL, HeapTrim(live))
         self._every(STATUS_INTERVAL, self._tell_status)
@@ -250,6 +254,11 @@ class NipcService(Service):
         """What accepts peer links: admission, then TLS with ``tls``, then the link."""
         tls_factory = UnbufferedTLSFactory(tls, False, ServerLinkFactory(self._peer_link))
         return Admission(tls_factory, self.limits.peer_arrived)
+
+    def _peer_locator(self) -> PeerLocator:
+        """Finds peer daemons by [peers] and [dns] as they are now (a reload makes a new one)."""
+        config = self.config
+        return PeerLocator(self.reactor, config.dns, config.peers, config.peer.port)
 
     def _peer_link(self, addr: Any) -> ServerLink:
         config, limits, source = self.config, self.limits, source_of(addr)
@@ -514,7 +523,7 @@ class NipcService(Service):
         self._peer_port.factory.doStart()
         old_factory.doStop()
         if self._router is not None:
-            self._router.links.reconfigure(client_tls)
+            self._router.links.reconfigure(client_tls, self._peer_locator())
         for where in list(self._imports):
             if where not in wanted:
                 self._close_import(where)

@@ -113,11 +113,15 @@ class FakeResolver:
         return self._answer(dns.AAAA, name)
 
 
+def locator_of(reactor: Any, config: Any, resolver: Any, rng: Any = None) -> PeerLocator:
+    return PeerLocator(reactor, config.dns, config.peers, config.peer.port, resolver, rng)
+
+
 def locate(table: dict[tuple[int, str], Any], host: str, reactor: Any = None,
            **sections: dict[str, Any]) -> Any:
     """The locator's answer: a list of addresses, or the NipcError it failed with."""
-    locator = PeerLocator(reactor or Clock(), config(**sections), FakeResolver(table),
-                          random.Random(0))
+    locator = locator_of(reactor or Clock(), config(**sections), FakeResolver(table),
+                         random.Random(0))
     out: list[Any] = []
     locator.locate(host).addBoth(out.append)
     assert out, "did not finish"
@@ -174,7 +178,7 @@ def test_srv_dot_means_no_service() -> None:
 def test_silent_dns_is_etimedout_at_the_timeout() -> None:
     clock = Clock()
     table: dict[tuple[int, str], Any] = {(dns.SRV, "_nipc._tcp.b.example"): Deferred()}
-    locator = PeerLocator(clock, config(dns={"timeout": 2}), FakeResolver(table))
+    locator = locator_of(clock, config(dns={"timeout": 2}), FakeResolver(table))
     out: list[Any] = []
     locator.locate("b.example").addBoth(out.append)
     clock.advance(1.9)

@@ -66,7 +66,7 @@ class Daemon:
         self.limits = Limits(self.config.limits, self.config.host, self.reactor.seconds)
         self.sink = Recorder()
         self.live = Connections(sinks=[self.sink])  # type: ignore[list-item]
-        self.services = GateServices(self.reactor, self.config, self.router,  # type: ignore[arg-type]
+        self.services = GateServices(self.reactor, self.config.timeouts, self.config.peer, self.router,  # type: ignore[arg-type]
                                      self.registry, self.limits, self.live)
 
     def connect(self, target: ConnectRequest | None = None) -> tuple[LocalGate, StringTransport]:

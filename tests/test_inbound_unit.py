@@ -106,7 +106,7 @@ class Daemon:
         self.limits = Limits(self.config.limits, self.config.host, self.reactor.seconds)
         self.sink = Recorder()
         self.live = Connections(sinks=[self.sink])  # type: ignore[list-item]
-        self.inbound = Inbound(self.reactor, self.config, self.acceptor, Projection(),  # type: ignore[arg-type]
+        self.inbound = Inbound(self.reactor, self.config.host, self.config.peer, self.acceptor, Projection(),  # type: ignore[arg-type]
                                self.registry, self.live, self.limits, self.connector)
         self.server = Server()
 

@@ -12,6 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from nipc.config import from_mapping
+from nipc.discovery import PeerLocator
 from nipc.links import Links
 from nipc.link import ClientLink
 from nipc.compat import UnbufferedTLSFactory
@@ -29,6 +30,14 @@ def config(port: int) -> Any:
     })
 
 
+def locator_of(config: Any) -> PeerLocator:
+    return PeerLocator(reactor, config.dns, config.peers, config.peer.port)
+
+
+def links_of(config: Any) -> Links:
+    return Links(reactor, config.timeouts, config.peer, locator_of(config))
+
+
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
 async def test_a_link_at_the_last_channel_number_is_replaced_and_closed() -> None:
     """The link that gave out channel 2^32-1 is retired: the next connect dials a new TLS
@@ -41,7 +50,7 @@ async def test_a_link_at_the_last_channel_number_is_replaced_and_closed() -> Non
 
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         UnbufferedTLSFactory(server_options(config(1).peer, config(1).host), False, Factory.forProtocol(Hold)))
-    links = Links(reactor, config(port.getHost().port))
+    links = links_of(config(port.getHost().port))
     try:
         first = await links.get(HOST)
         assert isinstance(first, ClientLink)
@@ -82,11 +91,11 @@ async def test_the_link_prefers_aes_128_gcm() -> None:
         UnbufferedTLSFactory(server_options(config(1).peer, config(1).host), False, Factory.forProtocol(Hold)))
     try:
         for offered in (None, b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"):
-            links = Links(reactor, config(port.getHost().port))
+            links = links_of(config(port.getHost().port))
             if offered is not None:
                 dialler = client_options(config(1).peer)
                 dialler.getContext().set_tls13_ciphersuites(offered)
-                links.reconfigure(dialler)
+                links.reconfigure(dialler, locator_of(config(port.getHost().port)))
             try:
                 link = await links.get(HOST)
                 assert link.transport.getHandle().get_cipher_name() == "TLS_AES_128_GCM_SHA256"

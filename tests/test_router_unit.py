@@ -111,7 +111,7 @@ class Links:
     def describe(self, now: float) -> list[dict[str, Any]]:
         return []
 
-    def reconfigure(self, tls: Any) -> None:
+    def reconfigure(self, tls: Any, locator: Any) -> None:
         pass
 
     def close(self) -> None:
@@ -129,7 +129,8 @@ def link(reactor: Reactor) -> ClientLink:
 def dial(reactor: Reactor, links: Links, tickets: Tickets | None = None
          ) -> tuple[list[Any], list[Failure]]:
     # No local connects here: no destination connector.
-    router = Router(reactor, CONFIG, tickets or Tickets(), Registry(), links, None)  # type: ignore[arg-type]
+    router = Router(reactor, CONFIG.host, CONFIG.peer, CONFIG.timeouts, tickets or Tickets(),
+                    Registry(), links, None)  # type: ignore[arg-type]
     ok: list[Any] = []
     failed: list[Failure] = []
     router.route(REQUEST, ROOT, "c1").addCallbacks(ok.append, failed.append)
