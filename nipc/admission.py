@@ -8,10 +8,14 @@ one link may send. The per-source and global counts themselves are :mod:`nipc.li
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from nipc.interfaces import ILinkAdmission, IPeerAdmission
 
 if TYPE_CHECKING:
     from nipc.link import ServerLink
@@ -43,6 +47,43 @@ def source_of(addr: Any) -> str:
     return str(getattr(addr, "host", addr))
 
 
+class PeerAdmission:
+    """The daemon's admission of peers, under its bounds on handshakes in progress (per
+    source and in all, :class:`~nipc.interfaces.IPeerAdmission`): links as they connect,
+    then each channel's handshake. Closed once the daemon stops: no new connection, on old
+    links either."""
+
+    def __init__(self, limits: IPeerAdmission) -> None:
+        self.limits = limits
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def link(self, source: str) -> LinkAdmission:
+        """What one accepted link from ``source`` may take."""
+        return LinkAdmission(self, source)
+
+
+@implementer(ILinkAdmission)
+class LinkAdmission:
+    """One accepted link's share: its own handshake (counted as it connected, by
+    :class:`Admission`), then each of its channels' handshakes (each costs a thread)."""
+
+    def __init__(self, peers: PeerAdmission, source: str) -> None:
+        self._peers = peers
+        self._source = source
+
+    def settled(self) -> None:
+        self._peers.limits.peer_settled(self._source)
+
+    def channel(self) -> Callable[[], None] | None:
+        peers, source = self._peers, self._source
+        if peers.closed or not peers.limits.peer_arrived(source):
+            return None
+        return partial(peers.limits.peer_settled, source)
+
+
 class ServerLinkFactory(Factory):
     def __init__(self, build: Callable[[Any], ServerLink]) -> None:
         self._build = build
@@ -55,9 +96,9 @@ class Admission(Factory):
     """In front of the TLS factory: a link is closed at once, before any TLS work, while
     too many others are still in their handshake (a flood of half-open peers)."""
 
-    def __init__(self, inner: Any, admit: Callable[[str], bool]) -> None:
+    def __init__(self, inner: Any, limits: IPeerAdmission) -> None:
         self._inner = inner
-        self._admit = admit
+        self._limits = limits
 
     def doStart(self) -> None:
         self._inner.doStart()
@@ -66,7 +107,7 @@ class Admission(Factory):
         self._inner.doStop()
 
     def buildProtocol(self, addr: Any) -> Any:
-        if not self._admit(source_of(addr)):
+        if not self._limits.peer_arrived(source_of(addr)):
             log.warn("refusing peer link from {addr}: too many handshakes in progress", addr=addr)
             return None
         return self._inner.buildProtocol(addr)

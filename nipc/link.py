@@ -32,6 +32,7 @@ from nipc.channel import Channel
 from nipc.config import PeerAddress
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
+from nipc.interfaces import IInboundHandler, ILinkAdmission
 from nipc.link_state import READING, Do, Event, State, step
 from nipc.tls import channel_binding, is_certificate_failure, ssl_detail
 
@@ -319,12 +320,15 @@ class ClientLink(Link):
     """The dialling daemon's side: opens channels, one per routed connection."""
 
     def __init__(self, reactor: Any, tune: Callable[[Any], None],
-                 idle_after: float = CLIENT_IDLE, ping_every: float = LINK_PING) -> None:
+                 idle_after: float = CLIENT_IDLE, ping_every: float = LINK_PING,
+                 addresses: Sequence[PeerAddress] = (),
+                 on_lost: Callable[[ClientLink], None] | None = None) -> None:
         super().__init__(reactor, tune, idle_after, ping_every)
         self.ready: Deferred[ClientLink] = Deferred()
         #: Where the peer daemon was looked for (for error messages).
-        self.addresses: Sequence[PeerAddress] = ()
-        self.on_lost: Callable[[ClientLink], None] | None = None
+        self.addresses = addresses
+        #: Told when the link is lost or retired: the dialler's table drops it.
+        self.on_lost = on_lost
 
     def tls_ready(self) -> None:
         self.ready.callback(self)
@@ -385,19 +389,18 @@ class ServerLink(Link):
     """The receiving daemon's side: each HELLO opens a channel, answered by
     :class:`nipc.inbound.Inbound`."""
 
-    def __init__(self, reactor: Any, tune: Callable[[Any], None],
-                 on_hello: Callable[[Channel, bytes, wire.Hello], None],
-                 timeout: float, settled: Callable[[], None],
-                 admit: Callable[[], Callable[[], None] | None],
+    def __init__(self, reactor: Any, tune: Callable[[Any], None], handler: IInboundHandler,
+                 admission: ILinkAdmission, timeout: float,
                  table: set["ServerLink"] | None = None,
                  dialler_idle: float = CLIENT_IDLE, hello_rate: float = 1000.0,
                  ping_every: float = LINK_PING) -> None:
         super().__init__(reactor, tune, SERVER_IDLE_FACTOR * dialler_idle, ping_every)
         #: The daemon's accepted links (for ``nipc status``): in it while connected.
         self._table = table if table is not None else set()
-        self._on_hello = on_hello
-        self._settled: Callable[[], None] | None = settled
-        self._admit = admit
+        self._handler = handler
+        self._admission = admission
+        #: The link's own handshake still counts as pending (see _settle).
+        self._unsettled = True
         self._timeout = timeout
         self._deadline = Deadline(reactor)
         #: Channel numbers below ``highest`` not used yet (see _claim).
@@ -476,9 +479,9 @@ class ServerLink(Link):
 
     def _settle(self) -> None:
         """The link's own handshake is over: it no longer counts as pending."""
-        settled, self._settled = self._settled, None
-        if settled is not None:
-            settled()
+        if self._unsettled:
+            self._unsettled = False
+            self._admission.settled()
 
     def frame(self, kind: int, number: int, payload: bytes) -> None:
         if not self.proven:
@@ -509,12 +512,12 @@ class ServerLink(Link):
             channel.answer(wire.Result("EAGAIN", f"peer link exceeds {self._hellos.rate:g} "
                                                  "new connections per second"))
             return
-        settle = self._admit()
+        settle = self._admission.channel()
         if settle is None:
             channel.answer(wire.Result("EAGAIN", "receiving daemon has too many handshakes in progress"))
             return
         channel.on_settle = settle
-        self._on_hello(channel, wire.binding(self.exporter, number), hello)
+        self._handler.hello(channel, wire.binding(self.exporter, number), hello)
 
     def _claim(self, number: int) -> None:
         """Use channel ``number`` once. The dialler numbers channels in order but sends

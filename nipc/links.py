@@ -13,6 +13,7 @@ import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet import error as neterror
@@ -122,30 +123,33 @@ class Links:
         return waiter  # type: ignore[return-value]
 
     def _dial(self, host: str) -> None:
-        link = ClientLink(self._reactor, lambda tls: tune_tcp(tls, self._timeouts),
-                          self._timeouts.link_idle, self._timeouts.link_ping)
-
-        def connect(found: list[PeerAddress]) -> "Deferred[Any]":
-            link.addresses = found
-            timeout = self._timeouts.connect
+        def connect(found: list[PeerAddress]) -> "Deferred[ClientLink]":
+            timeouts = self._timeouts
+            link = ClientLink(self._reactor, partial(tune_tcp, timeouts=timeouts),
+                              timeouts.link_idle, timeouts.link_ping, found,
+                              partial(self._drop, host))
+            timeout = timeouts.connect
             endpoint = FirstReachable([tcp_endpoint(self._reactor, a, timeout) for a in found])
             d: Deferred[Any] = endpoint.connect(UnbufferedTLSFactory(self._tls, True, Adopted(link)))
             d.addCallback(lambda _: link.ready)
             if self._peer.ca_bundle is not None:
                 d.addCallback(lambda _: check_peer_name(link.transport, host))
-            d.addTimeout(timeout + self._timeouts.handshake, self._reactor)
-            return d
+            d.addTimeout(timeout + timeouts.handshake, self._reactor)
 
-        def done(_: Any) -> None:
-            link.on_lost = lambda gone: self._drop(host, gone)
+            def abandoned(failure: Failure) -> Failure:
+                if link.transport is not None:
+                    link.abort()
+                return link_failure(failure, found, host)
+
+            return d.addCallbacks(lambda _: link, abandoned)
+
+        def done(link: ClientLink) -> None:
             self._links[host] = link
             for waiter in self._dialling.pop(host):
                 waiter.callback(link)
 
         def failed(failure: Failure) -> None:
-            if link.transport is not None:
-                link.abort()
-            mapped = link_failure(failure, link.addresses, host)
+            mapped = link_failure(failure, (), host)  # unless connect mapped it already
             for waiter in self._dialling.pop(host):
                 waiter.errback(mapped)
 

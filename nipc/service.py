@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import stat
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,7 +21,7 @@ from twisted.python.failure import Failure
 from nipc import __version__
 from nipc import reload as reloading
 from nipc.admin import AdminFactory
-from nipc.admission import Admission, ServerLinkFactory, source_of
+from nipc.admission import Admission, PeerAdmission, ServerLinkFactory, source_of
 from nipc.client import check_gate
 from nipc.compat import AdoptedUNIXPort, GatePort, UnbufferedTLSFactory, systemd_listen_fds
 from nipc.config import Config, ConfigError, Import
@@ -151,6 +152,8 @@ class NipcService(Service):
         #: Every connection's record, shared by the gates and the receiving side; its audit
         #: sinks are this daemon's own (an embedding application may run two daemons).
         self.live = Connections(sinks=() if self.metrics is None else (self.metrics,))
+        #: Peer links and their channels' handshakes, under the limits.
+        self._peers = PeerAdmission(self.limits)
         self._ports: list[Any] = []
         #: The operators' sockets (admin, metrics): open while connections drain, to watch.
         self._watch_ports: list[Any] = []
@@ -253,7 +256,7 @@ class NipcService(Service):
     def _peer_factory(self, tls: Any) -> Admission:
         """What accepts peer links: admission, then TLS with ``tls``, then the link."""
         tls_factory = UnbufferedTLSFactory(tls, False, ServerLinkFactory(self._peer_link))
-        return Admission(tls_factory, self.limits.peer_arrived)
+        return Admission(tls_factory, self.limits)
 
     def _peer_locator(self) -> PeerLocator:
         """Finds peer daemons by [peers] and [dns] as they are now (a reload makes a new one)."""
@@ -261,18 +264,10 @@ class NipcService(Service):
         return PeerLocator(self.reactor, config.dns, config.peers, config.peer.port)
 
     def _peer_link(self, addr: Any) -> ServerLink:
-        config, limits, source = self.config, self.limits, source_of(addr)
-
-        def admit_channel() -> Callable[[], None] | None:
-            """Each channel's handshake counts as pending too (it costs a thread); a
-            daemon that is stopping takes no new connection, on old links either."""
-            if self._draining or not limits.peer_arrived(source):
-                return None
-            return lambda: limits.peer_settled(source)
-
-        return ServerLink(self.reactor, lambda tls: tune_tcp(tls, config.timeouts), self._inbound.hello,
-                          config.timeouts.handshake, lambda: limits.peer_settled(source),
-                          admit_channel, self._accepted_links, config.timeouts.link_idle,
+        config = self.config
+        return ServerLink(self.reactor, partial(tune_tcp, timeouts=config.timeouts), self._inbound,
+                          self._peers.link(source_of(addr)), config.timeouts.handshake,
+                          self._accepted_links, config.timeouts.link_idle,
                           config.limits.peer_handshakes_per_second, config.timeouts.link_ping)
 
     def _open_import(self, imported: Import) -> None:
@@ -568,6 +563,7 @@ class NipcService(Service):
         socket and the metrics endpoint close last, so operators can watch the drain."""
         super().stopService()  # type: ignore[no-untyped-call]
         self._draining = True
+        self._peers.close()
         self.notifier.send(STOPPING=1, STATUS=f"stopping: draining {len(self.live)} connection(s)")
         ports, self._ports = self._ports, []
         self._imports = {}

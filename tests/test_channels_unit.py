@@ -257,19 +257,21 @@ class Server:
         self.hellos: list[tuple[Channel, bytes, wire.Hello]] = []
         self.link_settled = 0
         self.admitted: list[list[int]] = []
-        self.link = ServerLink(self.clock, lambda transport: None, self._hello, 10.0,
-                               self._settled, self._admit, hello_rate=hello_rate)
+        self.link = ServerLink(self.clock, lambda transport: None, self, self, 10.0,
+                               hello_rate=hello_rate)
         self.transport: StringTransport = TLSTransport()
         self.link.makeConnection(self.transport)  # type: ignore[no-untyped-call]
         self.link.handshakeCompleted()
 
-    def _hello(self, channel: Channel, binding: bytes, hello: wire.Hello) -> None:
+    def hello(self, channel: Channel, binding: bytes, hello: wire.Hello) -> None:
+        """The inbound handler's part (IInboundHandler)."""
         self.hellos.append((channel, binding, hello))
 
-    def _settled(self) -> None:
+    def settled(self) -> None:
+        """The link admission's part (ILinkAdmission), as channel() below."""
         self.link_settled += 1
 
-    def _admit(self) -> Callable[[], None]:
+    def channel(self) -> Callable[[], None]:
         count = [0]
         self.admitted.append(count)
 

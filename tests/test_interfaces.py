@@ -11,6 +11,7 @@ from zope.interface import Interface
 from zope.interface.verify import verifyClass, verifyObject
 
 from nipc import interfaces
+from nipc.admission import LinkAdmission, PeerAdmission
 from nipc.config import from_mapping
 from nipc.connections import Connections
 from nipc.discovery import PeerLocator
@@ -42,6 +43,7 @@ DECLARED: list[tuple[type, type[Interface]]] = [
     (Registry, interfaces.IRegistry),
     (Connections, interfaces.IConnections),
     (Metrics, interfaces.IAuditSink),
+    (LinkAdmission, interfaces.ILinkAdmission),
 ]
 
 
@@ -70,3 +72,4 @@ def test_objects_provide_their_interfaces() -> None:
     assert verifyObject(interfaces.IProjection, Projection(CONFIG.host, CONFIG.kerberos))
     assert verifyObject(interfaces.IAcceptor, Acceptor(CONFIG))
     assert verifyObject(interfaces.IAuditSink, Metrics(limits))
+    assert verifyObject(interfaces.ILinkAdmission, PeerAdmission(limits).link("192.0.2.1"))

@@ -173,3 +173,19 @@ def test_unit_file_fd_limit_covers_the_limits() -> None:
     assert "= 13,120 with the defaults" in unit
     hub = from_mapping({**BASE, "limits": {"max_connections": 131072, "max_inbound": 131072}})
     assert fds_needed(hub.limits) == 394_048 <= limit and "(394,048)" in unit
+
+
+def test_a_link_admits_channel_handshakes_under_the_peer_bounds_until_the_daemon_stops() -> None:
+    """Each channel handshake on an accepted link counts as pending until it settles; a
+    daemon that is stopping admits none, on old links either."""
+    from nipc.admission import PeerAdmission
+
+    lim, _ = limits()
+    peers = PeerAdmission(lim)
+    link = peers.link("192.0.2.1")
+    settle = link.channel()
+    assert settle is not None and lim.pending_peers == 1
+    settle()
+    assert lim.pending_peers == 0
+    peers.close()
+    assert link.channel() is None and lim.pending_peers == 0
