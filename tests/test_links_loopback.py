@@ -38,18 +38,32 @@ def links_of(config: Any) -> Links:
     return Links(reactor, config.timeouts, config.peer, locator_of(config))
 
 
-@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
-async def test_a_link_at_the_last_channel_number_is_replaced_and_closed() -> None:
-    """The link that gave out channel 2^32-1 is retired: the next connect dials a new TLS
-    link, and the old one closes for real once its last channel ends."""
-    accepted: list[Protocol] = []
+async def listen(accepted: list[Protocol]) -> Any:
+    """A daemon's TLS listener on loopback whose accepted links just stay (in ``accepted``)."""
 
     class Hold(Protocol):
         def connectionMade(self) -> None:
             accepted.append(self)
 
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+    return await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         UnbufferedTLSFactory(server_options(config(1).peer, config(1).host), False, Factory.forProtocol(Hold)))
+
+
+async def stop(port: Any, accepted: list[Protocol]) -> None:
+    """Stop listening and wait (5 s at most) until the accepted links are closed."""
+    await port.stopListening()
+    for _ in range(50):
+        if all(p.transport is None or not p.transport.connected for p in accepted):  # type: ignore[attr-defined]
+            break
+        await deferLater(reactor, 0.1)
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_a_link_at_the_last_channel_number_is_replaced_and_closed() -> None:
+    """The link that gave out channel 2^32-1 is retired: the next connect dials a new TLS
+    link, and the old one closes for real once its last channel ends."""
+    accepted: list[Protocol] = []
+    port = await listen(accepted)
     links = links_of(config(port.getHost().port))
     try:
         first = await links.get(HOST)
@@ -69,11 +83,7 @@ async def test_a_link_at_the_last_channel_number_is_replaced_and_closed() -> Non
         assert accepted[0].transport is None or not accepted[0].transport.connected  # type: ignore[attr-defined]
     finally:
         links.close()
-        await port.stopListening()
-        for _ in range(50):
-            if all(p.transport is None or not p.transport.connected for p in accepted):  # type: ignore[attr-defined]
-                break
-            await deferLater(reactor, 0.1)
+        await stop(port, accepted)
 
 
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
@@ -82,13 +92,7 @@ async def test_the_link_prefers_aes_128_gcm() -> None:
     AES-256 first): as safe for a link, and less CPU per byte. The listening side's order
     decides, so a dialler offering AES-256 first still gets AES-128."""
     accepted: list[Protocol] = []
-
-    class Hold(Protocol):
-        def connectionMade(self) -> None:
-            accepted.append(self)
-
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        UnbufferedTLSFactory(server_options(config(1).peer, config(1).host), False, Factory.forProtocol(Hold)))
+    port = await listen(accepted)
     try:
         for offered in (None, b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"):
             links = links_of(config(port.getHost().port))
@@ -98,15 +102,13 @@ async def test_the_link_prefers_aes_128_gcm() -> None:
                 links.reconfigure(dialler, locator_of(config(port.getHost().port)))
             try:
                 link = await links.get(HOST)
-                assert link.transport.getHandle().get_cipher_name() == "TLS_AES_128_GCM_SHA256"
+                assert isinstance(link, ClientLink)
+                tls: Any = link.transport
+                assert tls.getHandle().get_cipher_name() == "TLS_AES_128_GCM_SHA256"
             finally:
                 links.close()
     finally:
-        await port.stopListening()
-        for _ in range(50):
-            if all(p.transport is None or not p.transport.connected for p in accepted):  # type: ignore[attr-defined]
-                break
-            await deferLater(reactor, 0.1)
+        await stop(port, accepted)
 
 
 def test_the_link_encrypts_a_whole_write_in_one_call() -> None:
