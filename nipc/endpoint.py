@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet import error as twisted_error
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
@@ -25,7 +25,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -157,16 +157,6 @@ class RouteRequest(Protocol):
                           "the NIPC daemon closed the connection without a reply"))
 
 
-class _Prebuilt(Factory):
-    """Hands the one ``RouteRequest`` to the UNIX endpoint."""
-
-    def __init__(self, protocol: RouteRequest) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> RouteRequest:
-        return self._protocol
-
-
 def _unreachable(daemon: str, reason: Failure) -> BaseException:
     """The daemon socket itself failed: an ``OSError`` like ``nipc.connect`` raises."""
     e = reason.value
@@ -220,7 +210,7 @@ class NIPCClientEndpoint:
         result: Deferred[IProtocol] = Deferred(cancel)
         request = RouteRequest(self.address, protocolFactory, result)
         unix = UNIXClientEndpoint(self._reactor, self.daemon_socket, timeout=self.timeout)
-        dialing = unix.connect(_Prebuilt(request))
+        dialing = connectProtocol(unix, request)
 
         def unreachable(reason: Failure) -> None:
             if not reason.check(CancelledError):  # cancelled by us: the result says why
