@@ -86,6 +86,9 @@ class KerberosSection:
     #: obtained in a caller's name is reused before the KDC is asked again, so a user
     #: locked at the KDC loses access within it.
     caller_ticket_reuse: float = 600.0
+    #: session_max (minutes in the file, seconds here): the longest a caller's session on
+    #: a peer link (one Kerberos exchange, then proofs) is used, on either side; 0: none.
+    session_max: float = 600.0
 
     def realms(self, own: str) -> tuple[str, ...]:
         """Realms whose principals this daemon accepts: ``own`` (host.realm) unless
@@ -530,7 +533,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         doc,
         "kerberos",
         {"mode", "keytab", "principal", "krb5_config", "ccache_template", "trusted_realms",
-         "allow_root", "caller_ticket_reuse"},
+         "allow_root", "caller_ticket_reuse", "session_max"},
     )
     local = _section(doc, "local", {"socket", "owner", "group", "mode"})
     peer = _section(doc, "peer", {"listen", "port", "max_hops", "certificate", "private_key",
@@ -605,6 +608,9 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     reuse = _opt(krb, "kerberos", "caller_ticket_reuse", (int, float), 10)
     if isinstance(reuse, bool) or not (reuse > 0 and math.isfinite(reuse)):
         raise ConfigError("kerberos.caller_ticket_reuse must be a positive number of minutes")
+    session_max = _opt(krb, "kerberos", "session_max", (int, float), 10)
+    if isinstance(session_max, bool) or not (session_max >= 0 and math.isfinite(session_max)):
+        raise ConfigError("kerberos.session_max must be a number of minutes (0: no sessions)")
     log_file = _opt(log, "log", "file", str, None)
 
     host_section = HostSection(_host_name(_typed(host, "host", "name", str), "host.name"),
@@ -619,6 +625,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         trusted_realms=tuple(realms),
         allow_root=_opt(krb, "kerberos", "allow_root", bool, False),
         caller_ticket_reuse=reuse * 60.0,
+        session_max=session_max * 60.0,
     )
     local_section = LocalSection(Path(_opt(local, "local", "socket", str, DEFAULT_SOCKET)),
                                  _uid(local.get("owner", 0)), _gid(local.get("group", 0)),

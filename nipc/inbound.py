@@ -35,6 +35,8 @@ from nipc.impersonate import on_fresh_thread
 from nipc.kerberos import Accepted
 from nipc.pac import PacError, decode_delegation_info, decode_logon_info
 from nipc.registry import Routed, new_connection_id
+from nipc.session import (CLOCKSKEW, ENDED, LIFETIME, OFFERED, Session, Sessions, new_reference,
+                          proof_message, seconds_left, verify)
 from nipc.splice import Splice, UnixEnd
 
 log = Logger()
@@ -49,6 +51,14 @@ def _pac_buffer(decode: Callable[[bytes], _Decoded], raw: bytes, principal: str)
         return decode(raw)
     except PacError as e:
         raise NipcError("EKEYREJECTED", f"malformed PAC in {principal}'s ticket: {e}") from None
+
+
+class _Ended(NipcError):
+    """A later channel names a session this link does not hold (any more)."""
+
+    def __init__(self) -> None:
+        super().__init__("EKEYREJECTED", "no such session on this link (it ended, or was "
+                                         "never offered): a new Kerberos exchange is due")
 
 
 @dataclass
@@ -69,7 +79,8 @@ class Inbound:
     def __init__(self, reactor: IDaemonReactor, host: HostSection, peer: PeerSection,
                  acceptor: IAcceptor, projection: IProjection, registry: IRegistry,
                  live: IConnections, limits: IInboundAdmission,
-                 connector: IDestinationConnector) -> None:
+                 connector: IDestinationConnector,
+                 sessions: "Sessions[str] | None" = None) -> None:
         self._reactor = reactor
         self._host = host
         self._peer = peer
@@ -79,9 +90,11 @@ class Inbound:
         self._registry = registry
         self._live = live
         self._limits = limits
+        #: Peers' callers' sessions on the links they dialled, by reference; none by default.
+        self.sessions: Sessions[str] = sessions or Sessions(0.0)
 
-    def _project(self, acc: Accepted) -> tuple[LocalIdentity, dict[str, Any] | None]:
-        """Blocking (NSS may ask a directory): the local identity and the PAC's facts."""
+    def _pac(self, acc: Accepted) -> dict[str, Any] | None:
+        """The PAC's facts, decoded once per ticket (a session's channels reuse them)."""
         pac: dict[str, Any] | None = None
         if acc.delegation_info is not None:
             delegation = _pac_buffer(decode_delegation_info, acc.delegation_info, acc.principal)
@@ -99,7 +112,36 @@ class Inbound:
                 # S-1-18-2: asserted by a service (protocol transition), not proved by the user.
                 "protocol_transition": "S-1-18-2" in info.extra_sids,
             }
-        return self._projection.project(acc.principal), pac
+        return pac
+
+    def _session_of(self, channel: Channel, binding: bytes, hello: wire.Hello) -> Session:
+        """The session a later channel claims, its proof checked (on the reactor thread:
+        a MIC is microseconds). An unknown or ended one is answered so that the sender
+        starts a new session with a full exchange; a bad proof is refused."""
+        session = self.sessions.get(channel.link, hello.session)
+        if session is None:
+            raise _Ended()
+        verify(session, proof_message(binding, hello.session, hello.path, hello.host,
+                                      hello.conn_id, hello.hops), hello.mic)
+        if hello.hops != session.hops:
+            raise NipcError("EKEYREJECTED", "a session's channels must come the way it did")
+        return session
+
+    def _offer(self, channel: Channel, acc: Accepted, pac: dict[str, Any] | None,
+               hops: tuple[str, ...]) -> dict[str, Any]:
+        """A session for the caller just authenticated on this link, for the RESULT's info
+        (none if sessions are off, the ticket nearly over, or the link's table full)."""
+        if self.sessions.maximum <= 0:
+            return {}
+        seconds = seconds_left(acc.context, self.sessions.maximum, CLOCKSKEW)
+        if seconds <= 0:
+            return {}
+        reference = new_reference()
+        session = Session(reference, acc.principal, acc.context, time.monotonic() + seconds,
+                          hops, pac, acc.delegation)
+        if not self.sessions.add(channel.link, reference, session):
+            return {}
+        return {OFFERED: reference, LIFETIME: int(seconds)}
 
     def _check_route(self, hello: wire.Hello) -> None:
         if not hello.hops:
@@ -123,6 +165,9 @@ class Inbound:
         counted = False
         #: The accepted ticket, once it is: its AP-REP goes back with any answer.
         accepted: Accepted | None = None
+        #: The caller's session on this link, for a later channel of theirs.
+        session: Session | None = None
+        pac: dict[str, Any] | None = None
 
         def uncount() -> None:
             nonlocal counted
@@ -135,16 +180,22 @@ class Inbound:
             accepted, its principal projected to a local account."""
             admission = _Admission()
             try:
-                admission.accepted = acc = self._acceptor.accept(hello.token, binding)
-                admission.who, admission.pac = self._project(acc)
+                if session is None:
+                    admission.accepted = acc = self._acceptor.accept(hello.token, binding)
+                    admission.pac = self._pac(acc)
+                else:  # its first ticket's word: principal, PAC, delegation evidence
+                    admission.accepted = acc = Accepted(session.principal, b"", session.delegation,
+                                                        None, None, session.context)
+                    admission.pac = session.pac
+                admission.who = self._projection.project(acc.principal)
             except NipcError as e:
                 admission.error = e
             return admission
 
         def validated(admission: _Admission) -> "Deferred[UnixEnd]":
             """The caller is known: register the connection, then connect as the caller."""
-            nonlocal accepted
-            accepted, who = admission.accepted, admission.who
+            nonlocal accepted, pac
+            accepted, who, pac = admission.accepted, admission.who, admission.pac
             if accepted is not None:
                 facts["principal"] = accepted.principal
                 channel.authenticated()  # its link is no longer an unauthenticated one
@@ -176,15 +227,23 @@ class Inbound:
                 self._registry.remove(conn_id)
                 self._live.ended(connection)
 
+            info: dict[str, Any] = {"conn_id": conn_id}
+            if session is None:
+                info.update(self._offer(channel, accepted, pac, hello.hops))
+            facts["session"] = "resumed" if session is not None else "new" if info.get(OFFERED) else "none"
+            if OFFERED in info:
+                facts["session_seconds"] = info[LIFETIME]
             facts["handshake"] = round(time.monotonic() - connection.started, 6)
             # Answered first: the splice starts a channel whose handshake is over.
-            channel.answer(wire.Result("OK", token=accepted.token, info={"conn_id": conn_id}))
+            channel.answer(wire.Result("OK", token=accepted.token, info=info))
             self._live.spliced(connection, Splice(channel, end, ended), channel, end)
 
         def refused(error: NipcError, acc: Accepted | None = None) -> None:
             uncount()
             self._registry.remove(conn_id)  # if it got as far as being registered
-            channel.answer(wire.Result(error.errno_name, error.message, token=acc.token if acc else b""))
+            info = {OFFERED: ENDED} if isinstance(error, _Ended) else {}
+            channel.answer(wire.Result(error.errno_name, error.message,
+                                       token=acc.token if acc else b"", info=info))
             self._live.refused(connection, error)
 
         def refusal(failure: Failure) -> Failure | None:
@@ -198,6 +257,8 @@ class Inbound:
             refused(NipcError("EPROTO", "internal error on the receiving daemon (logged there)"))
 
         try:
+            if hello.session:
+                session = self._session_of(channel, binding, hello)
             self._check_route(hello)
             self._limits.inbound_arrived(source)
         except NipcError as e:

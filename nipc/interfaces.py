@@ -62,6 +62,12 @@ class ITicketSource(Interface):
         """The first token for ``nipc@target_host``, bound to ``channel`` (the link's
         exporter and the channel number); fails with a NipcError the caller can act on."""
 
+    def holder(who: LocalIdentity) -> Deferred[str] | None:
+        """Before a later channel on a session of ``who`` (:mod:`nipc.session`): the
+        principal ``who`` may act as now, if that must be asked each time (the caller's
+        own cache must still hold a valid ticket); None: nothing to ask, the session's
+        own bounds decide."""
+
 
 class IDaemonTickets(ITicketSource):
     """The daemon's own ticket source, which lives as long as the daemon does (a

@@ -323,6 +323,11 @@ class ProtocolTransition:
         return deferToThreadPool(self._reactor, self._kdc_pool, self._initiate, principal,
                                  target_host, channel)
 
+    def holder(self, who: LocalIdentity) -> "Deferred[str] | None":
+        """Nothing to ask: a session is never kept past ``caller_ticket_reuse``, the bound
+        the impersonated credentials have too."""
+        return None
+
 
 @implementer(IDaemonTickets)
 class OwnCredentialCache:
@@ -336,23 +341,39 @@ class OwnCredentialCache:
         self._reactor = reactor
         self._template = config.kerberos.ccache_template
 
-    def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
+    def _open(self, who: LocalIdentity, doing: str) -> tuple[Any, str]:
+        """As ``who`` (a thread that has become them for good): their cache's credential
+        and its principal; no valid ticket in it is a refusal that says what to do."""
         ccache = self._template.replace("%{uid}", str(who.uid))
+        try:
+            creds = gssapi.Credentials(usage="initiate", store={"ccache": ccache})
+            return creds, str(creds.name)
+        except GSSError as e:
+            if isinstance(e, gssapi.exceptions.ExpiredCredentialsError):
+                raise gss_failure(e, doing) from None
+            raise NipcError(
+                "ENOKEY",
+                f"{who.user} has no Kerberos credentials: run kinit, or have the "
+                "administrator configure protocol transition",
+            ) from None
 
+    def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
         def job() -> Initiation:
             doing = f"ticket from {who.user}'s credential cache for nipc/{target_host}"
-            try:
-                creds = gssapi.Credentials(usage="initiate", store={"ccache": ccache})
-                principal = str(creds.name)
-            except GSSError as e:
-                if isinstance(e, gssapi.exceptions.ExpiredCredentialsError):
-                    raise gss_failure(e, doing) from None
-                raise NipcError(
-                    "ENOKEY",
-                    f"{who.user} has no Kerberos credentials: run kinit, or have the "
-                    "administrator configure protocol transition",
-                ) from None
+            creds, principal = self._open(who, doing)
             return _start(creds, target_host, channel, principal, doing)
+
+        return run_as(self._reactor, who, job, permanent=True)
+
+    def holder(self, who: LocalIdentity) -> "Deferred[str] | None":
+        """The caller's cache must still hold a valid ticket (kdestroy, expiry: no new
+        channel), of the session's principal (the caller compares)."""
+
+        def job() -> str:
+            creds, principal = self._open(who, f"{who.user}'s credential cache")
+            if not creds.lifetime:
+                raise NipcError("EKEYEXPIRED", f"{who.user}'s Kerberos credentials expired: run kinit")
+            return principal
 
         return run_as(self._reactor, who, job, permanent=True)
 
@@ -381,6 +402,9 @@ class Delegated:
             channel, self._principal, doing,
         )
 
+    def holder(self, who: LocalIdentity) -> "Deferred[str] | None":
+        return None  # never asked: onward connections do not use sessions
+
 
 def ticket_source(reactor: IDaemonReactor, config: Config) -> IDaemonTickets:
     if config.kerberos.mode is CredentialMode.OWN_CCACHE:
@@ -401,6 +425,8 @@ class Accepted:
     #: The PAC's delegation-info buffer (the KDC's record of the services that delegated),
     #: likewise only when verified.
     delegation_info: bytes | None = None
+    #: The established acceptor context: a session's key (:mod:`nipc.session`).
+    context: Any = None
 
 
 LOGON_INFO = b"urn:mspac:logon-info"
@@ -535,4 +561,4 @@ class Acceptor:
             raise NipcError("EKEYREJECTED", f"{doing}: the exchange did not complete")
         name = ctx.initiator_name
         return Accepted(str(name), out or b"", ctx.delegated_creds,
-                        _pac_buffer(name, LOGON_INFO), _pac_buffer(name, DELEGATION_INFO))
+                        _pac_buffer(name, LOGON_INFO), _pac_buffer(name, DELEGATION_INFO), ctx)

@@ -8,6 +8,7 @@ and mutual authentication of the peer before its answer is believed.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout, fail
@@ -30,7 +31,12 @@ from nipc.channel import Channel
 from nipc.link import ClientLink
 from nipc.registry import Routed
 from nipc.request import ConnectRequest
+from nipc.session import (ENDED, LIFETIME, MARGIN, OFFERED, Session, Sessions, proof_message,
+                          seconds_left, sign)
 from nipc.splice import End, UnixEnd
+
+#: A sender's session key within a link: the local caller (uid and name).
+SessionKey = tuple[int, str]
 
 log = Logger()
 
@@ -39,7 +45,8 @@ log = Logger()
 class Router:
     def __init__(self, reactor: IDaemonReactor, host: HostSection, peer: PeerSection,
                  timeouts: TimeoutsSection, tickets: ITicketSource, registry: IRegistry,
-                 links: ILinks, connector: IDestinationConnector) -> None:
+                 links: ILinks, connector: IDestinationConnector,
+                 sessions: "Sessions[SessionKey] | None" = None) -> None:
         self._reactor = reactor
         self._host = host
         self._peer = peer
@@ -48,6 +55,8 @@ class Router:
         self._connector = connector
         self._registry = registry
         self.links = links
+        #: Callers' sessions on the links to peers (:mod:`nipc.session`); none by default.
+        self.sessions: Sessions[SessionKey] = sessions or Sessions(0.0)
         self._names: Memo[int, str] = Memo()
 
     def is_local(self, host: str) -> bool:
@@ -83,7 +92,7 @@ class Router:
             hops = (*evidence.hops, self._host.name)
         if len(hops) > self._peer.max_hops:
             return fail(NipcError("ELOOP", f"chain longer than {self._peer.max_hops} hops"))
-        return _Dial(self, tickets, who, request, conn_id, hops).start()
+        return _Dial(self, tickets, who, request, conn_id, hops, evidence is None).start()
 
     def connect_as(self, who: LocalIdentity, path: str, conn_id: str,
                    facts: dict[str, Any] | None = None) -> "Deferred[End]":
@@ -112,10 +121,15 @@ class _Dial:
     authentication of the peer before its answer is believed."""
 
     def __init__(self, router: "Router", tickets: ITicketSource, who: LocalIdentity,
-                 request: ConnectRequest, conn_id: str, hops: tuple[str, ...]) -> None:
+                 request: ConnectRequest, conn_id: str, hops: tuple[str, ...],
+                 resumable: bool) -> None:
         self._reactor = router._reactor
         self._timeouts = router._timeouts
         self._links = router.links
+        #: The caller's sessions, if this connection may use or start one: not onward in
+        #: an inbound caller's name, whose delegation evidence is that connection's own.
+        self._sessions = router.sessions if resumable and router.sessions.maximum > 0 else None
+        self._key: SessionKey = (who.uid, who.user)
         self._hops = hops
         self._tickets = tickets
         self._who = who
@@ -151,9 +165,63 @@ class _Dial:
         if isinstance(got, Reused):
             self._reused = got = got.link
         self._link = got
-        self._channel = channel = got.open()
-        binding = wire.binding(got.exporter or b"", channel.number)
+        session = self._sessions.get(got, self._key) if self._sessions is not None else None
+        if session is not None:
+            return self._resume(got, session)
+        return self._full(got)
+
+    def _full(self, link: ClientLink) -> "Deferred[End]":
+        """The full exchange: a ticket bound to this channel, mutual authentication."""
+        self._channel = channel = link.open()
+        binding = wire.binding(link.exporter or b"", channel.number)
         return self._initiate(binding).addCallback(self._hello).addCallback(self._verify)
+
+    def _resume(self, link: ClientLink, session: Session) -> "Deferred[End]":
+        """A later channel on the caller's session: its reference and a proof, no ticket.
+        What the ticket source must check each time (the caller's own cache still holds
+        the principal's valid ticket) is checked first."""
+        self._channel = channel = link.open()
+        asked = self._tickets.holder(self._who)
+        if asked is None:
+            return self._prove(link, session, channel, session.principal)
+
+        def lost(failure: Failure) -> Failure:
+            # No valid ticket any more (kdestroy, expiry): the session ends with it, so a
+            # later kinit starts a new one rather than reviving this one.
+            assert self._sessions is not None
+            self._sessions.drop(link, self._key)
+            return failure
+
+        return asked.addErrback(lost).addCallback(
+            lambda holder: self._prove(link, session, channel, holder))
+
+    def _prove(self, link: ClientLink, session: Session, channel: Channel,
+               holder: str) -> "Deferred[End]":
+        """On the reactor thread, sent at once: proofs leave in their sequence order."""
+        if holder != session.principal:  # the caller's cache holds another principal now
+            assert self._sessions is not None
+            self._sessions.drop(link, self._key)
+            channel.abort()
+            return self._full(link)
+        binding = wire.binding(link.exporter or b"", channel.number)
+        request, hops = self._request, self._hops
+        mic = sign(session, proof_message(binding, session.reference, request.path,
+                                          request.host, self._conn_id, hops))
+        hello = wire.Hello(request.path, request.host, hops, b"", self._conn_id,
+                           session.reference, mic)
+        d = channel.exchange(hello).addTimeout(self._timeouts.handshake, self._reactor)
+        return d.addCallback(self._resumed, link)
+
+    def _resumed(self, result: wire.Result, link: ClientLink) -> "End | Deferred[End]":
+        if result.ok:
+            assert self._channel is not None
+            return self._channel
+        if result.info.get(OFFERED) == ENDED:
+            # The peer no longer holds the session (it ended there first): a new one.
+            assert self._sessions is not None
+            self._sessions.drop(link, self._key)
+            return self._full(link)
+        raise result.error()
 
     def _initiate(self, binding: bytes) -> "Deferred[Initiation]":
         limit = self._timeouts.kdc
@@ -187,7 +255,24 @@ class _Dial:
             raise NipcError("EPROTO", "peer daemon did not prove its identity (mutual authentication)")
         if not result.ok:
             raise result.error()
+        self._keep(initiation, channel, result)
         return channel
+
+    def _keep(self, initiation: Initiation, channel: Channel, result: wire.Result) -> None:
+        """The peer offered a session for the caller just authenticated: keep it, for no
+        longer than the peer's bound, ours and the ticket's (and, with protocol
+        transition, the reuse bound of the caller's impersonated credentials)."""
+        reference, seconds = result.info.get(OFFERED), result.info.get(LIFETIME)
+        if self._sessions is None or not isinstance(reference, str) or not reference:
+            return
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            return
+        limit = min(float(seconds), self._sessions.maximum)
+        lifetime = seconds_left(initiation.context, limit) - MARGIN
+        if lifetime > 0:
+            self._sessions.add(channel.link, self._key, Session(
+                reference, initiation.principal, initiation.context,
+                time.monotonic() + lifetime, self._hops))
 
     def _failed(self, failure: Failure) -> Failure:
         channel, link = self._channel, self._link

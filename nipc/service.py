@@ -45,6 +45,7 @@ from nipc.projection import Projection
 from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
+from nipc.session import Sessions
 from nipc.tls import client_options, server_options, tune_tcp
 
 if TYPE_CHECKING:
@@ -185,7 +186,9 @@ class NipcService(Service):
         self._router = router = Router(
             reactor, config.host, config.peer, config.timeouts, tickets, registry, links,
             ImpersonatedConnector(reactor, config.host, config.timeouts, config.destinations,
-                                  remote=False))
+                                  remote=False),
+            # A sender keeps a session no longer than its caller's impersonated credentials.
+            Sessions(min(config.kerberos.session_max, config.kerberos.caller_ticket_reuse)))
         fd_limit, needed = raise_fd_limit(), fds_needed(config.limits)
         if fd_limit < needed:
             log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
@@ -194,7 +197,8 @@ class NipcService(Service):
         inbound = Inbound(reactor, config.host, config.peer, acceptor,
                           Projection(config.host, config.kerberos), registry, live, limits,
                           ImpersonatedConnector(reactor, config.host, config.timeouts,
-                                                config.destinations, remote=True))
+                                                config.destinations, remote=True),
+                          Sessions(config.kerberos.session_max))
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config.timeouts, config.peer, router, registry,

@@ -11,6 +11,12 @@ itself), are the liveness check of a link with open channels: a PING is answered
 PONG. Channel numbers are chosen by the dialling side in
 increasing order and never reused, so a replayed or duplicated HELLO is refused by number
 before any Kerberos work.
+
+A HELLO of version 2 carries a full Kerberos exchange's first token. Version 3 opens a
+later channel of a caller who has a session on the link (:mod:`nipc.session`): the
+session's reference and a MIC instead of a token. A daemon that knows only version 2
+refuses it at once (EPROTO, "unsupported version"); a sender offers version 3 only on
+links whose receiver offered it a session in a RESULT.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from nipc.errors import ERRNO_NAMES, NipcError
 from nipc.request import check_host, check_path
 
 VERSION = 2
+#: A HELLO on an existing session (reference and proof instead of a ticket).
+SESSION_VERSION = 3
 HEADER = struct.Struct(">BII")
 CREDIT = struct.Struct(">I")
 MAX_HANDSHAKE = 64 * 1024
@@ -52,13 +60,16 @@ class Kind(IntEnum):
 
 @dataclass(frozen=True)
 class Hello:
-    """The sender's request: where to connect, the hops so far, its first GSS token."""
+    """The sender's request: where to connect, the hops so far, its first GSS token
+    (or, with ``session``, that session's reference and its proof ``mic``)."""
 
     path: str
     host: str
     hops: tuple[str, ...]
     token: bytes
     conn_id: str
+    session: str = ""
+    mic: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -123,13 +134,16 @@ def encode(message: Message, channel: int) -> bytes:
     if isinstance(message, Hello):
         kind = Kind.HELLO
         body = {
-            "version": VERSION,
+            "version": SESSION_VERSION if message.session else VERSION,
             "path": message.path,
             "host": message.host,
             "hops": list(message.hops),
-            "token": _b64(message.token),
             "conn_id": message.conn_id,
         }
+        if message.session:
+            body.update(session=message.session, mic=_b64(message.mic))
+        else:
+            body["token"] = _b64(message.token)
     else:
         kind = Kind.RESULT
         body = {"errno": message.errno_name, "message": message.message,
@@ -147,12 +161,19 @@ def _field(body: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def _token(body: dict[str, Any]) -> bytes:
-    text = _field(body, "token", str)
+def _token(body: dict[str, Any], name: str = "token") -> bytes:
+    text = _field(body, name, str)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise _proto("token is not base64") from None
+        raise _proto(f"{name} is not base64") from None
+
+
+def _reference(body: dict[str, Any]) -> str:
+    text = _field(body, "session", str)
+    if not (0 < len(text) <= 64 and text.isascii() and text.isalnum()):
+        raise _proto("bad session reference")
+    return str(text)
 
 
 def decode(kind: int, payload: bytes) -> Message:
@@ -165,7 +186,7 @@ def decode(kind: int, payload: bytes) -> Message:
         raise _proto("message is not an object")
     if kind == Kind.HELLO:
         version = body.get("version")
-        if type(version) is not int or version != VERSION:  # not True, not 1.0
+        if type(version) is not int or version not in (VERSION, SESSION_VERSION):  # not True, not 1.0
             raise _proto(f"unsupported version {str(body.get('version'))[:20]!r}")
         hops = _field(body, "hops", list)
         if len(hops) > MAX_HOPS_ON_WIRE or not all(isinstance(h, str) for h in hops):
@@ -178,6 +199,8 @@ def decode(kind: int, payload: bytes) -> Message:
         conn_id = _field(body, "conn_id", str)
         if not (0 < len(conn_id) <= 64 and conn_id.isascii() and conn_id.isalnum()):
             raise _proto("bad connection id")
+        if version == SESSION_VERSION:
+            return Hello(path, host, hop_names, b"", conn_id, _reference(body), _token(body, "mic"))
         return Hello(path, host, hop_names, _token(body), conn_id)
     if kind == Kind.RESULT:
         name = _field(body, "errno", str)

@@ -1,0 +1,171 @@
+"""A caller authenticated once per link (the SMB session model).
+
+The first channel a principal opens on a link carries the full Kerberos exchange. Both
+daemons then keep the established GSS context as a *session* of (link, principal). Later
+channels of that principal carry the session's reference and a proof of possession: a GSS
+MIC, made with the session's key, over the channel's binding (the link's TLS exporter and
+the channel number), the target path and host, the connection id and the hop chain. A
+channel number is used once per link and the exporter belongs to one link, so a proof is
+good for one channel of one link. A session dies with its link (its table is the link's),
+at its ticket's end, and at a configured maximum, whichever comes first.
+
+Pure bookkeeping and GSS message calls (microseconds, no KDC, no files): run on the
+reactor thread, which also keeps each GSS context's sequence numbers in send order.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+import time
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from gssapi.raw.misc import GSSError
+
+from nipc.errors import NipcError
+
+K = TypeVar("K", bound=Hashable)
+
+#: Domain separation: a proof is never a MIC over anything else signed with the key.
+PROOF_LABEL = b"nipc-session-proof/1\0"
+#: Sessions kept per link at most; beyond that new principals get full exchanges only.
+MAX_PER_LINK = 256
+#: The sender stops using a session this long before the receiver's end of it, so a proof
+#: does not arrive just after the receiver dropped it (it would then fall back anyway).
+MARGIN = 5.0
+#: "Sessions" in a RESULT's info: the reference offered, its seconds, and the word a
+#: receiver answers for a reference it no longer holds (the sender then falls back).
+OFFERED, LIFETIME, ENDED = "session", "session_seconds", "ended"
+
+_LENGTH = struct.Struct(">I")
+
+
+def new_reference() -> str:
+    return secrets.token_hex(8)
+
+
+def proof_message(binding: bytes, reference: str, path: str, host: str, conn_id: str,
+                  hops: tuple[str, ...]) -> bytes:
+    """What a session proof signs: every field length-prefixed, so none can run into the
+    next. ``binding`` is :func:`nipc.wire.binding` (exporter and channel number)."""
+    parts = [binding, reference.encode(), path.encode(), host.encode(), conn_id.encode(),
+             *(hop.encode() for hop in hops)]
+    return PROOF_LABEL + b"".join(_LENGTH.pack(len(p)) + p for p in parts)
+
+
+@dataclass
+class Session:
+    """One principal's authentication on one link, as either daemon keeps it."""
+
+    reference: str
+    principal: str
+    #: The established GSS context (gssapi.SecurityContext): the session key.
+    context: Any
+    #: time.monotonic() after which the session is over.
+    until: float
+    hops: tuple[str, ...]
+    #: Receiving side: the first ticket's PAC facts (decoded once) and delegation evidence.
+    pac: dict[str, Any] | None = None
+    delegation: Any = None
+
+
+#: MIT reports an acceptor context's lifetime as the ticket's end plus the clock-skew
+#: allowance (krb5.conf ``clockskew``, default 300 s): taken off, so that a session ends
+#: with its ticket (earlier where a site lowered the allowance).
+CLOCKSKEW = 300.0
+
+
+def seconds_left(context: Any, maximum: float, allowance: float = 0.0) -> float:
+    """How long a session on ``context`` may live: never past its ticket, nor ``maximum``."""
+    try:
+        ticket = context.lifetime
+    except GSSError:
+        return 0.0
+    return max(0.0, float(min(maximum, (ticket or 0) - allowance)))
+
+
+def sign(session: Session, message: bytes) -> bytes:
+    try:
+        return bytes(session.context.get_signature(message))
+    except GSSError as e:
+        raise NipcError("EKEYEXPIRED", f"session of {session.principal} cannot sign: "
+                        f"{' '.join(str(e.gen_message()).split())[:200]}") from None
+
+
+#: GSS supplementary status bits (RFC 2744) that only say a valid MIC came out of
+#: sequence order: too old to tell, later than a newer one, or after a gap. Fine here,
+#: since a proof names its channel (used once per link) and its link (the exporter), and
+#: the receiver may refuse channels (rate, overload) before checking their proofs.
+_ORDER_ONLY = 0x4 | 0x8 | 0x10
+
+
+def verify(session: Session, message: bytes, mic: bytes) -> None:
+    """Check a proof of possession of ``session``; refuse it as EKEYREJECTED."""
+    try:
+        session.context.verify_signature(message, mic)
+    except GSSError as e:
+        # By the status codes, never by the exception's class: a bad signature may come
+        # with sequence bits too, and must never pass as "only out of order".
+        if e.routine_code or e.calling_code or (e.supplementary_code or 0) & ~_ORDER_ONLY:
+            raise NipcError("EKEYREJECTED", f"session proof for {session.principal} does not "
+                            "verify (forged, or made for another channel or link)") from None
+
+
+class Sessions(Generic[K]):
+    """One daemon side's sessions, a table per link, keyed by ``K`` within it.
+
+    A table is dropped when its link ends (the link's ``when_ended``), and is never read
+    once the link is closed: a session cannot outlive its link.
+    """
+
+    def __init__(self, maximum: float, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Seconds a session is kept at most on this side (0: no sessions).
+        self.maximum = maximum
+        self._clock = clock
+        self._links: weakref.WeakKeyDictionary[Any, dict[K, Session]] = weakref.WeakKeyDictionary()
+
+    def get(self, link: Any, key: K) -> Session | None:
+        table = self._links.get(link)
+        if table is None:
+            return None
+        if link.closed:
+            self.ended(link)
+            return None
+        session = table.get(key)
+        if session is not None and session.until <= self._clock():
+            del table[key]
+            return None
+        return session
+
+    def add(self, link: Any, key: K, session: Session) -> bool:
+        """Keep ``session``; False (not kept) when the link is over or its table full."""
+        if link.closed:
+            return False
+        table = self._links.get(link)
+        if table is None:
+            self._links[link] = table = {}
+            link.when_ended().addCallback(lambda _: self.ended(link))
+        now = self._clock()
+        # Also the principal's older session the same way: one at a time is in use.
+        same = (session.principal, session.hops)
+        for stale in [k for k, s in table.items() if s.until <= now or (s.principal, s.hops) == same]:
+            del table[stale]
+        if len(table) >= MAX_PER_LINK and key not in table:
+            return False
+        table[key] = session
+        return True
+
+    def drop(self, link: Any, key: K) -> None:
+        table = self._links.get(link)
+        if table is not None:
+            table.pop(key, None)
+
+    def ended(self, link: Any) -> None:
+        """The link is over: its sessions with it."""
+        self._links.pop(link, None)
+
+    def count(self, link: Any) -> int:
+        return len(self._links.get(link, ()))

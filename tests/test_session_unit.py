@@ -1,0 +1,148 @@
+"""Sessions' bookkeeping, proofs and wire form, without a KDC (the invariants on real
+parts are tests/test_sessions.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gssapi.raw.misc import GSSError
+from twisted.internet.defer import Deferred
+
+from nipc import wire
+from nipc.errors import NipcError
+from nipc.session import MAX_PER_LINK, Session, Sessions, proof_message, seconds_left, verify
+
+
+class FakeLink:
+    """A link's ``closed`` and ``when_ended``, fired by :meth:`end`."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self._ended: list[Deferred[None]] = []
+
+    def when_ended(self) -> "Deferred[None]":
+        d: Deferred[None] = Deferred()
+        self._ended.append(d)
+        return d
+
+    def end(self) -> None:
+        self.closed = True
+        for d in self._ended:
+            d.callback(None)
+
+
+class FakeContext:
+    """Stands in for a GSS context: a lifetime, and a MIC check that fails as told."""
+
+    def __init__(self, lifetime: int | None = 600, raises: int | None = None) -> None:
+        self.lifetime = lifetime
+        self.raises = raises
+
+    def verify_signature(self, message: bytes, mic: bytes) -> None:
+        if self.raises is not None:
+            raise GSSError(self.raises, 0)
+
+
+def session(principal: str = "alice@T", until: float = 100.0, context: Any = None,
+            hops: tuple[str, ...] = ("a.t",)) -> Session:
+    return Session("ref", principal, context or FakeContext(), until, hops)
+
+
+def test_a_session_ends_at_its_time_and_with_its_link() -> None:
+    now = [0.0]
+    table: Sessions[str] = Sessions(600.0, lambda: now[0])
+    link = FakeLink()
+    assert table.add(link, "k", session(until=10.0))
+    assert table.get(link, "k") is not None
+    now[0] = 10.0
+    assert table.get(link, "k") is None
+    assert table.add(link, "k", session(until=20.0))
+    link.end()
+    assert table.count(link) == 0  # dropped as the link ended, before anyone asks
+    assert table.get(link, "k") is None
+    assert not table.add(link, "k", session(until=30.0))
+
+
+def test_tables_are_per_link() -> None:
+    table: Sessions[str] = Sessions(600.0, lambda: 0.0)
+    one, two = FakeLink(), FakeLink()
+    table.add(one, "k", session())
+    assert table.get(two, "k") is None
+    table.ended(one)
+    assert table.get(one, "k") is None
+
+
+def test_one_session_per_principal_and_path_and_a_cap_per_link() -> None:
+    table: Sessions[str] = Sessions(600.0, lambda: 0.0)
+    link = FakeLink()
+    table.add(link, "old", session())
+    table.add(link, "new", session())
+    assert table.get(link, "old") is None and table.get(link, "new") is not None
+    table.add(link, "other-hops", session(hops=("c.t", "a.t")))
+    assert table.count(link) == 2
+    for i in range(MAX_PER_LINK):
+        table.add(link, f"p{i}", session(principal=f"u{i}@T"))
+    assert table.count(link) == MAX_PER_LINK
+    assert not table.add(link, "one-more", session(principal="late@T"))
+
+
+def test_a_session_never_outlives_its_ticket_nor_the_maximum() -> None:
+    assert seconds_left(FakeContext(lifetime=30), 600.0) == 30
+    assert seconds_left(FakeContext(lifetime=36000), 600.0) == 600
+    assert seconds_left(FakeContext(lifetime=None), 600.0) == 0
+    assert seconds_left(FakeContext(lifetime=600), 0.0) == 0
+    assert seconds_left(FakeContext(lifetime=320), 600.0, 300.0) == 20
+    assert seconds_left(FakeContext(lifetime=200), 600.0, 300.0) == 0
+
+
+def test_every_field_is_under_the_proof() -> None:
+    base = (b"exporter/channel/\0\0\0\1", "ref", "/run/x.sock", "b.t", "c1", ("a.t",))
+    seen = {proof_message(*base)}
+    for i, other in enumerate([b"exporter/channel/\0\0\0\2", "ref2", "/run/y.sock", "c.t", "c2",
+                               ("a.t", "b2.t")]):
+        changed = list(base)
+        changed[i] = other
+        seen.add(proof_message(*changed))  # type: ignore[arg-type]
+    assert len(seen) == 7
+    # Length prefixes: moving a boundary between fields changes the message.
+    assert proof_message(b"x", "ab", "/c", "d", "e", ()) != proof_message(b"x", "a", "b/c", "d", "e", ())
+
+
+GSS_S_BAD_SIG = 6 << 16
+GSS_S_DUPLICATE_TOKEN, GSS_S_OLD_TOKEN, GSS_S_UNSEQ_TOKEN, GSS_S_GAP_TOKEN = 2, 4, 8, 16
+
+
+@pytest.mark.parametrize("status", [GSS_S_GAP_TOKEN, GSS_S_UNSEQ_TOKEN, GSS_S_OLD_TOKEN])
+def test_a_valid_proof_out_of_order_passes(status: int) -> None:
+    verify(session(context=FakeContext(raises=status)), b"m", b"mic")
+
+
+@pytest.mark.parametrize("status", [GSS_S_BAD_SIG, GSS_S_BAD_SIG | GSS_S_GAP_TOKEN,
+                                    GSS_S_DUPLICATE_TOKEN, GSS_S_DUPLICATE_TOKEN | GSS_S_GAP_TOKEN])
+def test_a_bad_or_duplicate_proof_is_refused(status: int) -> None:
+    with pytest.raises(NipcError) as refused:
+        verify(session(context=FakeContext(raises=status)), b"m", b"mic")
+    assert refused.value.errno_name == "EKEYREJECTED"
+
+
+def test_a_session_hello_on_the_wire() -> None:
+    hello = wire.Hello("/run/x.sock", "b.t", ("a.t",), b"", "c1", "0123abcd", b"\x01mic")
+    kind, channel, payload = wire.FrameDecoder().feed(wire.encode(hello, 3))[0]
+    assert channel == 3 and b'"version":3' in payload and b'"token"' not in payload
+    assert wire.decode(kind, payload) == hello
+    full = wire.Hello("/run/x.sock", "b.t", ("a.t",), b"tok", "c1")
+    assert b'"version":2' in wire.encode(full, 1)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"version":3,"path":"/x","host":"b.t","hops":["a.t"],"conn_id":"c","mic":"AA=="}',
+    b'{"version":3,"path":"/x","host":"b.t","hops":["a.t"],"conn_id":"c","session":"a b","mic":"AA=="}',
+    b'{"version":3,"path":"/x","host":"b.t","hops":["a.t"],"conn_id":"c","session":"ab","mic":"!"}',
+    b'{"version":4,"path":"/x","host":"b.t","hops":["a.t"],"conn_id":"c","token":""}',
+])
+def test_malformed_session_hellos_are_refused(body: bytes) -> None:
+    with pytest.raises(NipcError) as refused:
+        wire.decode(wire.Kind.HELLO, body)
+    assert refused.value.errno_name == "EPROTO"
