@@ -23,7 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nipc.config import Config, CredentialMode
+from nipc.config import CredentialMode, HostSection, KerberosSection
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 from nipc.interfaces import IAcceptor, IDaemonReactor, IDaemonTickets, ITicketSource
@@ -90,7 +90,8 @@ def _detail(e: GSSError) -> str:
     return " ".join(str(e.gen_message()).split())[:200]
 
 
-def keytab_problem(e: GSSError, config: Config, reading: bool = True) -> str | None:
+def keytab_problem(e: GSSError, host: HostSection, kerberos: KerberosSection,
+                   reading: bool = True) -> str | None:
     """What is wrong with this host's keytab, if the failure lies there, else None.
 
     ``reading``: the step read the keytab file, so a system error (ENOENT, EACCES,
@@ -98,21 +99,22 @@ def keytab_problem(e: GSSError, config: Config, reading: bool = True) -> str | N
     a system error there comes from the replay cache instead.
     """
     code = minor_code(e)
-    where = f"{config.host.name}'s keytab {config.kerberos.keytab}"
+    where = f"{host.name}'s keytab {kerberos.keytab}"
     if reading and 0 < code < 4096 and code in errno.errorcode:
         return f"{where} cannot be read: {os.strerror(code)} ({errno.errorcode[code]})"
     if code in _KEYTAB_LACKS:
-        return (f"{where} has no key for {config.kerberos.principal} (kerberos.principal): "
-                f"`klist -k {config.kerberos.keytab}` lists what it holds")
+        return (f"{where} has no key for {kerberos.principal} (kerberos.principal): "
+                f"`klist -k {kerberos.keytab}` lists what it holds")
     if code in _KEYTAB_MALFORMED:
         return f"{where} is not a keytab (unknown format)"
     if code in _KEYTAB_STALE:
-        return (f"{where} does not hold the KDC's current keys for {config.kerberos.principal}: export "
+        return (f"{where} does not hold the KDC's current keys for {kerberos.principal}: export "
                 "it anew (`klist -kte` shows its kvno and enctypes)")
     return None
 
 
-def gss_failure(e: GSSError, doing: str, keytab_of: Config | None = None,
+def gss_failure(e: GSSError, doing: str,
+                keytab_of: tuple[HostSection, KerberosSection] | None = None,
                 reading: bool = True) -> NipcError:
     """Translate a GSS failure into an errno and a message that says what to do.
 
@@ -122,7 +124,7 @@ def gss_failure(e: GSSError, doing: str, keytab_of: Config | None = None,
     """
     text = _detail(e)
     code = minor_code(e)
-    if keytab_of is not None and (problem := keytab_problem(e, keytab_of, reading)) is not None:
+    if keytab_of is not None and (problem := keytab_problem(e, *keytab_of, reading)) is not None:
         return NipcError("EKEYREJECTED", f"{doing}: {problem}")
     if isinstance(e, gssapi.exceptions.ExpiredCredentialsError) or code in (
         AP_ERR_TKT_EXPIRED, KDC_ERR_KEY_EXPIRED
@@ -217,9 +219,11 @@ class ProtocolTransition:
     has locked since can still connect.
     """
 
-    def __init__(self, reactor: IDaemonReactor, config: Config) -> None:
+    def __init__(self, reactor: IDaemonReactor, host: HostSection,
+                 kerberos: KerberosSection) -> None:
         self._reactor = reactor
-        self._config = config
+        self._host = host
+        self._kerberos = kerberos
         self._lock = threading.Lock()
         self._daemon_lock = threading.Lock()
         self._daemon: Any = None
@@ -240,7 +244,7 @@ class ProtocolTransition:
 
         def done(_: Any) -> None:
             log.info("Kerberos ready: {principal} has its ticket-granting ticket",
-                     principal=self._config.kerberos.principal)
+                     principal=self._kerberos.principal)
 
         def failed(failure: Any) -> None:
             log.warn("Kerberos not ready at start (callers will retry): {error}",
@@ -256,8 +260,8 @@ class ProtocolTransition:
 
     def _daemon_creds(self) -> Any:
         store: dict[bytes | str, bytes | str] = {
-            "client_keytab": str(self._config.kerberos.keytab),
-            "keytab": str(self._config.kerberos.keytab),
+            "client_keytab": str(self._kerberos.keytab),
+            "keytab": str(self._kerberos.keytab),
             "ccache": f"MEMORY:nipc-daemon-{os.getpid()}",
         }
         # Never ask this credential its lifetime: python-gssapi's inquire_cred keeps the
@@ -266,7 +270,7 @@ class ProtocolTransition:
         # from the keytab by itself when S4U2Self needs it (with the GIL released).
         if self._daemon is None:
             self._daemon = gssapi.Credentials(
-                name=principal_name(self._config.kerberos.principal), usage="both", store=store
+                name=principal_name(self._kerberos.principal), usage="both", store=store
             )
         return self._daemon
 
@@ -280,11 +284,11 @@ class ProtocolTransition:
         try:
             with self._daemon_lock:
                 daemon = self._daemon_creds()
-            gssapi.SecurityContext(name=service_name(self._config.host.name), creds=daemon,
+            gssapi.SecurityContext(name=service_name(self._host.name), creds=daemon,
                                    usage="initiate").step()
         except GSSError as e:
-            raise gss_failure(e, f"this daemon's own ticket as {self._config.kerberos.principal}",
-                              keytab_of=self._config) from None
+            raise gss_failure(e, f"this daemon's own ticket as {self._kerberos.principal}",
+                              keytab_of=(self._host, self._kerberos)) from None
         return daemon
 
     def _impersonated(self, principal: str) -> Any:
@@ -297,7 +301,7 @@ class ProtocolTransition:
         lifetime = creds.lifetime or 0
         # Reused until shortly before it expires, but never longer than the revocation bound:
         # only a new request lets the KDC refuse a user locked since.
-        keep = min(max(0.0, lifetime - RENEW_MARGIN), self._config.kerberos.caller_ticket_reuse)
+        keep = min(max(0.0, lifetime - RENEW_MARGIN), self._kerberos.caller_ticket_reuse)
         with self._lock:
             # Drop what has expired, so the cache holds only live credentials.
             for stale in [p for p, (_, until) in self._cache.items() if until <= now]:
@@ -314,7 +318,7 @@ class ProtocolTransition:
         return _start(creds, target_host, channel, principal, doing)
 
     def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
-        principal = f"{who.user}@{self._config.host.realm}"
+        principal = f"{who.user}@{self._host.realm}"
         creds = self._cached(principal)
         if creds is not None:
             doing = f"protocol transition for {principal} to nipc/{target_host}"
@@ -337,9 +341,9 @@ class OwnCredentialCache:
     the daemon's environment or krb5's default (which would expand to root's cache).
     """
 
-    def __init__(self, reactor: IDaemonReactor, config: Config) -> None:
+    def __init__(self, reactor: IDaemonReactor, kerberos: KerberosSection) -> None:
         self._reactor = reactor
-        self._template = config.kerberos.ccache_template
+        self._template = kerberos.ccache_template
 
     def _open(self, who: LocalIdentity, doing: str) -> tuple[Any, str]:
         """As ``who`` (a thread that has become them for good): their cache's credential
@@ -406,10 +410,11 @@ class Delegated:
         return None  # never asked: onward connections do not use sessions
 
 
-def ticket_source(reactor: IDaemonReactor, config: Config) -> IDaemonTickets:
-    if config.kerberos.mode is CredentialMode.OWN_CCACHE:
-        return OwnCredentialCache(reactor, config)
-    return ProtocolTransition(reactor, config)
+def ticket_source(reactor: IDaemonReactor, host: HostSection,
+                  kerberos: KerberosSection) -> IDaemonTickets:
+    if kerberos.mode is CredentialMode.OWN_CCACHE:
+        return OwnCredentialCache(reactor, kerberos)
+    return ProtocolTransition(reactor, host, kerberos)
 
 
 @dataclass
@@ -451,17 +456,17 @@ class KeytabError(RuntimeError):
     """This host's keytab cannot serve the configured principal: the daemon does not start."""
 
 
-def check_keytab(config: Config) -> None:
+def check_keytab(host: HostSection, kerberos: KerberosSection) -> None:
     """At start, before listening: the keytab exists, is a keytab and holds the configured
     principal (reading the file only; whether its keys are the KDC's is
     :meth:`Acceptor.warm`'s question, since the KDC may be away at start)."""
     try:
-        gssapi.Credentials(name=principal_name(config.kerberos.principal), usage="accept",
-                           store={"keytab": str(config.kerberos.keytab)})
+        gssapi.Credentials(name=principal_name(kerberos.principal), usage="accept",
+                           store={"keytab": str(kerberos.keytab)})
     except GSSError as e:
-        problem = keytab_problem(e, config)
+        problem = keytab_problem(e, host, kerberos)
         if problem is None:
-            problem = f"{config.kerberos.principal} with {config.kerberos.keytab}: {_detail(e)}"
+            problem = f"{kerberos.principal} with {kerberos.keytab}: {_detail(e)}"
         raise KeytabError(f"cannot start: {problem}") from None
 
 
@@ -475,8 +480,9 @@ class Acceptor:
     usage "both" then asks the KDC for a TGT in that name, which AD refuses to an SPN.
     """
 
-    def __init__(self, config: Config) -> None:
-        self._config = config
+    def __init__(self, host: HostSection, kerberos: KerberosSection) -> None:
+        self._host = host
+        self._kerberos = kerberos
         self._creds: Any = None
         self._accept_only: Any = None
         self._retry_at = 0.0
@@ -490,11 +496,11 @@ class Acceptor:
         creds = self._acceptor_creds(doing)
         channel = b"nipc-keytab-self-test"
         try:
-            ctx = gssapi.SecurityContext(name=service_name(self._config.host.name), creds=creds,
+            ctx = gssapi.SecurityContext(name=service_name(self._host.name), creds=creds,
                                          usage="initiate", channel_bindings=bindings(channel))
             token = ctx.step()
         except GSSError as e:
-            raise gss_failure(e, doing, keytab_of=self._config) from None
+            raise gss_failure(e, doing, keytab_of=(self._host, self._kerberos)) from None
         self.accept(token or b"", channel)
 
     def _acceptor_creds(self, doing: str, stand_in: bool = False) -> Any:
@@ -506,17 +512,17 @@ class Acceptor:
             if self._creds is None and (not stand_in or time.monotonic() >= self._retry_at):
                 # usage "both": only then does an accepted context keep the delegation
                 # evidence (delegated_creds) needed to chain onward.
-                keytab = str(self._config.kerberos.keytab)
+                keytab = str(self._kerberos.keytab)
                 store: dict[bytes | str, bytes | str] = {
                     "keytab": keytab, "client_keytab": keytab,
                     "ccache": f"MEMORY:nipc-acceptor-{os.getpid()}",
                 }
                 try:
                     self._creds = gssapi.Credentials(
-                        name=principal_name(self._config.kerberos.principal), usage="both", store=store)
+                        name=principal_name(self._kerberos.principal), usage="both", store=store)
                 except GSSError as e:
-                    if not stand_in or keytab_problem(e, self._config) is not None:
-                        raise gss_failure(e, doing, keytab_of=self._config) from None
+                    if not stand_in or keytab_problem(e, self._host, self._kerberos) is not None:
+                        raise gss_failure(e, doing, keytab_of=(self._host, self._kerberos)) from None
                     self._retry_at = time.monotonic() + RETRY_FULL
                     log.warn("accepting peers' tickets with the keytab alone for now (chaining "
                              "onward waits for the KDC): {error}", error=_detail(e))
@@ -525,10 +531,10 @@ class Acceptor:
             if self._accept_only is None:
                 try:
                     self._accept_only = gssapi.Credentials(
-                        name=principal_name(self._config.kerberos.principal), usage="accept",
-                        store={"keytab": str(self._config.kerberos.keytab)})
+                        name=principal_name(self._kerberos.principal), usage="accept",
+                        store={"keytab": str(self._kerberos.keytab)})
                 except GSSError as e:
-                    raise gss_failure(e, doing, keytab_of=self._config) from None
+                    raise gss_failure(e, doing, keytab_of=(self._host, self._kerberos)) from None
             return self._accept_only
 
     def _local_failure(self, e: GSSError) -> NipcError | None:
@@ -539,7 +545,7 @@ class Acceptor:
             return None
         text = " ".join(str(e.gen_message()).split())[:200]
         log.warn("cannot check a peer's ticket: {error}", error=text)
-        return NipcError("EAGAIN", f"{self._config.host.name} cannot check tickets now: its "
+        return NipcError("EAGAIN", f"{self._host.name} cannot check tickets now: its "
                          f"keytab or replay cache failed ({errno.errorcode[code]}: "
                          f"{os.strerror(code)}); the ticket was not at fault")
 
@@ -555,7 +561,7 @@ class Acceptor:
             # the stored error only when ``complete`` is read: only a complete context counts.
             complete = ctx.complete
         except GSSError as e:
-            raise self._local_failure(e) or gss_failure(e, doing, keytab_of=self._config,
+            raise self._local_failure(e) or gss_failure(e, doing, keytab_of=(self._host, self._kerberos),
                                                         reading=False) from None
         if not complete:
             raise NipcError("EKEYREJECTED", f"{doing}: the exchange did not complete")

@@ -173,15 +173,15 @@ class NipcService(Service):
         if config.kerberos.krb5_config is not None:
             os.environ["KRB5_CONFIG"] = str(config.kerberos.krb5_config)
         try:
-            check_keytab(config)
+            check_keytab(config.host, config.kerberos)
         except KeytabError as e:  # it could never work: stop here, as for a config error
             raise SystemExit(f"nipc: {e}") from None
         reactor.suggestThreadPoolSize(32)
         self._started = reactor.seconds()
         self.registry = registry = Registry()
         live, limits = self.live, self.limits
-        self._tickets = tickets = ticket_source(reactor, config)
-        acceptor = Acceptor(config)
+        self._tickets = tickets = ticket_source(reactor, config.host, config.kerberos)
+        acceptor = Acceptor(config.host, config.kerberos)
         links = Links(reactor, config.timeouts, config.peer, self._peer_locator())
         self._router = router = Router(
             reactor, config.host, config.peer, config.timeouts, tickets, registry, links,

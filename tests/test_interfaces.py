@@ -57,7 +57,8 @@ def test_class_implements_its_interface(cls: type, iface: type[Interface]) -> No
 def test_daemon_ticket_sources_are_ticket_sources() -> None:
     """The router takes any ticket source; the service needs one it can warm and stop."""
     assert interfaces.IDaemonTickets.extends(interfaces.ITicketSource)
-    for source in (ProtocolTransition(None, CONFIG), OwnCredentialCache(None, CONFIG)):
+    for source in (ProtocolTransition(None, CONFIG.host, CONFIG.kerberos),
+                   OwnCredentialCache(None, CONFIG.kerberos)):
         assert verifyObject(interfaces.IDaemonTickets, source)
     assert not interfaces.IDaemonTickets.providedBy(Delegated(None, None, "alice@T"))
 
@@ -70,6 +71,6 @@ def test_objects_provide_their_interfaces() -> None:
     assert verifyObject(interfaces.IRegistry, Registry())
     assert verifyObject(interfaces.IConnections, Connections())
     assert verifyObject(interfaces.IProjection, Projection(CONFIG.host, CONFIG.kerberos))
-    assert verifyObject(interfaces.IAcceptor, Acceptor(CONFIG))
+    assert verifyObject(interfaces.IAcceptor, Acceptor(CONFIG.host, CONFIG.kerberos))
     assert verifyObject(interfaces.IAuditSink, Metrics(limits))
     assert verifyObject(interfaces.ILinkAdmission, PeerAdmission(limits).link("192.0.2.1"))

@@ -40,7 +40,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def transition(daemon: FakeDaemon, config: Any = CONFIG) -> kerberos.ProtocolTransition:
     """Protocol transition whose own ticket (from the keytab) is ``daemon``."""
-    source = kerberos.ProtocolTransition(None, config)
+    source = kerberos.ProtocolTransition(None, config.host, config.kerberos)
     source._own_ticket = lambda: daemon  # type: ignore[method-assign]
     return source
 
