@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -92,7 +92,7 @@ class ServerLinkFactory(Factory):
         return self._build(addr)
 
 
-class Admission(Factory):
+class Admission(ServerFactory):
     """In front of the TLS factory: a link is closed at once, before any TLS work, while
     too many others are still in their handshake (a flood of half-open peers)."""
 

@@ -192,6 +192,9 @@ class GatePort(unix.Port):
     callers still waiting without a word; each gets its ``ERR EAGAIN`` line."""
 
     _accepts = ACCEPTS_PER_TURN
+    #: The socket file is systemd's socket unit's (socket activation), not the config's:
+    #: its owner, group and mode are never changed.
+    socket_unit = False
 
     @property
     def numberAccepts(self) -> int:
@@ -206,6 +209,8 @@ class AdoptedUNIXPort(GatePort):
     """A Unix socket systemd listens on for the daemon (socket activation). The file is the
     socket unit's: it keeps the owner, group and mode systemd gave it and outlives the daemon,
     so clients queue on it across restarts."""
+
+    socket_unit = True
 
     @classmethod
     def adopt(cls, reactor: IReactorFDSet, sock: socket.socket,

@@ -16,8 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IAddress, IProtocol, IProtocolFactory, IReactorFromThreads, IReactorSocket,
-    IStreamClientEndpoint,
+    IAddress, IProtocol, IProtocolFactory, IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ServerFactory
 from zope.interface import implementer
@@ -27,11 +26,7 @@ from nipc.destination import PathPolicy, connect_unix
 from nipc.errors import NipcError, from_oserror
 from nipc.identity import LocalIdentity
 from nipc.impersonate import run_as
-from nipc.interfaces import IDestinationConnector
-
-
-class IConnectorReactor(IReactorFromThreads, IReactorSocket):
-    """What the connector needs of the reactor: a thread's result back, a socket adopted."""
+from nipc.interfaces import IConnectorReactor, IDestinationConnector
 
 
 class _Remembering(ServerFactory):

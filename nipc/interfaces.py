@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import (
-    IReactorCore, IReactorSocket, IReactorTCP, IReactorThreads, IReactorTime, IReactorUNIX,
-    IStreamClientEndpoint,
+    IReactorCore, IReactorFDSet, IReactorFromThreads, IReactorSocket, IReactorTCP,
+    IReactorThreads, IReactorTime, IReactorUNIX, IStreamClientEndpoint,
 )
 from zope.interface import Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.internet.ssl import CertificateOptions
     from twisted.logger import Logger
 
     from nipc import wire
@@ -44,8 +45,13 @@ if TYPE_CHECKING:
     from nipc.splice import End, Splice
 
 
-class IDaemonReactor(IReactorCore, IReactorTime, IReactorThreads, IReactorTCP, IReactorUNIX,
-                     IReactorSocket):
+class IConnectorReactor(IReactorFromThreads, IReactorSocket):
+    """What the destination connector needs of the reactor: a thread's result back, a
+    socket adopted."""
+
+
+class IDaemonReactor(IConnectorReactor, IReactorCore, IReactorTime, IReactorThreads,
+                     IReactorTCP, IReactorUNIX, IReactorFDSet):
     """What the daemon's components use of their reactor, in one name: timers, the thread
     pool, TCP and Unix sockets, adopting sockets (the default reactor provides it all). A
     component that needs less is typed by less (:class:`~nipc.deadline.Deadline`: time)."""
@@ -143,7 +149,7 @@ class ILinks(Interface):
     def describe(now: float) -> list[dict[str, Any]]:
         """The open links, for ``nipc status``."""
 
-    def reconfigure(tls: Any, locator: IPeerLocator) -> None:
+    def reconfigure(tls: CertificateOptions, locator: IPeerLocator) -> None:
         """A reload: links dialled from now on use ``tls`` (client options) and
         ``locator`` (the new [peers] and [dns])."""
 

@@ -21,6 +21,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferTimeout, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -95,7 +96,7 @@ class Links:
         self._links: dict[str, ClientLink] = {}
         self._dialling: dict[str, list[Deferred[ClientLink]]] = {}
 
-    def reconfigure(self, tls: Any, locator: IPeerLocator) -> None:
+    def reconfigure(self, tls: CertificateOptions, locator: IPeerLocator) -> None:
         """A reload: links dialled from now on use ``tls`` (client_options of the new
         settings) and look peers up with ``locator`` (the new [peers] and [dns]); open
         links carry on."""

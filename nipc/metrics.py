@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
+from twisted.internet.protocol import ServerFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -182,7 +183,7 @@ class _QuietSite(Site):
         pass
 
 
-def metrics_site(metrics: Metrics) -> Site:
+def metrics_site(metrics: Metrics) -> ServerFactory[Any]:
     """``/metrics`` (the path Prometheus asks by default); anything else is 404."""
     root = Resource()
     root.putChild(b"metrics", MetricsPage(metrics))

@@ -9,9 +9,12 @@ import socket
 import stat
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.application.service import Service
+from twisted.internet import tcp
+from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -134,11 +137,13 @@ def listen_gate(reactor: IDaemonReactor, where: str, factory: LocalGateFactory, 
 class NipcService(Service):
     """Both endpoints of a NIPC daemon: the local gate and the peer listener."""
 
-    def __init__(self, config: Config, reactor: Any = None, source: str | Path | None = None,
+    def __init__(self, config: Config, reactor: IDaemonReactor | None = None,
+                 source: str | Path | None = None,
                  logs: LogFile | None = None, notifier: Notifier | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
-            reactor = default_reactor
+            # The default (epoll) reactor provides all of it; its stub says less.
+            reactor = cast(IDaemonReactor, default_reactor)
         self.config = config
         self.reactor = reactor
         #: The configuration file a reload reads again (None: nothing to reload).
@@ -155,10 +160,10 @@ class NipcService(Service):
         self.live = Connections(sinks=() if self.metrics is None else (self.metrics,))
         #: Peer links and their channels' handshakes, under the limits.
         self._peers = PeerAdmission(self.limits)
-        self._ports: list[Any] = []
+        self._ports: list[IListeningPort] = []
         #: The operators' sockets (admin, metrics): open while connections drain, to watch.
-        self._watch_ports: list[Any] = []
-        self._imports: dict[str, tuple[Import, Any]] = {}
+        self._watch_ports: list[IListeningPort] = []
+        self._imports: dict[str, tuple[Import, GatePort]] = {}
         self._loops: list[LoopingCall] = []
         self._tickets: IDaemonTickets | None = None
         self._router: Router | None = None
@@ -218,13 +223,15 @@ class NipcService(Service):
         # Peers next: the local socket accepting is the sign that the daemon is ready.
         peer_factory = self._peer_factory(server_options(config.peer, config.host))
         peer_socket = inherited.pop("peer", None)
+        # A TCP port either way: its socket (listen backlog) and factory (reload) are used.
+        peer_port: tcp.Port
         if peer_socket is None:
-            peer_port = reactor.listenTCP(config.peer.port, peer_factory,
-                                          interface=config.peer.listen,
-                                          backlog=LISTEN_BACKLOG)
+            peer_port = cast(tcp.Port, reactor.listenTCP(config.peer.port, peer_factory,
+                                                         interface=config.peer.listen,
+                                                         backlog=LISTEN_BACKLOG))
         else:
-            peer_port = reactor.adoptStreamPort(peer_socket.fileno(), peer_socket.family,
-                                                peer_factory)
+            peer_port = cast(tcp.Port, reactor.adoptStreamPort(
+                peer_socket.fileno(), peer_socket.family, peer_factory))
             peer_socket.close()  # the port holds its own duplicate
             peer_port.socket.listen(LISTEN_BACKLOG)
             bound = peer_port.getHost()
@@ -234,10 +241,12 @@ class NipcService(Service):
         self._peer_port = peer_port
         self._start_admin()
         self._start_metrics()
-        if not self._adopt_unix(path, LocalGateFactory(gates)):
-            self._ports.append(listen_gate(reactor, path, LocalGateFactory(gates), config.local.mode))
+        gate_port: GatePort | None = self._adopt_unix(path, LocalGateFactory(gates))
+        if gate_port is None:
+            gate_port = listen_gate(reactor, path, LocalGateFactory(gates), config.local.mode)
             os.chown(path, config.local.owner, config.local.group)
-        self._gate_port = self._ports[-1]
+        self._ports.append(gate_port)
+        self._gate_port = gate_port
         self._check_gate(path)
         for imported in config.imports:
             self._open_import(imported)
@@ -257,7 +266,7 @@ class NipcService(Service):
         loop.start(interval, now=False)
         self._loops.append(loop)
 
-    def _peer_factory(self, tls: Any) -> Admission:
+    def _peer_factory(self, tls: CertificateOptions) -> Admission:
         """What accepts peer links: admission, then TLS with ``tls``, then the link."""
         tls_factory = UnbufferedTLSFactory(tls, False, ServerLinkFactory(self._peer_link))
         return Admission(tls_factory, self.limits)
@@ -267,7 +276,7 @@ class NipcService(Service):
         config = self.config
         return PeerLocator(self.reactor, config.dns, config.peers, config.peer.port)
 
-    def _peer_link(self, addr: Any) -> ServerLink:
+    def _peer_link(self, addr: IAddress) -> ServerLink:
         config = self.config
         return ServerLink(self.reactor, partial(tune_tcp, timeouts=config.timeouts), self._inbound,
                           self._peers.link(source_of(addr)), config.timeouts.handshake,
@@ -278,14 +287,13 @@ class NipcService(Service):
         """Listen on an import's socket (or adopt systemd's for it)."""
         where = str(imported.socket)
         factory = LocalGateFactory(self._gates, ConnectRequest(imported.path, imported.host))
-        if self._adopt_unix(where, factory):
-            port = self._ports[-1]
-        else:
+        port: GatePort | None = self._adopt_unix(where, factory)
+        if port is None:
             os.makedirs(os.path.dirname(where), mode=0o755, exist_ok=True)
             clear_stale_socket(where)
             port = listen_gate(self.reactor, where, factory, imported.mode)
-            self._ports.append(port)
             os.chown(where, imported.owner, imported.group)
+        self._ports.append(port)
         self._imports[where] = (imported, port)
         log.info("import {socket} -> {target}", socket=where,
                  target=f"{imported.path}@{imported.host}")
@@ -298,23 +306,22 @@ class NipcService(Service):
         except OSError as e:
             log.warn("clients will refuse this daemon's gate socket: {error}", error=e.strerror)
 
-    def _adopt_unix(self, where: str, factory: LocalGateFactory) -> bool:
+    def _adopt_unix(self, where: str, factory: LocalGateFactory) -> AdoptedUNIXPort | None:
         """Serve ``where`` on the socket systemd passed for it, if it did (socket activation):
         its owner, group and mode are the socket unit's, not the config's."""
         sock = self._inherited.pop(where, None)
         if sock is None:
-            return False
+            return None
         port = AdoptedUNIXPort.adopt(self.reactor, sock, factory)
         sock.close()  # the port holds its own duplicate
         st = os.stat(where)
         port.mode = stat.S_IMODE(st.st_mode)  # Twisted chmods it: keep systemd's
         port.backlog = LISTEN_BACKLOG
         port.startListening()  # type: ignore[no-untyped-call]
-        self._ports.append(port)
         log.info("socket activation: adopted {path} from systemd (mode {mode:04o}, uid {uid}, "
                  "gid {gid}: the socket unit's, not the config's)",
                  path=where, mode=port.mode, uid=st.st_uid, gid=st.st_gid)
-        return True
+        return port
 
     def _start_admin(self) -> None:
         """The admin socket (``nipc status``): root's alone, or root:group 0660."""
@@ -468,7 +475,7 @@ class NipcService(Service):
         self.notifier.send(RELOADING=1, MONOTONIC_USEC=monotonic_usec(),
                            STATUS=f"reloading {source}")
 
-        def prepare() -> tuple[reloading.Reloaded, Any, Any]:
+        def prepare() -> tuple[reloading.Reloaded, CertificateOptions, CertificateOptions]:
             """Off the reactor: files, NSS, PEM parsing. Nothing is applied yet."""
             new = reloading.prepare(self.config, source)
             try:
@@ -495,8 +502,8 @@ class NipcService(Service):
         self._reloading = d.addBoth(done)
         return self._reloading
 
-    def _apply(self, new: reloading.Reloaded, server_tls: Any, client_tls: Any
-               ) -> dict[str, Any]:
+    def _apply(self, new: reloading.Reloaded, server_tls: CertificateOptions,
+               client_tls: CertificateOptions) -> dict[str, Any]:
         """Make ``new`` the running configuration (reactor thread). What can still fail
         (the log file, new import sockets) is done first and undone on failure."""
         config = self.config
@@ -520,6 +527,7 @@ class NipcService(Service):
         self.logs.switch(config.log.file, logfile)
         old_factory, self._peer_port.factory = self._peer_port.factory, self._peer_factory(server_tls)
         self._peer_port.factory.doStart()
+        assert old_factory is not None
         old_factory.doStop()
         if self._router is not None:
             self._router.links.reconfigure(client_tls, self._peer_locator())
@@ -530,7 +538,7 @@ class NipcService(Service):
                 self._change_import(wanted[where])
         gate = str(config.local.socket)
         if previous_owner != (config.local.owner, config.local.group, config.local.mode) \
-                and not isinstance(self._gate_port, AdoptedUNIXPort):
+                and not self._gate_port.socket_unit:
             os.chmod(gate, config.local.mode)
             os.chown(gate, config.local.owner, config.local.group)
         for key in new.restart_needed:
@@ -544,7 +552,8 @@ class NipcService(Service):
         _, port = self._imports.pop(where)
         if port in self._ports:
             self._ports.remove(port)
-        port.stopListening()
+        listening: IListeningPort = port
+        listening.stopListening()
         log.info("import {socket} removed", socket=where)
 
     def _change_import(self, imported: Import) -> None:
@@ -552,7 +561,7 @@ class NipcService(Service):
         where = str(imported.socket)
         _, port = self._imports[where]
         port.factory = LocalGateFactory(self._gates, ConnectRequest(imported.path, imported.host))
-        if not isinstance(port, AdoptedUNIXPort):
+        if not port.socket_unit:
             os.chmod(where, imported.mode)
             os.chown(where, imported.owner, imported.group)
         self._imports[where] = (imported, port)

@@ -90,7 +90,7 @@ def test_a_refusal_is_one_audit_line_and_never_in_the_table() -> None:
     assert sink.lines == [line]
 
 
-def test_a_broken_sink_does_not_break_the_connection() -> None:
+def test_a_broken_sink_breaks_neither_the_connection_nor_its_audit_line() -> None:
     class Broken:
         def opened(self, connection: Connection) -> None:
             raise RuntimeError("boom")
@@ -105,7 +105,10 @@ def test_a_broken_sink_does_not_break_the_connection() -> None:
     table.spliced(connection, splice, near, far)  # type: ignore[arg-type]
     assert len(table) == 1
     table.ended(connection)
-    assert len(table) == 0 and [e["nipc_audit"]["result"] for e in events] == ["routed"]
+    table.refused(table.begin(log, {"conn_id": "r"}), NipcError("EINVAL", "bad"))
+    assert len(table) == 0
+    assert [e["nipc_audit"]["result"] for e in events] == ["routed", "refused"]
+    assert events[1]["nipc_audit"]["errno"] == "EINVAL"
 
 
 def test_the_drain_aborts_what_is_left_at_both_ends() -> None:

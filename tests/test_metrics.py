@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from conftest import require_root
 from local_daemon import LocalDaemon, metric
 from nipc.config import ConfigError, PeerAddress, from_mapping
-from nipc.connections import Connection, Connections
+from nipc.connections import Connections
 from nipc.errors import NipcError
 from nipc.limits import Limits
 from nipc.metrics import Metrics
@@ -134,22 +134,6 @@ def test_violations_are_counted(metrics: Metrics, table: Connections) -> None:
     table.spliced(connection, splice, near, far)  # type: ignore[arg-type]
     table.ended(connection)
     assert metric(metrics.text().decode(), "nipc_violations_total", direction="incoming") == 1
-
-
-def test_a_broken_observer_does_not_break_the_audit_line() -> None:
-    lines: list[str] = []
-    log = SimpleNamespace(info=lambda text, **k: lines.append(text), failure=lambda *a, **k: None)
-
-    class Broken:
-        def opened(self, connection: Connection) -> None:
-            raise RuntimeError("boom")
-
-        def audited(self, connection: Connection, fields: dict[str, Any]) -> None:
-            raise RuntimeError("boom")
-
-    table = Connections(sinks=[Broken()])  # type: ignore[list-item]
-    table.refused(table.begin(log, {"conn_id": "c"}), NipcError("EINVAL", "bad"))  # type: ignore[arg-type]
-    assert lines and "errno=EINVAL" in lines[0]
 
 
 # -- a real daemon on this host --
