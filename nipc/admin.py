@@ -138,10 +138,12 @@ class AdminProtocol(Protocol):
             return
         self._done = True
         self._deadline.cancel()
-        self.transport.write(line)  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        transport = self.transport
+        assert transport is not None  # connected: the answer comes after the request
+        transport.write(line)
+        transport.loseConnection()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._done = True
         self._deadline.cancel()
 

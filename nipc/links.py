@@ -94,7 +94,7 @@ class Links:
         self._tls = client_options(peer)
         self._locator = locator
         self._links: dict[str, ClientLink] = {}
-        self._dialling: dict[str, list[Deferred[ClientLink]]] = {}
+        self._dialling: dict[str, list[Deferred[ClientLink | Reused]]] = {}
 
     def reconfigure(self, tls: CertificateOptions, locator: IPeerLocator) -> None:
         """A reload: links dialled from now on use ``tls`` (client_options of the new
@@ -113,15 +113,15 @@ class Links:
         if waiters is None:
             waiters = self._dialling[host] = []
 
-        def cancel(d: Deferred[ClientLink]) -> None:
+        def cancel(d: Deferred[ClientLink | Reused]) -> None:
             if d in waiters:
                 waiters.remove(d)
 
-        waiter: Deferred[ClientLink] = Deferred(cancel)
+        waiter: Deferred[ClientLink | Reused] = Deferred(cancel)
         waiters.append(waiter)
         if first:
             self._dial(host)  # may finish at once (an address that cannot be reached)
-        return waiter  # type: ignore[return-value]
+        return waiter
 
     def _dial(self, host: str) -> None:
         def connect(found: list[PeerAddress]) -> "Deferred[ClientLink]":
