@@ -458,9 +458,9 @@ class KeytabError(RuntimeError):
 
 
 def check_keytab(host: HostSection, kerberos: KerberosSection) -> None:
-    """At start, before listening: the keytab exists, is a keytab and holds the configured
-    principal (reading the file only; whether its keys are the KDC's is
-    :meth:`Acceptor.warm`'s question, since the KDC may be away at start)."""
+    """At start, before listening, and before a reload is applied: the keytab exists, is a
+    keytab and holds the configured principal (reading the file only; whether its keys
+    are the KDC's is :meth:`Acceptor.warm`'s question, since the KDC may be away)."""
     try:
         gssapi.Credentials(name=principal_name(kerberos.principal), usage="accept",
                            store={"keytab": str(kerberos.keytab)})
@@ -468,7 +468,7 @@ def check_keytab(host: HostSection, kerberos: KerberosSection) -> None:
         problem = keytab_problem(e, host, kerberos)
         if problem is None:
             problem = f"{kerberos.principal} with {kerberos.keytab}: {_detail(e)}"
-        raise KeytabError(f"cannot start: {problem}") from None
+        raise KeytabError(problem) from None
 
 
 @implementer(IAcceptor)

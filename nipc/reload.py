@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nipc.config import RESTART_ONLY, Config, ConfigError, load
-
-#: A keytab file begins with its format version: 0x05 0x02 (0x05 0x01 is the old one).
-KEYTAB_MAGIC = (b"\x05\x02", b"\x05\x01")
+from nipc.kerberos import KeytabError, check_keytab
 
 
 @dataclass(frozen=True)
@@ -38,18 +36,6 @@ class Reloaded:
     def describe(self) -> dict[str, list[str]]:
         """For the log and the admin socket's answer."""
         return {"changed": list(self.changed), "restart_needed": list(self.restart_needed)}
-
-
-def check_keytab(path: Path) -> None:
-    """ConfigError unless ``path`` is a keytab this process can read: a reload must not
-    leave the daemon unable to accept peers (keys are read from it on every accept)."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-    except OSError as e:
-        raise ConfigError(f"kerberos.keytab: cannot read {path}: {e.strerror}") from None
-    if magic not in KEYTAB_MAGIC:
-        raise ConfigError(f"kerberos.keytab: {path} is not a keytab")
 
 
 #: The names a reload reports a changed setting by (the log, ``nipc reload``): the fields
@@ -96,7 +82,12 @@ def prepare(running: Config, path: str | Path) -> Reloaded:
     effective = dataclasses.replace(new, **{
         section: dataclasses.replace(getattr(new, section), **values)
         for section, values in kept.items()})
-    check_keytab(effective.kerberos.keytab)
+    # The start's own check: a reload must not leave the daemon unable to accept peers
+    # (keys are read from the keytab on every accept).
+    try:
+        check_keytab(effective.host, effective.kerberos)
+    except KeytabError as e:
+        raise ConfigError(f"kerberos.keytab: {e}") from None
     changed = tuple(REPORTED_AS.get(key, key.rpartition(".")[2])
                     for key, where in settings(effective).items()
                     if getattr(*where) != getattr(*old[key]))

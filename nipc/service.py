@@ -180,7 +180,7 @@ class NipcService(Service):
         try:
             check_keytab(config.host, config.kerberos)
         except KeytabError as e:  # it could never work: stop here, as for a config error
-            raise SystemExit(f"nipc: {e}") from None
+            raise SystemExit(f"nipc: cannot start: {e}") from None
         reactor.suggestThreadPoolSize(32)
         self._started = reactor.seconds()
         self.registry = registry = Registry()

@@ -3,19 +3,48 @@ and that it reaches components holding a section of the running Config."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
+import pytest
+
 from nipc import reload
-from nipc.config import load
+from nipc.config import ConfigError, load
+
+PRINCIPAL = "nipc/a.test@T.TEST"
 
 
-def write(tmp_path: Path, extra: str) -> Path:
+def keytab_for(principal: str) -> bytes:
+    """A keytab (format 0x0502) with one AES-256 key for ``principal``: enough for the
+    keytab check a reload makes (it reads the file; no KDC ever sees the key)."""
+    def counted(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    name, _, realm = principal.partition("@")
+    parts = name.split("/")
+    entry = (struct.pack(">H", len(parts)) + counted(realm.encode())
+             + b"".join(counted(p.encode()) for p in parts)
+             + struct.pack(">IIBH", 1, 0, 1, 18) + counted(bytes(32)))
+    return b"\x05\x02" + struct.pack(">i", len(entry)) + entry
+
+
+def write(tmp_path: Path, extra: str, principal: str = PRINCIPAL) -> Path:
     keytab = tmp_path / "nipc.keytab"
-    keytab.write_bytes(b"\x05\x02")  # a keytab's magic: check_keytab reads no further
+    keytab.write_bytes(keytab_for(principal))
     path = tmp_path / "nipcd.toml"
     path.write_text(f'[host]\nname = "a.test"\nrealm = "T.TEST"\n'
-                    f'[kerberos]\nkeytab = "{keytab}"\nprincipal = "nipc/a.test"\n{extra}')
+                    f'[kerberos]\nkeytab = "{keytab}"\nprincipal = "{PRINCIPAL}"\n{extra}')
     return path
+
+
+def test_a_keytab_without_the_principal_is_refused(tmp_path: Path) -> None:
+    """A reload checks the keytab as the start does: one that cannot serve the principal
+    (here another host's) is refused, naming the setting and what to do."""
+    running = load(write(tmp_path, ""))
+    with pytest.raises(ConfigError) as refused:
+        reload.prepare(running, write(tmp_path, "", principal="nipc/b.test@T.TEST"))
+    assert str(refused.value).startswith("kerberos.keytab: a.test's keytab")
+    assert f"has no key for {PRINCIPAL}" in str(refused.value)
 
 
 def test_sections_held_by_components_see_the_new_values(tmp_path: Path) -> None:
