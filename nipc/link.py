@@ -20,7 +20,9 @@ from typing import Any, Callable
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall, IHandshakeListener, IPushProducer, IReactorTime,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -83,7 +85,7 @@ class Link(Protocol):
     exporter: bytes | None = None
     lost_reason: Failure | None = None
 
-    def __init__(self, reactor: Any, tune: Callable[[Any], None],
+    def __init__(self, reactor: IReactorTime, tune: Callable[[Any], None],
                  idle_after: float = CLIENT_IDLE, ping_every: float = LINK_PING) -> None:
         self._reactor = reactor
         self.idle_after = idle_after
@@ -91,7 +93,7 @@ class Link(Protocol):
         #: Liveness: a frame arrived since the last check; a PING is unanswered.
         self._heard = False
         self._pinged = False
-        self._liveness: Any = None
+        self._liveness: IDelayedCall | None = None
         self._decoder = wire.FrameDecoder()
         self._tune = tune
         self.channels: dict[int, Channel] = {}
@@ -101,7 +103,7 @@ class Link(Protocol):
         self.highest = 0
         self.peer = "?"
         self.opened = 0.0
-        self._idle: Any = None
+        self._idle: IDelayedCall | None = None
         self._grace = Deadline(reactor)
         self.state = State.PENDING
         self._ended: list[Deferred[None]] = []
@@ -319,7 +321,7 @@ class Link(Protocol):
 class ClientLink(Link):
     """The dialling daemon's side: opens channels, one per routed connection."""
 
-    def __init__(self, reactor: Any, tune: Callable[[Any], None],
+    def __init__(self, reactor: IReactorTime, tune: Callable[[Any], None],
                  idle_after: float = CLIENT_IDLE, ping_every: float = LINK_PING,
                  addresses: Sequence[PeerAddress] = (),
                  on_lost: Callable[[ClientLink], None] | None = None) -> None:
@@ -389,7 +391,7 @@ class ServerLink(Link):
     """The receiving daemon's side: each HELLO opens a channel, answered by
     :class:`nipc.inbound.Inbound`."""
 
-    def __init__(self, reactor: Any, tune: Callable[[Any], None], handler: IInboundHandler,
+    def __init__(self, reactor: IReactorTime, tune: Callable[[Any], None], handler: IInboundHandler,
                  admission: ILinkAdmission, timeout: float,
                  table: set["ServerLink"] | None = None,
                  dialler_idle: float = CLIENT_IDLE, hello_rate: float = 1000.0,
