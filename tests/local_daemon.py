@@ -89,12 +89,14 @@ listen = "127.0.0.1:{self.metrics_port}"
             time.sleep(0.05)
 
     def _accepts(self) -> bool:
+        """Started: the gate accepts, the admin socket is there, and the start-up is logged
+        to its end (its last line, "serving", comes after the gate's own checks)."""
         with socket.socket(socket.AF_UNIX) as s:
             try:
                 s.connect(str(self.socket))
             except OSError:
                 return False
-        return self.admin.exists()
+        return self.admin.exists() and " serving " in self.log()
 
     def scrape(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
