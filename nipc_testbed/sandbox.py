@@ -62,6 +62,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -553,6 +554,43 @@ class Host:
             self._proc = None
             self._pidfile.unlink(missing_ok=True)
 
+    @contextmanager
+    def running(self) -> Iterator[Host]:
+        """The daemon started for the block (unless it runs already) and stopped after it,
+        even on a failure."""
+        if self.daemon_pid() is None:
+            self.start_daemon()
+        try:
+            yield self
+        finally:
+            self.stop_daemon()
+
+    @contextmanager
+    def reconfigured(self, edit: Callable[[str], str], *, start: bool = False,
+                     restart: bool = True) -> Iterator[str]:
+        """The daemon's config file rewritten as ``edit(text)`` for the block; yields the
+        text it replaced.
+
+        A daemon that runs is restarted with it (with ``start``, one that does not is
+        started); on leaving, even on a failure, the file is put back and the daemon is
+        again as it was: running (restarted on the old file) or stopped. With
+        ``restart=False`` only the file changes: the block applies it (a reload).
+        """
+        original = self.config_path.read_text()
+        was_running = self.daemon_pid() is not None
+        self.config_path.write_text(edit(original))
+        try:
+            if restart and (was_running or start):
+                self.stop_daemon()
+                self.start_daemon()
+            yield original
+        finally:
+            if restart:
+                self.stop_daemon()
+            self.config_path.write_text(original)
+            if restart and was_running:
+                self.start_daemon()
+
     # -- the network --
 
     def cut_link(self) -> None:
@@ -561,6 +599,28 @@ class Host:
 
     def restore_link(self) -> None:
         _ip("-n", self.switch_netns, "link", "set", self.switch_port, "up")
+
+
+class DaemonConfigs:
+    """Daemons a test module runs with configs made from each host's own, remade as its
+    tests need: :meth:`set` restarts a host's daemon on ``edit(its original config)``;
+    :meth:`close` stops them and puts every original back (``Host.reconfigured``)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, ExitStack] = {}
+
+    def set(self, host: Host, edit: Callable[[str], str]) -> None:
+        previous = self._held.pop(host.name, None)
+        if previous is not None:
+            previous.close()
+        held = ExitStack()
+        held.enter_context(host.reconfigured(edit, start=True))
+        self._held[host.name] = held
+
+    def close(self) -> None:
+        held, self._held = list(self._held.values()), {}
+        for stack in held:
+            stack.close()
 
 
 #: Every host defined in this process, by directory: for ``Host.owning``.

@@ -28,16 +28,14 @@ def lan(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
     """Daemons on a, b, c. b is a middle-tier host: no protocol transition for its local
     callers (own-ccache mode), so only delegation evidence lets anyone onward as alice."""
     b = samba_hosts["b"]
-    original = b.config_path.read_text()
-    b.config_path.write_text(original.replace(
-        'mode = "protocol-transition"',
-        f'mode = "own-ccache"\nccache_template = "FILE:{b.dir}/ccache-%{{uid}}"'))
-    for host in samba_hosts.values():
-        host.start_daemon()
-    yield samba_hosts
-    for host in samba_hosts.values():
-        host.stop_daemon()
-    b.config_path.write_text(original)
+    with b.reconfigured(lambda text: text.replace(
+            'mode = "protocol-transition"',
+            f'mode = "own-ccache"\nccache_template = "FILE:{b.dir}/ccache-%{{uid}}"')):
+        for host in samba_hosts.values():
+            host.start_daemon()
+        yield samba_hosts
+        for host in samba_hosts.values():
+            host.stop_daemon()
 
 
 def connect_via(daemon: str, target: str, attach: socket.socket | None = None) -> socket.socket:
@@ -202,14 +200,8 @@ def test_a_chain_longer_than_the_cap_is_refused(lan: dict[str, Host]) -> None:
 def bob_may_chain(lan: dict[str, Host]) -> Iterator[Host]:
     """b's daemon restarted with bob as a service account that may act for others."""
     b = lan["b"]
-    original = b.config_path.read_text()
-    b.config_path.write_text(original.replace("[peer]\n", '[peer]\nchain_accounts = ["bob"]\n', 1))
-    b.stop_daemon()
-    b.start_daemon()
-    yield b
-    b.config_path.write_text(original)
-    b.stop_daemon()
-    b.start_daemon()
+    with b.reconfigured(lambda text: text.replace("[peer]\n", '[peer]\nchain_accounts = ["bob"]\n', 1)):
+        yield b
 
 
 def test_a_service_may_not_attach_someone_elses_connection(lan: dict[str, Host],

@@ -429,45 +429,43 @@ def test_a_path_policy_decides_on_where_the_path_leads(
                      ("to-private.sock", "private-1.sock"), ("to-public.sock", "sub/../public.sock")):
         (run / "open" / link).unlink(missing_ok=True)
         (run / "open" / link).symlink_to(to)
-    original = b.config_path.read_text()
 
     def answer(caller: str, path: str) -> str:
         out = run_client(caller, str(a.socket_path), "greet", f"{path}@{b.fqdn}")
         return out.get("error") or "OK"
 
     try:
-        b.config_path.write_text(original + f"""
+        with b.reconfigured(lambda text: text + f"""
 [destinations]
 allow = ["{run}/user/%{{uid}}/**", "{run}/open/**"]
 deny = ["{run}/open/private-*"]
-""")
-        reload(b)
-        bob_uid = b_account(b, "bob")[0]
-        cases = [
-            ("alice", f"{run}/user/%{{uid}}/%{{user}}.sock", "OK"),
-            ("bob", f"{run}/user/%{{uid}}/%{{user}}.sock", "OK"),
-            ("alice", f"{run}/user/{bob_uid}/bob.sock", "EACCES"),  # bob's place, not hers
-            ("alice", f"{run}/open/public.sock", "OK"),
-            ("alice", f"{run}/open/to-public.sock", "OK"),
-            ("alice", f"{run}/open/private-1.sock", "EACCES"),
-            ("alice", f"{run}/open/to-private.sock", "EACCES"),
-            ("alice", f"{run}/open/escape.sock", "EACCES"),
-            ("alice", f"{run}/open/../elsewhere/app.sock", "EACCES"),
-            ("alice", f"{run}/open/sub/../../elsewhere/app.sock", "EACCES"),
-            ("alice", f"{run}/elsewhere/app.sock", "EACCES"),
-        ]
-        got = [(caller, path, answer(caller, path)) for caller, path, _ in cases]
-        assert got == cases
-        assert not servers[1].seen and not servers[2].seen
-        refusals = [f for f in audit_lines(b.log_path)
-                    if f.get("errno") == "EACCES" and "escape.sock" in f.get("target", "")]
-        assert refusals and "policy" in refusals[-1]["reason"], refusals
-        assert f"resolved: {run}/elsewhere/app.sock" in refusals[-1]["reason"]
-        b.config_path.write_text(original)
-        reload(b)
-        assert answer("alice", f"{run}/open/escape.sock") == "OK"
-        assert answer("alice", f"{run}/elsewhere/app.sock") == "OK"
+""", restart=False) as original:
+            reload(b)
+            bob_uid = b_account(b, "bob")[0]
+            cases = [
+                ("alice", f"{run}/user/%{{uid}}/%{{user}}.sock", "OK"),
+                ("bob", f"{run}/user/%{{uid}}/%{{user}}.sock", "OK"),
+                ("alice", f"{run}/user/{bob_uid}/bob.sock", "EACCES"),  # bob's place, not hers
+                ("alice", f"{run}/open/public.sock", "OK"),
+                ("alice", f"{run}/open/to-public.sock", "OK"),
+                ("alice", f"{run}/open/private-1.sock", "EACCES"),
+                ("alice", f"{run}/open/to-private.sock", "EACCES"),
+                ("alice", f"{run}/open/escape.sock", "EACCES"),
+                ("alice", f"{run}/open/../elsewhere/app.sock", "EACCES"),
+                ("alice", f"{run}/open/sub/../../elsewhere/app.sock", "EACCES"),
+                ("alice", f"{run}/elsewhere/app.sock", "EACCES"),
+            ]
+            got = [(caller, path, answer(caller, path)) for caller, path, _ in cases]
+            assert got == cases
+            assert not servers[1].seen and not servers[2].seen
+            refusals = [f for f in audit_lines(b.log_path)
+                        if f.get("errno") == "EACCES" and "escape.sock" in f.get("target", "")]
+            assert refusals and "policy" in refusals[-1]["reason"], refusals
+            assert f"resolved: {run}/elsewhere/app.sock" in refusals[-1]["reason"]
+            b.config_path.write_text(original)
+            reload(b)
+            assert answer("alice", f"{run}/open/escape.sock") == "OK"
+            assert answer("alice", f"{run}/elsewhere/app.sock") == "OK"
     finally:
-        b.config_path.write_text(original)
         for server in servers:
             server.close()

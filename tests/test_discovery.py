@@ -47,22 +47,20 @@ def samba_dns(sandbox: Sandbox, verb: str, name: str, kind: str, data: str,
 def lan(samba_hosts: dict[str, Host], sandbox: Sandbox) -> Iterator[dict[str, Host]]:
     """DNS records on the DC; a knows its peers by DNS only; b listens on SRV_PORT."""
     a, b = samba_hosts["a"], samba_hosts["b"]
-    originals = {h.config_path: h.config_path.read_text() for h in (a, b)}
-    a.config_path.write_text(
-        re.sub(r"\[peers\]\n(?:.+\n)*", "[peers]\n", originals[a.config_path])
-        + f'\n[dns]\nservers = ["{sandbox.dc_address}"]\ntimeout = {DNS_TIMEOUT}\n')
-    b.config_path.write_text(originals[b.config_path].replace("port = 7445", f"port = {SRV_PORT}"))
     for record in RECORDS:
         samba_dns(sandbox, "add", *record)
     try:
-        for host in samba_hosts.values():
-            host.start_daemon()
-        yield samba_hosts
+        with a.reconfigured(lambda text: re.sub(r"\[peers\]\n(?:.+\n)*", "[peers]\n", text)
+                            + f'\n[dns]\nservers = ["{sandbox.dc_address}"]\ntimeout = {DNS_TIMEOUT}\n'), \
+                b.reconfigured(lambda text: text.replace("port = 7445", f"port = {SRV_PORT}")):
+            for host in samba_hosts.values():
+                host.start_daemon()
+            try:
+                yield samba_hosts
+            finally:
+                for host in samba_hosts.values():
+                    host.stop_daemon()
     finally:
-        for host in samba_hosts.values():
-            host.stop_daemon()
-        for path, text in originals.items():
-            path.write_text(text)
         for record in RECORDS:
             samba_dns(sandbox, "delete", *record, check=False)
 

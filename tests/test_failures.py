@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -33,16 +34,13 @@ BOUND = 20.0
 
 @pytest.fixture(scope="module")
 def hosts(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
-    originals = {}
-    for host in samba_hosts.values():
-        originals[host.name] = host.config_path.read_text()
-        host.config_path.write_text(originals[host.name].replace("[timeouts]\n", "[timeouts]\n" + FAST))
-        host.start_daemon()
-    yield samba_hosts
-    for host in samba_hosts.values():
-        host.restore_link()
-        host.stop_daemon()
-        host.config_path.write_text(originals[host.name])
+    with ExitStack() as stack:
+        for host in samba_hosts.values():
+            stack.enter_context(host.reconfigured(
+                lambda text: text.replace("[timeouts]\n", "[timeouts]\n" + FAST), start=True))
+        yield samba_hosts
+        for host in samba_hosts.values():
+            host.restore_link()
 
 
 def alice_connect(a: Host, target: str) -> socket.socket:

@@ -63,18 +63,24 @@ FORGE = Path(__file__).with_name("forge_tool.py")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def hostile_config(text: str, **extra_krb: str) -> str:
+def hostile_config(text: str) -> str:
     text = text.replace("request = 10\n", f"request = {REQUEST_TIMEOUT}\n")
     text = text.replace("handshake = 10\n", f"handshake = {HANDSHAKE_TIMEOUT}\n")
-    for key, value in extra_krb.items():
-        text = text.replace("[kerberos]\n", f"[kerberos]\n{key} = {value}\n")
     return text + TEST_LIMITS
+
+
+def with_kerberos(**settings: str) -> Callable[[str], str]:
+    """A config edit (for ``Host.reconfigured``) adding ``settings`` to [kerberos]."""
+    def edit(text: str) -> str:
+        for key, value in settings.items():
+            text = text.replace("[kerberos]\n", f"[kerberos]\n{key} = {value}\n")
+        return text
+    return edit
 
 
 @dataclass
 class Lan:
     hosts: dict[str, Host]
-    originals: dict[str, str]
     server: UnixServer
     tokens: Path
     baseline: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -86,12 +92,6 @@ class Lan:
     @property
     def b(self) -> Host:
         return self.hosts["b"]
-
-    def restart_b(self, **extra_krb: str) -> None:
-        b = self.b
-        b.stop_daemon()
-        b.config_path.write_text(hostile_config(self.originals["b"], **extra_krb))
-        b.start_daemon()
 
     def forge(self, attack: str, *extra: str, host: Host | None = None, target: Host | None = None,
               env: dict[str, str] | None = None, timeout: float = 90) -> str:
@@ -111,18 +111,13 @@ def running_lan(samba_hosts: dict[str, Host], tokens: Path, configure: Callable[
                 socket_name: str) -> Iterator[Lan]:
     """a's and b's daemons running with ``configure(original config)``, a server on b at
     ``socket_name``; the original configs restored afterwards."""
-    originals = {n: samba_hosts[n].config_path.read_text() for n in ("a", "b")}
-    for name in ("a", "b"):
-        samba_hosts[name].config_path.write_text(configure(originals[name]))
-        samba_hosts[name].start_daemon()
-    server = UnixServer(str(samba_hosts["b"].run_dir / socket_name))
-    try:
-        yield Lan(samba_hosts, originals, server, tokens)
-    finally:
-        server.close()
-        for name in ("a", "b"):
-            samba_hosts[name].stop_daemon()
-            samba_hosts[name].config_path.write_text(originals[name])
+    with samba_hosts["a"].reconfigured(configure, start=True), \
+            samba_hosts["b"].reconfigured(configure, start=True):
+        server = UnixServer(str(samba_hosts["b"].run_dir / socket_name))
+        try:
+            yield Lan(samba_hosts, server, tokens)
+        finally:
+            server.close()
 
 
 @contextmanager
@@ -461,26 +456,20 @@ def test_ticket_mapping_to_root_is_refused_unless_allowed(lan: Lan, ad_root: str
     log = lan.b.log_path.read_text()
     assert any('"root@LAN.TEST"' in ev and '"EPERM"' in ev for ev in log.split("\x1e")), \
         "the refusal's audit line names the principal"
-    lan.restart_b(allow_root="true")
-    try:
+    with lan.b.reconfigured(with_kerberos(allow_root="true")):
         assert lan.forge("as-user", ad_root) == "OK"
         deadline = time.monotonic() + 5
         while len(lan.server.seen) == before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert lan.server.seen[-1].uid == 0
-    finally:
-        lan.restart_b()
 
 
 def test_realm_not_trusted(lan: Lan) -> None:
     """b trusts only OTHER.TEST: alice@LAN.TEST's perfectly valid ticket is EACCES."""
-    lan.restart_b(trusted_realms='["OTHER.TEST"]')
-    try:
+    with lan.b.reconfigured(with_kerberos(trusted_realms='["OTHER.TEST"]')):
         with pytest.raises(OSError) as refused:
             legit_connect(lan)
         assert refused.value.errno == 13 and "realm not trusted" in str(refused.value), refused.value
-    finally:
-        lan.restart_b()
     legit_connect(lan)
 
 

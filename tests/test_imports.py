@@ -56,21 +56,13 @@ def imported(samba_hosts: dict[str, Host], postgres_on_b: Path) -> Iterator[Path
     """a's daemon with an import of b's PostgreSQL socket; yields the import directory."""
     a, b = samba_hosts["a"], samba_hosts["b"]
     directory = a.dir / "imports" / "pg"
-    original = a.config_path.read_text()
-    a.config_path.write_text(original + f"""
+    with a.reconfigured(lambda text: text + f"""
 [[imports]]
 socket = "{directory / '.s.PGSQL.5432'}"
 target = "{postgres_on_b}@{b.fqdn}"
 mode = "0666"
-""")
-    for host in (a, b):
-        host.start_daemon()
-    try:
+""", start=True), b.running():
         yield directory
-    finally:
-        for host in (a, b):
-            host.stop_daemon()
-        a.config_path.write_text(original)
 
 
 def psql(user: str, directory: Path, role: str) -> subprocess.CompletedProcess[str]:

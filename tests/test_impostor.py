@@ -27,14 +27,11 @@ def a_points_at_impostor(samba_hosts: dict[str, Host]) -> Iterator[Host]:
     """a's peer table sends b.lan.test to port 7999 on b's address, where the impostor
     listens instead of b's daemon."""
     a, b = samba_hosts["a"], samba_hosts["b"]
-    original = a.config_path.read_text()
-    a.config_path.write_text(original.replace(f'"{b.fqdn}" = "{b.address}:{b.port}"',
-                                              f'"{b.fqdn}" = "{b.address}:{PORT}"'))
-    assert a.config_path.read_text() != original
-    a.start_daemon()
-    yield a
-    a.stop_daemon()
-    a.config_path.write_text(original)
+    with a.reconfigured(lambda text: text.replace(f'"{b.fqdn}" = "{b.address}:{b.port}"',
+                                                  f'"{b.fqdn}" = "{b.address}:{PORT}"'),
+                        start=True) as original:
+        assert a.config_path.read_text() != original
+        yield a
 
 
 @pytest.mark.parametrize("mode", ["no-token", "garbage-token"])

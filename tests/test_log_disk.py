@@ -39,18 +39,13 @@ def small_disk(samba_hosts: dict[str, Host]) -> Iterator[Path]:
     where.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "nipc-logfs",
                     str(where)], check=True)
-    original = b.config_path.read_text()
     log_file = where / "nipcd.json"
-    text = re.sub(r'(?m)^file = .*$', f'file = "{log_file}"', original)
-    b.config_path.write_text(text + f'\n[metrics]\nlisten = "{b.address}:9745"\n')
     try:
-        for host in (a, b):
-            host.start_daemon()
-        yield log_file
+        with a.running(), b.reconfigured(
+                lambda text: re.sub(r'(?m)^file = .*$', f'file = "{log_file}"', text)
+                + f'\n[metrics]\nlisten = "{b.address}:9745"\n', start=True):
+            yield log_file
     finally:
-        for host in (a, b):
-            host.stop_daemon()
-        b.config_path.write_text(original)
         subprocess.run(["umount", str(where)], check=False)
 
 

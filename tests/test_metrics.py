@@ -183,16 +183,9 @@ def lan_with_metrics(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
     a, b = samba_hosts["a"], samba_hosts["b"]
     for host in (a, b):
         host.stop_daemon()
-    original = a.config_path.read_text()
-    a.config_path.write_text(original + f'\n[metrics]\nlisten = "{a.address}:9745"\n')
-    try:
-        for host in (a, b):
-            host.start_daemon()
+    with a.reconfigured(lambda text: text + f'\n[metrics]\nlisten = "{a.address}:9745"\n',
+                        start=True), b.running():
         yield samba_hosts
-    finally:
-        for host in (a, b):
-            host.stop_daemon()
-        a.config_path.write_text(original)
 
 
 SCRAPE = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"

@@ -746,7 +746,6 @@ def test_trusted_realms_reloaded_for_new_connections_only(
     the one already routed carries on; trusting it again by another reload lets new ones in."""
     a, b, _ = routed
     server = UnixServer(str(b.run_dir / "realms.sock"))
-    original = b.config_path.read_text()
 
     def alice() -> socket.socket:
         sock = as_user(a.user("alice"), lambda: connect(f"{server.path}@{b.fqdn}",
@@ -755,9 +754,9 @@ def test_trusted_realms_reloaded_for_new_connections_only(
         return sock
 
     try:
-        with alice() as before:
-            b.config_path.write_text(original.replace(
-                "[kerberos]\n", '[kerberos]\ntrusted_realms = ["ELSEWHERE.TEST"]\n', 1))
+        with alice() as before, b.reconfigured(lambda text: text.replace(
+                "[kerberos]\n", '[kerberos]\ntrusted_realms = ["ELSEWHERE.TEST"]\n', 1),
+                restart=False) as original:
             sighup_pid(b.daemon_pid() or 0, b.out_path.read_text)
             assert "changed trusted_realms" in b.out_path.read_text()
             with pytest.raises(PermissionError):
@@ -769,7 +768,6 @@ def test_trusted_realms_reloaded_for_new_connections_only(
                 round_trip(after)
             round_trip(before)
     finally:
-        b.config_path.write_text(original)
         server.close()
 
 

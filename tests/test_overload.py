@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from acting import as_user, open_fds, rss_kib
-from nipc_testbed.sandbox import Host
+from nipc_testbed.sandbox import DaemonConfigs, Host
 from support import UnixServer
 
 pytestmark = pytest.mark.integration
@@ -36,8 +36,8 @@ USERS = ("alice", "bob")
 @dataclass
 class Hub:
     hosts: dict[str, Host]
-    originals: dict[str, str]
     server: UnixServer
+    configs: DaemonConfigs = field(default_factory=DaemonConfigs)
     log_offsets: dict[str, int] = field(default_factory=dict)
 
     def target(self) -> str:
@@ -49,9 +49,8 @@ class Hub:
             host = self.hosts[name]
             host.stop_daemon()
             extra = b_limits if name == "b" else "max_per_caller = 1000\n"
-            host.config_path.write_text(self.originals[name] + "\n[limits]\n" + extra)
             self.log_offsets[name] = host.log_path.stat().st_size if host.log_path.exists() else 0
-            host.start_daemon()
+            self.configs.set(host, lambda text: text + "\n[limits]\n" + extra)
 
     def log_since_start(self, name: str) -> str:
         with open(self.hosts[name].log_path, "rb") as f:
@@ -61,16 +60,13 @@ class Hub:
 
 @pytest.fixture(scope="module")
 def hub(samba_hosts: dict[str, Host]) -> Iterator[Hub]:
-    originals = {n: samba_hosts[n].config_path.read_text() for n in ("a", "b", "c")}
     server = UnixServer(str(samba_hosts["b"].run_dir / "overload.sock"))
-    hub = Hub(samba_hosts, originals, server)
+    hub = Hub(samba_hosts, server)
     try:
         yield hub
     finally:
         server.close()
-        for name in ("a", "b", "c"):
-            samba_hosts[name].stop_daemon()
-            samba_hosts[name].config_path.write_text(originals[name])
+        hub.configs.close()
 
 
 def burst(gate: Path, target: str, n: int, timeout: float = 90) -> tuple[list[str], list[socket.socket]]:

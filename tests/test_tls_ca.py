@@ -12,7 +12,7 @@ import datetime
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from nipc import wire
 from nipc.errors import NipcError
 from nipc.links import link_failure
 from nipc.link import ClientLink
-from nipc_testbed.sandbox import ROOT_PARENT, Host
+from nipc_testbed.sandbox import ROOT_PARENT, DaemonConfigs, Host
 from nipc.splice import Adopted
 from nipc.compat import UnbufferedTLSFactory
 from nipc.tls import check_peer_name, client_options, server_options
@@ -311,9 +311,9 @@ async def test_loopback_trust_and_names(tmp_path: Path) -> None:
 @dataclass
 class Setup:
     hosts: dict[str, Host]
-    originals: dict[str, str]
     one: CA
     two: CA
+    configs: DaemonConfigs = field(default_factory=DaemonConfigs)
 
     def configure(self, name: str, pem: Pem | None, bundle: Path | None) -> None:
         """Write ``name``'s [peer] TLS keys into its original config; restart its daemon."""
@@ -323,11 +323,12 @@ class Setup:
             keys += f'certificate = "{pem.certificate}"\nprivate_key = "{pem.private_key}"\n'
         if bundle is not None:
             keys += f'ca_bundle = "{bundle}"\n'
-        text = self.originals[name]
-        assert text.count("[peer]\n") == 1
-        host.stop_daemon()
-        host.config_path.write_text(text.replace("[peer]\n", "[peer]\n" + keys))
-        host.start_daemon()
+
+        def edit(text: str) -> str:
+            assert text.count("[peer]\n") == 1
+            return text.replace("[peer]\n", "[peer]\n" + keys)
+
+        self.configs.set(host, edit)
 
 
 @pytest.fixture(scope="module")
@@ -335,15 +336,11 @@ def tls_lan(samba_hosts: dict[str, Host]) -> Iterator[Setup]:
     require_root()
     # Where both hosts' daemons can read them (each host's /tmp is its own).
     where = Path(tempfile.mkdtemp(prefix="nipc-tls-ca-", dir=ROOT_PARENT))
-    names = ("a", "b")
-    setup = Setup(samba_hosts, {n: samba_hosts[n].config_path.read_text() for n in names},
-                  CA(where, "one"), CA(where, "two"))
+    setup = Setup(samba_hosts, CA(where, "one"), CA(where, "two"))
     try:
         yield setup
     finally:
-        for name in names:
-            samba_hosts[name].stop_daemon()
-            samba_hosts[name].config_path.write_text(setup.originals[name])
+        setup.configs.close()
         shutil.rmtree(where, ignore_errors=True)
 
 
