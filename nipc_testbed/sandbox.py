@@ -556,14 +556,16 @@ class Host:
 
     @contextmanager
     def running(self) -> Iterator[Host]:
-        """The daemon started for the block (unless it runs already) and stopped after it,
-        even on a failure."""
-        if self.daemon_pid() is None:
+        """The daemon running for the block: one started here is stopped after it (even on
+        a failure); one that ran already keeps running."""
+        started = self.daemon_pid() is None
+        if started:
             self.start_daemon()
         try:
             yield self
         finally:
-            self.stop_daemon()
+            if started:
+                self.stop_daemon()
 
     @contextmanager
     def reconfigured(self, edit: Callable[[str], str], *, start: bool = False,

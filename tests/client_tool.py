@@ -9,17 +9,15 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import socket
 import sys
-import threading
 
 import nipc
 from nipc.client import daemon_socket
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from support import stream  # noqa: E402
+from support import send_while_reading, stream  # noqa: E402
 
 
 def main() -> dict[str, object]:
@@ -48,22 +46,8 @@ def main() -> dict[str, object]:
         first, _, rest = data.partition(b"\n")
         return {"server": json.loads(first), "echo": rest.decode()}
     if verb == "bulk":
-        size, seed = int(args[1]), int(args[2])
-
-        def send() -> None:
-            for part in stream(seed, size):
-                sock.sendall(part)
-            sock.shutdown(socket.SHUT_WR)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        h = hashlib.sha256()
-        n = 0
-        while chunk := sock.recv(1 << 17):
-            h.update(chunk)
-            n += len(chunk)
-        sender.join()
-        return {"received": h.hexdigest(), "received_bytes": n}
+        digest, n = send_while_reading(sock, int(args[1]), int(args[2]))
+        return {"received": digest, "received_bytes": n}
     if verb == "halfclose":
         size, seed = int(args[1]), int(args[2])
         for part in stream(seed, size):

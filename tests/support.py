@@ -44,6 +44,43 @@ def read_line(s: socket.socket) -> bytes:
     return data
 
 
+def accept_each(listener: socket.socket, handle: Callable[[socket.socket], None], *,
+                threaded: bool = True) -> None:
+    """Accept on ``listener`` until it is closed, on a daemon thread; each connection goes
+    to ``handle``, on a thread of its own unless ``threaded`` is False (one at a time)."""
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if threaded:
+                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+            else:
+                handle(conn)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def send_while_reading(sock: socket.socket, size: int, seed: int) -> tuple[str, int]:
+    """Send ``size`` seeded bytes (``stream``) then EOF, on a thread, while reading ``sock``
+    to EOF: the sha256 and length of what was read (neither side waits on the other)."""
+    def send() -> None:
+        for part in stream(seed, size):
+            sock.sendall(part)
+        sock.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    h = hashlib.sha256()
+    n = 0
+    while data := sock.recv(1 << 17):
+        h.update(data)
+        n += len(data)
+    sender.join()
+    return h.hexdigest(), n
+
+
 def audit_lines(log: Path) -> list[dict[str, Any]]:
     """Every audit line so far in a daemon's JSON log file."""
     records = log.read_text(errors="replace").split("\x1e")
@@ -102,8 +139,7 @@ class UnixServer:
         if self.group is not None:
             os.chown(self.path, 0, self.group)
         self._sock.listen(64)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        accept_each(self._sock, self._handle)
 
     def close(self) -> None:
         self._sock.close()
@@ -111,14 +147,6 @@ class UnixServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
@@ -149,21 +177,7 @@ class UnixServer:
             while data := conn.recv(65536):
                 conn.sendall(data)
         elif kind == "bulk":
-            size, seed = int(args[0]), int(args[1])
-
-            def send() -> None:
-                for part in stream(seed, size):
-                    conn.sendall(part)
-                conn.shutdown(socket.SHUT_WR)
-
-            sender = threading.Thread(target=send)
-            sender.start()
-            h = hashlib.sha256()
-            while data := conn.recv(1 << 17):
-                h.update(data)
-                seen.received_bytes += len(data)
-            seen.received = h.hexdigest()
-            sender.join()
+            seen.received, seen.received_bytes = send_while_reading(conn, int(args[0]), int(args[1]))
         elif kind == "eof-reply":
             h = hashlib.sha256()
             while data := conn.recv(65536):

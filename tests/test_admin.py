@@ -251,14 +251,8 @@ def test_admin_group_member_may_ask_others_may_not(solo: LocalDaemon) -> None:
 
 @pytest.fixture(scope="module")
 def lan(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
-    started = []
-    for name in ("a", "b"):
-        if samba_hosts[name].daemon_pid() is None:
-            samba_hosts[name].start_daemon()
-            started.append(samba_hosts[name])
-    yield samba_hosts
-    for host in started:
-        host.stop_daemon()
+    with samba_hosts["a"].running(), samba_hosts["b"].running():
+        yield samba_hosts
 
 
 #: A user's PATH on a host: its ``nipc`` command is the one installed in /usr/local.

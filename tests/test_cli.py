@@ -27,7 +27,7 @@ from conftest import require_root
 from local_daemon import LocalDaemon
 from nipc import cli
 from nipc_testbed.sandbox import Host, Sandbox
-from support import CLIENT_PYTHON, UnixServer, client_dir, read_line
+from support import CLIENT_PYTHON, UnixServer, accept_each, client_dir, read_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,15 +53,7 @@ class FakeDaemon:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(str(path))
         self._sock.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        accept_each(self._sock, self._handle)
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -428,20 +420,14 @@ def test_pipeline_moves_100_mib_through_a_to_b(samba_hosts: dict[str, Host], san
     h.update(f"END {size}\n".encode())
     blob.chmod(0o644)
     server = UnixServer(str(b.run_dir / "echo.sock"), behaviour="call", call=echo)
-    started: list[Host] = []
     try:
-        for host in (a, b):
-            if host.daemon_pid() is None:
-                host.start_daemon()
-                started.append(host)
-        # The nipc command installed on a, its daemon at the default socket: as a user has it.
-        pipeline = f"cat {blob_inside} | nipc connect {b.run_dir / 'echo.sock'}@{b.fqdn} | sha256sum"
-        out = a.run(["bash", "-o", "pipefail", "-c", pipeline], "alice",
-                    env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=300)
-        assert out.stdout.split()[0] == h.hexdigest()
-        assert server.seen[-1].uid == b.user("alice").uid
+        with a.running(), b.running():
+            # The nipc command installed on a, its daemon at the default socket: as a user has it.
+            pipeline = f"cat {blob_inside} | nipc connect {b.run_dir / 'echo.sock'}@{b.fqdn} | sha256sum"
+            out = a.run(["bash", "-o", "pipefail", "-c", pipeline], "alice",
+                        env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=300)
+            assert out.stdout.split()[0] == h.hexdigest()
+            assert server.seen[-1].uid == b.user("alice").uid
     finally:
         server.close()
         blob.unlink()
-        for host in started:
-            host.stop_daemon()

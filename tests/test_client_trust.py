@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from conftest import require_root
 from nipc.client import check_gate
 from nipc.endpoint import NIPCClientEndpoint
 from nipc.identity import identity_of_user
+from support import accept_each
 
 OTHER = "nobody"
 
@@ -45,21 +45,16 @@ class FakeGate:
         self._listener = listener
         os.chmod(path, 0o666)
         self.received = b""
-        threading.Thread(target=self._serve, daemon=True).start()
+        accept_each(self._listener, self._answer, threaded=False)
 
-    def _serve(self) -> None:
-        while True:
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
             try:
-                conn, _ = self._listener.accept()
+                self.received += conn.recv(4096)
+                conn.sendall(b"OK\n")
             except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    self.received += conn.recv(4096)
-                    conn.sendall(b"OK\n")
-                except OSError:
-                    pass
+                pass
 
     def close(self) -> None:
         self._listener.shutdown(socket.SHUT_RDWR)

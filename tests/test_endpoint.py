@@ -384,30 +384,23 @@ def test_twisted_program_reaches_b_with_an_endpoint_string(
     server = UnixServer(str(b.run_dir / "twisted.sock"), mode=0o666)
     program = Path("/tmp/nipc-endpoint-program.py")  # in a's own /tmp
     a.path(program).write_text(PROGRAM)
-    started: list[Host] = []
     try:
-        for host in (a, b):
-            if host.daemon_pid() is None:
-                host.start_daemon()
-                started.append(host)
+        with a.running(), b.running():
+            def run(user: str, description: str) -> dict[str, Any]:
+                who = a.user(user)
+                out = a.run([sys.executable, str(program), description, str(who.uid), str(who.gid),
+                             ",".join(map(str, who.groups))], env={"PYTHONPATH": str(REPO)},
+                            timeout=120)
+                result: dict[str, Any] = json.loads(out.stdout)
+                return result
 
-        def run(user: str, description: str) -> dict[str, Any]:
-            who = a.user(user)
-            out = a.run([sys.executable, str(program), description, str(who.uid), str(who.gid),
-                         ",".join(map(str, who.groups))], env={"PYTHONPATH": str(REPO)},
-                        timeout=120)
-            result: dict[str, Any] = json.loads(out.stdout)
-            return result
+            target = f"{b.run_dir / 'twisted.sock'}@{b.fqdn}"
+            out = run("alice", f"nipc:{target}:daemon={a.socket_path}")
+            assert out["server"]["uid"] == b.user("alice").uid, out
+            assert out["echo"] == "ping\n"  # the server saw our EOF and still answered
 
-        target = f"{b.run_dir / 'twisted.sock'}@{b.fqdn}"
-        out = run("alice", f"nipc:{target}:daemon={a.socket_path}")
-        assert out["server"]["uid"] == b.user("alice").uid, out
-        assert out["echo"] == "ping\n"  # the server saw our EOF and still answered
-
-        missing = run("alice", f"nipc:target={b.run_dir / 'missing.sock'}@{b.fqdn}"
-                               f":daemon={a.socket_path}")
-        assert missing["errno"] == errno.ENOENT, missing
+            missing = run("alice", f"nipc:target={b.run_dir / 'missing.sock'}@{b.fqdn}"
+                                   f":daemon={a.socket_path}")
+            assert missing["errno"] == errno.ENOENT, missing
     finally:
         server.close()
-        for host in started:
-            host.stop_daemon()
