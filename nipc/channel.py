@@ -109,7 +109,8 @@ class Channel:
             return
         if do is Do.HOLD:
             assert self._held is not None
-            self._held.take(self.number, wire.Kind.EOF if event is Event.PEER_EOF else wire.Kind.CLOSE, b"")
+            kind = wire.Kind.EOF if event is Event.PEER_EOF else wire.Kind.CLOSE
+            self._held.take(self.number, kind, b"")
         elif do is Do.RELEASE:
             self._release()
         elif do is Do.REPORT_LOST:
@@ -227,7 +228,8 @@ class Channel:
         step(self.state, event)  # a second answer raises before anything is sent
         self.link.write(wire.encode(result, self.number))
         self._fire(event, None if result.ok else Failure(ConnectionDone("the channel was refused")))
-        if not result.ok and tried and result.errno_name != "EAGAIN":  # this host's overload: not the peer's
+        # EAGAIN is this host's overload, not the peer's fault
+        if not result.ok and tried and result.errno_name != "EAGAIN":
             self.link.refused()
 
     def _settle(self) -> None:

@@ -3,9 +3,9 @@
 :class:`nipc.channel.Channel` feeds it events (frames from the peer, calls from its
 splice and its link) and does what the table says; the table alone decides which events
 are legal in which state. Every (state, event) pair not in :data:`TABLE` is illegal and
-raises :class:`Illegal`, an ``EPROTO`` error: from a peer's frame it is a protocol
-violation that ends the link, from this daemon a bug that is reported, never a silent
-change of state.
+raises :class:`nipc.machine.Illegal`, an ``EPROTO`` error: from a peer's frame it is a
+protocol violation that ends the link, from this daemon a bug that is reported, never a
+silent change of state.
 
 An explicit table rather than automat: the hot path (every DATA frame) needs the state
 as a plain attribute, and the splice re-enters a channel while it ends (automat would
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 
-from nipc.errors import NipcError
+from nipc.machine import Machine
 
 
 class State(enum.Enum):
@@ -77,14 +77,6 @@ class Do(enum.Enum):
     #: End the channel and send CLOSE.
     END_AND_TELL = "end, send CLOSE"
 
-
-class Illegal(NipcError):
-    """An event the channel's state does not allow."""
-
-    def __init__(self, state: State, event: Event) -> None:
-        super().__init__("EPROTO", f"{event.value} while the channel is {state.value}")
-        self.state = state
-        self.event = event
 
 
 S, E, D = State, Event, Do
@@ -166,10 +158,5 @@ HOLDING = frozenset({S.OPENING, S.HELD, S.HELD_OUT_SHUT})
 #: States in which the peer may send DATA (held or delivered).
 PEER_SENDS = frozenset({S.OPENING, S.HELD, S.HELD_OUT_SHUT, S.SPLICED, S.OUT_SHUT, S.CLOSING})
 
-
-def step(state: State, event: Event) -> tuple[State, Do]:
-    """The next state and what to do, or :class:`Illegal`."""
-    try:
-        return TABLE[state, event]
-    except KeyError:
-        raise Illegal(state, event) from None
+MACHINE = Machine("the channel", TABLE)
+step = MACHINE.step

@@ -12,7 +12,6 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -24,6 +23,7 @@ from twisted.python.failure import Failure
 from nipc.config import PeerSection, TimeoutsSection
 from nipc.deadline import Deadline
 from nipc.errors import NipcError
+from nipc.gate_state import Do, Event, State, step
 from nipc.identity import Caller, caller_of
 from nipc.interfaces import ICallerAdmission, IConnections, IDaemonReactor, IRegistry, IRouter
 from nipc.registry import Routed, check_may_chain, held_by, new_connection_id, one_caller
@@ -41,13 +41,6 @@ MAX_EARLY = 64 * 1024
 EARLY_READ = 64 * 1024
 
 
-class State(Enum):
-    REQUEST = "request"
-    ROUTING = "routing"
-    SPLICED = "spliced"
-    DONE = "done"
-
-
 @dataclass(frozen=True)
 class GateServices:
     """What every local gate of one daemon shares."""
@@ -63,7 +56,12 @@ class GateServices:
 
 
 class LocalGate(UnixEnd):
-    """One client connection: request line, routing, reply, then one end of a splice."""
+    """One client connection: request line, routing, reply, then one end of a splice.
+
+    Its lifecycle is :mod:`nipc.gate_state`'s table: the request, the router's answer,
+    the client's EOF and its loss are events; the table gives the next state and what
+    to do.
+    """
 
     def __init__(self, services: GateServices) -> None:
         self._reactor = services.reactor
@@ -80,7 +78,6 @@ class LocalGate(UnixEnd):
         self.state = State.REQUEST
         self.conn_id = new_connection_id()
         self._buffer = b""
-        self._early_eof = False
         self._routing: Deferred[End] | None = None
         self._deadline = Deadline(self._reactor)
         #: This connection's record; its facts are the audit line's.
@@ -89,6 +86,10 @@ class LocalGate(UnixEnd):
         self._facts = self._connection.facts
         self._requested = self._connection.started
         self.caller: Caller | None = None
+
+    def _step(self, event: Event) -> Do:
+        self.state, do = step(self.state, event)
+        return do
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -114,7 +115,7 @@ class LocalGate(UnixEnd):
         if self.state is State.DONE:
             return
         self._buffer += data
-        if self.state is State.ROUTING:
+        if self.state is not State.REQUEST:  # routing: held for the splice
             if len(self._buffer) > MAX_EARLY:
                 self.transport.pauseProducing()  # type: ignore[union-attr]
             return
@@ -158,14 +159,14 @@ class LocalGate(UnixEnd):
             return
         assert routed is not None
         self._deadline.cancel()
-        self.state = State.DONE
+        self._step(Event.PEER)
         answer = json.dumps(routed.describe(), separators=(",", ":"))
         self.transport.write(f"OK {answer}\n".encode("utf-8"))  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _route(self, request: ConnectRequest) -> None:
         assert self.caller is not None
-        self.state = State.ROUTING
+        self._step(Event.CONNECT)
         self._deadline.cancel()
         self._requested = time.monotonic()
         self._facts.update(target=request.target,
@@ -202,10 +203,10 @@ class LocalGate(UnixEnd):
 
     def _routed(self, end: End) -> None:
         self._routing = None
-        if self.state is not State.ROUTING:
+        do = self._step(Event.ROUTED)
+        if do is Do.DISCARD:  # the client was refused or left meanwhile
             end.abort()
             return
-        self.state = State.SPLICED
         self._facts["handshake"] = round(time.monotonic() - self._requested, 6)
         self._announce()
 
@@ -214,6 +215,9 @@ class LocalGate(UnixEnd):
             self._live.ended(self._connection)
 
         self._live.spliced(self._connection, Splice(self, end, ended), self, end)
+        if do is Do.SPLICE_AND_EOF:
+            assert self.splice is not None
+            self.splice.eof(self)
 
     def start(self) -> None:
         """Deliver what the client sent ahead of ``OK``, then read again."""
@@ -223,8 +227,6 @@ class LocalGate(UnixEnd):
             early, self._buffer = self._buffer, b""
             self.splice.data(self, early)
         self.transport.resumeProducing()  # type: ignore[union-attr]
-        if self._early_eof:
-            self.splice.eof(self)
 
     def _route_failed(self, failure: Failure) -> None:
         self._routing = None
@@ -239,9 +241,10 @@ class LocalGate(UnixEnd):
 
     def _refuse(self, error: NipcError) -> None:
         self._deadline.cancel()
-        if self.state is State.DONE:
-            return
-        self.state = State.DONE
+        if self._step(Event.REFUSE) is Do.REFUSE:
+            self._refused(error)
+
+    def _refused(self, error: NipcError) -> None:
         self._live.refused(self._connection, error)
         self._tell_refusal(error)
 
@@ -254,12 +257,12 @@ class LocalGate(UnixEnd):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def readConnectionLost(self) -> None:
-        if self.state is State.SPLICED:
+        do = self._step(Event.CALLER_EOF)
+        if do is Do.DELIVER_EOF:
             super().readConnectionLost()
-        elif self.state is State.ROUTING:
-            self._early_eof = True
-        elif self.state is State.REQUEST:
-            self._refuse(NipcError("EINVAL", "connection closed before a complete request line"))
+        elif do is Do.REFUSE:
+            self._deadline.cancel()
+            self._refused(NipcError("EINVAL", "connection closed before a complete request line"))
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         if self.state is State.SPLICED:
@@ -288,11 +291,11 @@ class LocalGate(UnixEnd):
         if self._attached is not None:
             os.close(self._attached)
             self._attached = None
-        if self.state is State.SPLICED:
+        do = self._step(Event.LOST)
+        if do is Do.REPORT_LOST:
             super().connectionLost(reason)
-            return
-        self.state = State.DONE
-        self._cancel_routing()
+        elif do is Do.CANCEL:
+            self._cancel_routing()
 
 
 class ImportGate(LocalGate):

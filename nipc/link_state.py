@@ -2,16 +2,16 @@
 
 :class:`nipc.link.Link` feeds it events (TLS done, a channel authenticated, retire,
 close, abort, the connection lost) and does what the table says. As for channels
-(:mod:`nipc.channel_state`), a pair not in :data:`TABLE` raises :class:`Illegal`
-(``EPROTO``), never a silent change of state. Liveness (PING) and flow control are not
-lifecycle: they stay with the link.
+(:mod:`nipc.channel_state`), a pair not in :data:`TABLE` raises
+:class:`nipc.machine.Illegal` (``EPROTO``), never a silent change of state. Liveness
+(PING) and flow control are not lifecycle: they stay with the link.
 """
 
 from __future__ import annotations
 
 import enum
 
-from nipc.errors import NipcError
+from nipc.machine import Machine
 
 
 class State(enum.Enum):
@@ -56,14 +56,6 @@ class Do(enum.Enum):
     #: The connection is gone: end every channel, tell who listens.
     END = "end"
 
-
-class Illegal(NipcError):
-    """An event the link's state does not allow."""
-
-    def __init__(self, state: State, event: Event) -> None:
-        super().__init__("EPROTO", f"{event.value} while the peer link is {state.value}")
-        self.state = state
-        self.event = event
 
 
 S, E, D = State, Event, Do
@@ -111,10 +103,5 @@ TABLE: dict[tuple[State, Event], tuple[State, Do]] = {
 #: States whose frames are read (a closing link ignores what still arrives).
 READING = frozenset({S.PENDING, S.READY, S.AUTHENTICATED, S.RETIRED})
 
-
-def step(state: State, event: Event) -> tuple[State, Do]:
-    """The next state and what to do, or :class:`Illegal`."""
-    try:
-        return TABLE[state, event]
-    except KeyError:
-        raise Illegal(state, event) from None
+MACHINE = Machine("the peer link", TABLE)
+step = MACHINE.step

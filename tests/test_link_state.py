@@ -18,9 +18,9 @@ from twisted.python.failure import Failure
 
 from nipc import wire
 from nipc.errors import NipcError
-from nipc.link_state import Illegal
 from nipc.link import CLOSE_GRACE, ClientLink, Link, ServerLink
 from nipc.link_state import READING, TABLE, Do, Event, State, step
+from nipc.machine import Illegal
 from test_splice_unit import HELLO, TLSTransport
 
 S, E = State, Event
