@@ -103,8 +103,9 @@ def make() -> Iterator[Callable[[], tuple[LocalGate, UnixTransport, Router]]]:
         socks.extend((near, far))
         clock = MemoryReactorClock()
         router = Router()
-        services = GateServices(clock, from_mapping(CONFIG), router, Registry(),  # type: ignore[arg-type]
-                                Limits(), Connections(clock.seconds))
+        config = from_mapping(CONFIG)
+        services = GateServices(clock, config.timeouts, config.peer, router,  # type: ignore[arg-type]
+                                Registry(), Limits(), Connections(clock.seconds))
         gate = LocalGate(services)
         transport = UnixTransport(near)
         gate.makeConnection(transport)

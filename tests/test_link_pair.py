@@ -8,7 +8,7 @@ over real TLS and TCP are in ``test_links_loopback.py`` and ``test_routing.py``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
@@ -39,8 +39,7 @@ class Pair:
     def __init__(self) -> None:
         self.clock = Clock()
         self.client = ClientLink(self.clock, lambda _: None)
-        self.server = ServerLink(self.clock, lambda _: None, self._hello, 10.0, lambda: None,
-                                 lambda: (lambda: None))
+        self.server = ServerLink(self.clock, lambda _: None, self, self, 10.0)  # type: ignore[arg-type]
         self.pump: IOPump = connect(self.server, TLSLike(self.server, isServer=True),
                                     self.client, TLSLike(self.client, isServer=False),
                                     clock=self.clock)
@@ -48,7 +47,14 @@ class Pair:
         self.server.handshakeCompleted()
         self.accepted: list[tuple[Channel, FakeEnd]] = []
 
-    def _hello(self, channel: Channel, binding: bytes, hello: wire.Hello) -> None:
+    def settled(self) -> None:
+        """The link admission's part: it takes every link and channel."""
+
+    def channel(self) -> Callable[[], None]:
+        return lambda: None
+
+    def hello(self, channel: Channel, binding: bytes, hello: wire.Hello) -> None:
+        """The inbound handler's part: OK, spliced to a FakeEnd."""
         channel.authenticated()
         channel.answer(wire.Result("OK"))
         end = FakeEnd()
@@ -123,7 +129,7 @@ def test_a_refused_channel_leaves_the_link_up() -> None:
     def refuse(channel: Channel, binding: bytes, hello: wire.Hello) -> None:
         channel.answer(wire.Result("EACCES", "not you"))
 
-    pair.server._on_hello = refuse
+    pair.hello = refuse  # type: ignore[method-assign]
     channel = pair.client.open()
     answers: list[wire.Result] = []
     channel.exchange(HELLO).addCallback(answers.append)
