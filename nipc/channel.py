@@ -160,7 +160,7 @@ class Channel:
             self._fire(Event.PEER_EOF)  # a second one is illegal, held or not
             return
         # DATA: never empty (an empty frame would cost us without counting against the window)
-        if self.state not in PEER_SENDS:
+        if self.state is not State.SPLICED and self.state not in PEER_SENDS:  # spliced: at once
             raise NipcError("EPROTO", f"channel {self.number}: frame of type {kind} after EOF")
         if not payload or len(payload) > self._room:
             raise NipcError("EPROTO", f"channel {self.number}: empty data, or beyond the granted window")

@@ -80,6 +80,9 @@ class Link(Protocol):
     dialler's table, per-link records) asks :meth:`when_ended`.
     """
 
+    #: Closing or closed: frames still arriving are ignored (kept with the state, as it
+    #: is read for every frame).
+    stopped = False
     #: True while the TLS transport cannot take more: channels stop reading.
     paused = False
     exporter: bytes | None = None
@@ -112,11 +115,6 @@ class Link(Protocol):
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    @property
-    def stopped(self) -> bool:
-        """Closing or closed: frames still arriving are ignored."""
-        return self.state not in READING
-
     def when_ended(self) -> "Deferred[None]":
         """Fires (with None: the reason is :attr:`lost_reason`) once the connection is
         gone and its channels ended; at once if it is."""
@@ -128,6 +126,7 @@ class Link(Protocol):
 
     def _fire(self, event: Event, reason: Failure | None = None) -> None:
         self.state, do = step(self.state, event)
+        self.stopped = self.state not in READING
         if do is Do.NOTHING:
             return
         if do is Do.TLS_READY:
