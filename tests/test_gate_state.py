@@ -116,8 +116,11 @@ def make() -> Iterator[Callable[[], tuple[LocalGate, UnixTransport, Router]]]:
         s.close()
 
 
-def request(gate: LocalGate) -> None:
+def request(gate: LocalGate, then: State = S.ROUTING) -> None:
+    """CONNECT; then, for ROUTING_EOF, the client's EOF."""
     gate.dataReceived(b"CONNECT /run/x.sock@b.test\n")
+    if then is S.ROUTING_EOF:
+        gate.readConnectionLost()
 
 
 def routed(router: Router) -> FakeEnd:
@@ -158,21 +161,17 @@ def test_the_clients_eof_while_routing_follows_its_bytes(
 def test_a_refusal_while_routing_is_told_and_ends(
         make: Callable[[], tuple[LocalGate, UnixTransport, Router]], before: State) -> None:
     gate, transport, router = make()
-    request(gate)
-    if before is S.ROUTING_EOF:
-        gate.readConnectionLost()
+    request(gate, before)
     router.routing[-1].errback(Failure(NipcError("EACCES", "no")))
     assert gate.state is S.DONE and transport.value().startswith(b"ERR EACCES")
     assert transport.disconnecting
 
 
 @pytest.mark.parametrize("before", [S.ROUTING, S.ROUTING_EOF])
-def test_the_client_gone_while_routing_cancels_it_and_a_late_route_is_dropped(
+def test_the_client_gone_while_routing_cancels_it(
         make: Callable[[], tuple[LocalGate, UnixTransport, Router]], before: State) -> None:
     gate, _, router = make()
-    request(gate)
-    if before is S.ROUTING_EOF:
-        gate.readConnectionLost()
+    request(gate, before)
     routing = router.routing[-1]
     gate.connectionLost(Failure(ConnectionLost()))
     assert gate.state is S.DONE and routing.called  # cancelled
