@@ -87,6 +87,12 @@ def audit_lines(log: Path) -> list[dict[str, Any]]:
     return [json.loads(r)["nipc_audit"] for r in records if '"nipc_audit"' in r]
 
 
+def last_audits(*hosts: Any, n: int = 2) -> dict[str, list[dict[str, Any]]]:
+    """Each host's last ``n`` audit lines (``Host``s of the sandbox), for the message of a
+    test whose connection ended early: which side ended it, after how long, how many bytes."""
+    return {host.name: audit_lines(host.log_path)[-n:] for host in hosts if host.log_path.exists()}
+
+
 def digest_of(seed: int, size: int) -> str:
     h = hashlib.sha256()
     for part in stream(seed, size):

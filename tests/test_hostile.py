@@ -39,7 +39,7 @@ from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, identity_of_user
 from acting import as_user, launch_daemon, open_fds, rss_kib
 from nipc_testbed.sandbox import MIT_REALM, ROOT_PARENT, Host, Sandbox
-from support import UnixServer
+from support import UnixServer, last_audits
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -167,7 +167,7 @@ def legit_connect(lan: Lan) -> float:
         # and whether the server on b failed to greet (its handler's last errors).
         server_errors = [(x.peername, x.error) for x in lan.server.seen if x.error][-3:]
         assert greeting.startswith(b"{"), (greeting, f"{time.monotonic() - routed:.1f}s after OK",
-                                           server_errors)
+                                           server_errors, last_audits(lan.a, lan.b))
         return took
     finally:
         s.close()

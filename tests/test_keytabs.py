@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from nipc_testbed.sandbox import KEYTAB_FILE, Host
-from support import UnixServer, run_client
+from support import UnixServer, last_audits, run_client
 
 pytestmark = pytest.mark.integration
 
@@ -104,8 +104,11 @@ def restart_with(host: Host, keytab: Path) -> None:
 
 
 def reaches_b(lan: dict[str, Host], server: UnixServer) -> dict[str, object]:
-    return run_client("alice", str(lan["a"].socket_path), "greet",
-                      f"{server.path}@{lan['b'].fqdn}")
+    try:
+        return run_client("alice", str(lan["a"].socket_path), "greet",
+                          f"{server.path}@{lan['b'].fqdn}")
+    except AssertionError as e:  # which daemon ended it, and when (an intermittent EOF)
+        raise AssertionError(f"{e}\n{last_audits(lan['a'], lan['b'])}") from None
 
 
 @pytest.fixture
