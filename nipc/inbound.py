@@ -130,8 +130,10 @@ class Inbound:
     def _offer(self, channel: Channel, acc: Accepted, pac: dict[str, Any] | None,
                hops: tuple[str, ...]) -> dict[str, Any]:
         """A session for the caller just authenticated on this link, for the RESULT's info
-        (none if sessions are off, the ticket nearly over, or the link's table full)."""
-        if self.sessions.maximum <= 0:
+        (none if sessions are off, the ticket nearly over, or the tables full; none for a
+        chained connection or a sender that would not resume it, which would only hold
+        its context and evidence here)."""
+        if self.sessions.maximum <= 0 or len(hops) != 1:
             return {}
         seconds = seconds_left(acc.context, self.sessions.maximum, CLOCKSKEW)
         if seconds <= 0:
@@ -228,7 +230,7 @@ class Inbound:
                 self._live.ended(connection)
 
             info: dict[str, Any] = {"conn_id": conn_id}
-            if session is None:
+            if session is None and hello.resumes:
                 info.update(self._offer(channel, accepted, pac, hello.hops))
             facts["session"] = "resumed" if session is not None else "new" if info.get(OFFERED) else "none"
             if OFFERED in info:

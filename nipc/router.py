@@ -240,7 +240,7 @@ class _Dial:
         self._initiation = initiation
         assert self._channel is not None
         hello = wire.Hello(self._request.path, self._request.host, self._hops,
-                           initiation.token, self._conn_id)
+                           initiation.token, self._conn_id, resumes=self._sessions is not None)
         return self._channel.exchange(hello).addTimeout(self._timeouts.handshake, self._reactor)
 
     def _verify(self, result: wire.Result) -> End:

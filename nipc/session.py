@@ -19,6 +19,7 @@ import secrets
 import struct
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -33,6 +34,11 @@ K = TypeVar("K", bound=Hashable)
 PROOF_LABEL = b"nipc-session-proof/1\0"
 #: Sessions kept per link at most; beyond that new principals get full exchanges only.
 MAX_PER_LINK = 256
+#: Links one principal holds a session on at most (a session holds a GSS context, PAC
+#: facts and delegation evidence): one ticket cannot fill the daemon's memory.
+MAX_PER_PRINCIPAL = 64
+#: Sessions one daemon side holds at most, over all its links.
+MAX_SESSIONS = 4096
 #: The sender stops using a session this long before the receiver's end of it, so a proof
 #: does not arrive just after the receiver dropped it (it would then fall back anyway).
 MARGIN = 5.0
@@ -126,6 +132,35 @@ class Sessions(Generic[K]):
         self.maximum = maximum
         self._clock = clock
         self._links: weakref.WeakKeyDictionary[Any, dict[K, Session]] = weakref.WeakKeyDictionary()
+        #: Sessions held, in all and by principal: the caps beyond one link's.
+        self._total = 0
+        self._principals: Counter[str] = Counter()
+
+    def _forget(self, table: dict[K, Session], key: K) -> None:
+        session = table.pop(key, None)
+        if session is not None:
+            self._total -= 1
+            self._principals[session.principal] -= 1
+            if self._principals[session.principal] <= 0:
+                del self._principals[session.principal]
+
+    def _sweep(self, table: dict[K, Session], now: float, principal: str = "", key: Any = None) -> None:
+        """Drop ``table``'s sessions that are over, and any of ``principal`` or at ``key``."""
+        for stale in [k for k, s in table.items()
+                      if s.until <= now or s.principal == principal or k == key]:
+            self._forget(table, stale)
+
+    def _recount(self, now: float) -> None:
+        """Sessions over dropped on every link, and the counts taken afresh (a link
+        collected without ending takes its sessions with it)."""
+        tables = list(self._links.values())
+        for table in tables:
+            self._sweep(table, now)
+        self._principals = Counter(s.principal for table in tables for s in table.values())
+        self._total = sum(self._principals.values())
+
+    def _full(self, principal: str) -> bool:
+        return self._total >= MAX_SESSIONS or self._principals[principal] >= MAX_PER_PRINCIPAL
 
     def get(self, link: Any, key: K) -> Session | None:
         table = self._links.get(link)
@@ -136,12 +171,14 @@ class Sessions(Generic[K]):
             return None
         session = table.get(key)
         if session is not None and session.until <= self._clock():
-            del table[key]
+            self._forget(table, key)
             return None
         return session
 
     def add(self, link: Any, key: K, session: Session) -> bool:
-        """Keep ``session``; False (not kept) when the link is over or its table full."""
+        """Keep ``session``; False (not kept) when the link is over, or its table, the
+        principal's share or the daemon's is full. One session per principal per link:
+        a new one replaces the principal's older one, whatever hops either came by."""
         if link.closed:
             return False
         table = self._links.get(link)
@@ -149,23 +186,28 @@ class Sessions(Generic[K]):
             self._links[link] = table = {}
             link.when_ended().addCallback(lambda _: self.ended(link))
         now = self._clock()
-        # Also the principal's older session the same way: one at a time is in use.
-        same = (session.principal, session.hops)
-        for stale in [k for k, s in table.items() if s.until <= now or (s.principal, s.hops) == same]:
-            del table[stale]
-        if len(table) >= MAX_PER_LINK and key not in table:
+        self._sweep(table, now, session.principal, key)
+        if self._full(session.principal):  # maybe counting sessions over on other links
+            self._recount(now)
+        if len(table) >= MAX_PER_LINK or self._full(session.principal):
             return False
         table[key] = session
+        self._total += 1
+        self._principals[session.principal] += 1
         return True
 
     def drop(self, link: Any, key: K) -> None:
         table = self._links.get(link)
         if table is not None:
-            table.pop(key, None)
+            self._forget(table, key)
 
     def ended(self, link: Any) -> None:
         """The link is over: its sessions with it."""
-        self._links.pop(link, None)
+        table = self._links.get(link)
+        if table is not None:
+            for key in list(table):
+                self._forget(table, key)
+            del self._links[link]
 
     def count(self, link: Any) -> int:
         return len(self._links.get(link, ()))

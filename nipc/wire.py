@@ -16,7 +16,10 @@ A HELLO of version 2 carries a full Kerberos exchange's first token. Version 3 o
 later channel of a caller who has a session on the link (:mod:`nipc.session`): the
 session's reference and a MIC instead of a token. A daemon that knows only version 2
 refuses it at once (EPROTO, "unsupported version"); a sender offers version 3 only on
-links whose receiver offered it a session in a RESULT.
+links whose receiver offered it a session in a RESULT. A version 2 HELLO says with
+``"sessions": true`` that its sender would resume a session (older senders, and onward
+connections, do not say so, and are offered none); receivers that know no sessions
+ignore the field.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class Hello:
     conn_id: str
     session: str = ""
     mic: bytes = b""
+    #: A full exchange's sender would keep and resume a session offered for it.
+    resumes: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,8 @@ def encode(message: Message, channel: int) -> bytes:
             body.update(session=message.session, mic=_b64(message.mic))
         else:
             body["token"] = _b64(message.token)
+            if message.resumes:
+                body["sessions"] = True
     else:
         kind = Kind.RESULT
         body = {"errno": message.errno_name, "message": message.message,
@@ -201,7 +208,8 @@ def decode(kind: int, payload: bytes) -> Message:
             raise _proto("bad connection id")
         if version == SESSION_VERSION:
             return Hello(path, host, hop_names, b"", conn_id, _reference(body), _token(body, "mic"))
-        return Hello(path, host, hop_names, _token(body), conn_id)
+        return Hello(path, host, hop_names, _token(body), conn_id,
+                     resumes=body.get("sessions") is True)
     if kind == Kind.RESULT:
         name = _field(body, "errno", str)
         if name != "OK" and name not in ERRNO_NAMES:

@@ -67,7 +67,8 @@ def main() -> None:
     first = Link(address, port)
     ctx = gssapi.SecurityContext(name=service_name(host), creds=alice, usage="initiate",
                                  flags=_FLAGS, channel_bindings=bindings(first.binding(1)))
-    answer = first.exchange(wire.Hello(path, host, HOPS, ctx.step() or b"", "full"), 1)
+    answer = first.exchange(wire.Hello(path, host, HOPS, ctx.step() or b"", "full",
+                                          resumes=True), 1)
     assert isinstance(answer, wire.Result) and answer.ok, answer
     ctx.step(answer.token)
     assert ctx.complete

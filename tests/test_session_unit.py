@@ -11,7 +11,11 @@ from twisted.internet.defer import Deferred
 
 from nipc import wire
 from nipc.errors import NipcError
-from nipc.session import MAX_PER_LINK, Session, Sessions, proof_message, seconds_left, verify
+from nipc.kerberos import Accepted
+from nipc.session import (MAX_PER_LINK, MAX_PER_PRINCIPAL, MAX_SESSIONS, Session, Sessions,
+                          proof_message, seconds_left, verify)
+from test_channels_unit import Server
+from test_inbound_unit import Acceptor, Daemon
 
 
 class FakeLink:
@@ -74,14 +78,15 @@ def test_tables_are_per_link() -> None:
     assert table.get(one, "k") is None
 
 
-def test_one_session_per_principal_and_path_and_a_cap_per_link() -> None:
+def test_one_session_per_principal_and_a_cap_per_link() -> None:
     table: Sessions[str] = Sessions(600.0, lambda: 0.0)
     link = FakeLink()
     table.add(link, "old", session())
     table.add(link, "new", session())
     assert table.get(link, "old") is None and table.get(link, "new") is not None
-    table.add(link, "other-hops", session(hops=("c.t", "a.t")))
-    assert table.count(link) == 2
+    # Hops are the sender's word: another hop list replaces the principal's session too.
+    table.add(link, "other-hops", session(hops=("c.t",)))
+    assert table.count(link) == 1 and table.get(link, "other-hops") is not None
     for i in range(MAX_PER_LINK):
         table.add(link, f"p{i}", session(principal=f"u{i}@T"))
     assert table.count(link) == MAX_PER_LINK
@@ -146,3 +151,54 @@ def test_malformed_session_hellos_are_refused(body: bytes) -> None:
     with pytest.raises(NipcError) as refused:
         wire.decode(wire.Kind.HELLO, body)
     assert refused.value.errno_name == "EPROTO"
+
+
+def test_a_principal_and_the_daemon_hold_a_bounded_number_of_sessions() -> None:
+    table: Sessions[str] = Sessions(600.0, lambda: 0.0)
+    links = [FakeLink() for _ in range(MAX_PER_PRINCIPAL + 1)]
+    assert all(table.add(link, "k", session()) for link in links[:-1])
+    assert not table.add(links[-1], "k", session())  # one ticket, no more links' worth
+    assert table.add(links[-1], "k", session(principal="bob@T"))
+    links[0].end()
+    assert table.add(links[-1], "k2", session())  # a share freed as a link ended
+    filled = MAX_PER_PRINCIPAL + 1
+    while filled < MAX_SESSIONS:
+        links.append(link := FakeLink())  # held: a link collected takes its sessions along
+        for i in range(min(MAX_PER_LINK, MAX_SESSIONS - filled)):
+            assert table.add(link, f"k{i}", session(principal=f"u{filled}-{i}@T"))
+        filled += MAX_PER_LINK
+    assert not table.add(FakeLink(), "k", session(principal="carol@T"))
+
+
+class _Context:
+    lifetime = 36000  # a 10 h ticket
+
+
+class _SessionAcceptor(Acceptor):
+    def accept(self, token: bytes, channel: bytes) -> Accepted:
+        acc = super().accept(token, channel)
+        return Accepted(acc.principal, acc.token, object(), None, None, _Context())
+
+
+def test_one_principal_cannot_fill_a_links_table_by_varying_hops() -> None:
+    """The red team's: hops are the sender's word, so they key nothing; chained
+    connections and senders that would not resume one are offered no session."""
+    daemon = Daemon()
+    daemon.inbound._acceptor = daemon.acceptor = _SessionAcceptor()
+    daemon.inbound.sessions = Sessions(600.0)
+    total = 0
+    for _ in range(3):
+        daemon.server = Server()
+        for n in range(1, MAX_PER_LINK + 10):
+            hops = (f"x{n}.test", "a.test") if n % 2 else (f"x{n}.test",)
+            daemon.hello(wire.Hello("/run/s.sock", "b.test", hops, b"t", "c1", resumes=True), n)
+            daemon.reactor.from_threads()
+        total += daemon.inbound.sessions.count(daemon.server.link)
+        assert all("session" not in r.info for r in daemon.results()[::2])  # n odd: two hops
+    assert total == 3  # alice@T: one live session a link
+    daemon.server = Server()
+    daemon.hello(wire.Hello("/run/s.sock", "b.test", ("a.test",), b"t", "c1"), 1)
+    daemon.reactor.from_threads()
+    (result,) = daemon.results()
+    assert result.ok and "session" not in result.info  # an older sender's HELLO
+    assert daemon.inbound.sessions.count(daemon.server.link) == 0
