@@ -186,14 +186,16 @@ class NipcService(Service):
         self.registry = registry = Registry()
         live, limits = self.live, self.limits
         self._tickets = tickets = ticket_source(reactor, config.host, config.kerberos)
+        kerberos = config.kerberos  # updated in place by a reload (nipc.reload.adopt)
         acceptor = Acceptor(config.host, config.kerberos)
         links = Links(reactor, config.timeouts, config.peer, self._peer_locator())
         self._router = router = Router(
             reactor, config.host, config.peer, config.timeouts, tickets, registry, links,
             ImpersonatedConnector(reactor, config.host, config.timeouts, config.destinations,
                                   remote=False),
-            # A sender keeps a session no longer than its caller's impersonated credentials.
-            Sessions(min(config.kerberos.session_max, config.kerberos.caller_ticket_reuse)))
+            # A sender keeps a session no longer than its caller's impersonated credentials;
+            # both read at each use, so a reload applies to sessions already held.
+            Sessions(lambda: min(kerberos.session_max, kerberos.caller_ticket_reuse)))
         fd_limit, needed = raise_fd_limit(), fds_needed(config.limits)
         if fd_limit < needed:
             log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
@@ -203,7 +205,7 @@ class NipcService(Service):
                           Projection(config.host, config.kerberos), registry, live, limits,
                           ImpersonatedConnector(reactor, config.host, config.timeouts,
                                                 config.destinations, remote=True),
-                          Sessions(config.kerberos.session_max))
+                          Sessions(lambda: kerberos.session_max))
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config.timeouts, config.peer, router, registry,

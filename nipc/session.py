@@ -76,6 +76,8 @@ class Session:
     #: Receiving side: the first ticket's PAC facts (decoded once) and delegation evidence.
     pac: dict[str, Any] | None = None
     delegation: Any = None
+    #: time.monotonic() when it was kept (set by :meth:`Sessions.add`).
+    started: float = 0.0
 
 
 #: MIT reports an acceptor context's lifetime as the ticket's end plus the clock-skew
@@ -127,14 +129,24 @@ class Sessions(Generic[K]):
     once the link is closed: a session cannot outlive its link.
     """
 
-    def __init__(self, maximum: float, clock: Callable[[], float] = time.monotonic) -> None:
-        #: Seconds a session is kept at most on this side (0: no sessions).
-        self.maximum = maximum
+    def __init__(self, maximum: float | Callable[[], float],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if callable(maximum):
+            self._maximum = maximum
+        else:
+            fixed = maximum
+            self._maximum = lambda: fixed
         self._clock = clock
         self._links: weakref.WeakKeyDictionary[Any, dict[K, Session]] = weakref.WeakKeyDictionary()
         #: Sessions held, in all and by principal: the caps beyond one link's.
         self._total = 0
         self._principals: Counter[str] = Counter()
+
+    @property
+    def maximum(self) -> float:
+        """Seconds a session is kept at most on this side (0: no sessions), read at each
+        use: a reload's new ``session_max`` applies to the sessions already held too."""
+        return self._maximum()
 
     def _forget(self, table: dict[K, Session], key: K) -> None:
         session = table.pop(key, None)
@@ -170,7 +182,8 @@ class Sessions(Generic[K]):
             self.ended(link)
             return None
         session = table.get(key)
-        if session is not None and session.until <= self._clock():
+        now = self._clock()
+        if session is not None and (session.until <= now or session.started + self.maximum <= now):
             self._forget(table, key)
             return None
         return session
@@ -191,6 +204,7 @@ class Sessions(Generic[K]):
             self._recount(now)
         if len(table) >= MAX_PER_LINK or self._full(session.principal):
             return False
+        session.started = now
         table[key] = session
         self._total += 1
         self._principals[session.principal] += 1

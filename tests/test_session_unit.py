@@ -10,8 +10,10 @@ from gssapi.raw.misc import GSSError
 from twisted.internet.defer import Deferred
 
 from nipc import wire
+from nipc.config import from_mapping
 from nipc.errors import NipcError
 from nipc.kerberos import Accepted
+from nipc.reload import adopt
 from nipc.session import (MAX_PER_LINK, MAX_PER_PRINCIPAL, MAX_SESSIONS, Session, Sessions,
                           proof_message, seconds_left, verify)
 from test_channels_unit import Server
@@ -202,3 +204,22 @@ def test_one_principal_cannot_fill_a_links_table_by_varying_hops() -> None:
     (result,) = daemon.results()
     assert result.ok and "session" not in result.info  # an older sender's HELLO
     assert daemon.inbound.sessions.count(daemon.server.link) == 0
+
+
+def test_a_reloaded_session_max_applies_to_sessions_held() -> None:
+    """Sessions read the running [kerberos] section, which a reload updates in place."""
+    config = from_mapping({"host": {"name": "b.test", "realm": "T"},
+                           "kerberos": {"keytab": "/k", "principal": "p@T", "session_max": 10}})
+    kerberos, now = config.kerberos, [0.0]
+    table: Sessions[str] = Sessions(lambda: kerberos.session_max, lambda: now[0])
+    link = FakeLink()
+    assert table.add(link, "k", session(until=600.0))
+    now[0] = 100.0
+    assert table.get(link, "k") is not None
+    adopt(config, from_mapping({"host": {"name": "b.test", "realm": "T"},
+                                "kerberos": {"keytab": "/k", "principal": "p@T", "session_max": 1}}))
+    assert table.maximum == 60.0
+    assert table.get(link, "k") is None  # kept 100 s, more than the new maximum
+    adopt(config, from_mapping({"host": {"name": "b.test", "realm": "T"},
+                                "kerberos": {"keytab": "/k", "principal": "p@T", "session_max": 0}}))
+    assert table.maximum == 0.0  # sessions off: nothing new offered or kept
