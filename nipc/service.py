@@ -48,7 +48,7 @@ from nipc.projection import Projection
 from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
-from nipc.session import Sessions
+from nipc.session import CLOCKSKEW, MARGIN, Sessions
 from nipc.tls import client_options, server_options, tune_tcp
 
 if TYPE_CHECKING:
@@ -195,7 +195,8 @@ class NipcService(Service):
                                   remote=False),
             # A sender keeps a session no longer than its caller's impersonated credentials;
             # both read at each use, so a reload applies to sessions already held.
-            Sessions(lambda: min(kerberos.session_max, kerberos.caller_ticket_reuse)))
+            Sessions(lambda: min(kerberos.session_max, kerberos.caller_ticket_reuse),
+                     allowance=MARGIN))
         fd_limit, needed = raise_fd_limit(), fds_needed(config.limits)
         if fd_limit < needed:
             log.warn("RLIMIT_NOFILE is {limit}, below the {needed} descriptors [limits] allow: "
@@ -205,7 +206,7 @@ class NipcService(Service):
                           Projection(config.host, config.kerberos), registry, live, limits,
                           ImpersonatedConnector(reactor, config.host, config.timeouts,
                                                 config.destinations, remote=True),
-                          Sessions(lambda: kerberos.session_max))
+                          Sessions(lambda: kerberos.session_max, allowance=CLOCKSKEW))
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config.timeouts, config.peer, router, registry,

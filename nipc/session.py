@@ -15,6 +15,7 @@ reactor thread, which also keeps each GSS context's sequence numbers in send ord
 
 from __future__ import annotations
 
+import math
 import secrets
 import struct
 import time
@@ -130,7 +131,10 @@ class Sessions(Generic[K]):
     """
 
     def __init__(self, maximum: float | Callable[[], float],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, allowance: float = 0.0) -> None:
+        #: Seconds of a GSS context's reported lifetime that are not its ticket's (an
+        #: acceptor's clock-skew allowance, :data:`CLOCKSKEW`; a sender's :data:`MARGIN`).
+        self._allowance = allowance
         if callable(maximum):
             self._maximum = maximum
         else:
@@ -183,7 +187,11 @@ class Sessions(Generic[K]):
             return None
         session = table.get(key)
         now = self._clock()
-        if session is not None and (session.until <= now or session.started + self.maximum <= now):
+        # The context's own lifetime too (wall clock, where ``until`` is monotonic): a
+        # clock stepped forward or a suspended host must not carry a session past its
+        # ticket, and MIT still signs and verifies with a context whose ticket expired.
+        if session is not None and (session.until <= now or session.started + self.maximum <= now
+                                    or seconds_left(session.context, math.inf, self._allowance) <= 0):
             self._forget(table, key)
             return None
         return session

@@ -223,3 +223,17 @@ def test_a_reloaded_session_max_applies_to_sessions_held() -> None:
     adopt(config, from_mapping({"host": {"name": "b.test", "realm": "T"},
                                 "kerberos": {"keytab": "/k", "principal": "p@T", "session_max": 0}}))
     assert table.maximum == 0.0  # sessions off: nothing new offered or kept
+
+
+@pytest.mark.parametrize("allowance", [0.0, 300.0])
+def test_a_session_ends_with_its_gss_contexts_ticket(allowance: float) -> None:
+    """Whatever the monotonic end set at the offer says: a ticket's end is wall-clock time
+    (a clock stepped forward, a suspended host), and MIT still signs and verifies MICs
+    with a context whose ticket has expired."""
+    context = FakeContext(lifetime=int(allowance) + 100)
+    table: Sessions[str] = Sessions(600.0, lambda: 0.0, allowance)
+    link = FakeLink()
+    assert table.add(link, "k", session(context=context, until=500.0))
+    assert table.get(link, "k") is not None
+    context.lifetime = int(allowance)  # the ticket is over; the acceptor adds its skew
+    assert table.get(link, "k") is None and table.count(link) == 0
