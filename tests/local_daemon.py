@@ -89,14 +89,20 @@ listen = "127.0.0.1:{self.metrics_port}"
             time.sleep(0.05)
 
     def _accepts(self) -> bool:
-        """Started: the gate accepts, the admin socket is there, and the start-up is logged
-        to its end (its last line, "serving", comes after the gate's own checks)."""
         with socket.socket(socket.AF_UNIX) as s:
             try:
                 s.connect(str(self.socket))
             except OSError:
                 return False
-        return self.admin.exists() and " serving " in self.log()
+        return self.admin.exists()
+
+    def logged(self, text: str, timeout: float = 20) -> str:
+        """The log once it holds ``text``: the gate accepts before start-up is logged to
+        its end (the gate's own checks come after it listens)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return log
 
     def scrape(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
