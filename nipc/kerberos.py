@@ -8,6 +8,7 @@ but a context it accepted with its own keytab, bound to the TLS channel it is ta
 from __future__ import annotations
 
 import errno
+import math
 import os
 import threading
 import time
@@ -179,10 +180,14 @@ _FLAGS = gssapi.RequirementFlag.mutual_authentication | gssapi.RequirementFlag.o
 class Initiation:
     """The sending side of one GSS exchange, from first token to mutual authentication."""
 
-    def __init__(self, context: gssapi.SecurityContext, token: bytes, principal: str) -> None:
+    def __init__(self, context: gssapi.SecurityContext, token: bytes, principal: str,
+                 reuse_until: float = math.inf) -> None:
         self.context = context
         self.token = token
         self.principal = principal
+        #: time.monotonic() after which the credentials it was made with are not reused
+        #: (protocol transition: their cache entry's end): a session ends there too.
+        self.reuse_until = reuse_until
 
     def step(self, token: bytes) -> bytes | None:
         try:
@@ -199,7 +204,8 @@ class Initiation:
             raise gss_failure(e, "mutual authentication of the peer daemon") from None
 
 
-def _start(creds: Any, target_host: str, channel: bytes, principal: str, doing: str) -> Initiation:
+def _start(creds: Any, target_host: str, channel: bytes, principal: str, doing: str,
+           reuse_until: float = math.inf) -> Initiation:
     try:
         ctx = gssapi.SecurityContext(
             name=service_name(target_host), creds=creds, usage="initiate",
@@ -208,7 +214,7 @@ def _start(creds: Any, target_host: str, channel: bytes, principal: str, doing: 
         token = ctx.step()
     except GSSError as e:
         raise gss_failure(e, doing) from None
-    return Initiation(ctx, token or b"", principal)
+    return Initiation(ctx, token or b"", principal, reuse_until)
 
 
 @implementer(IDaemonTickets)
@@ -316,7 +322,13 @@ class ProtocolTransition:
             creds = self._impersonated(principal)
         except GSSError as e:
             raise gss_failure(e, doing) from None
-        return _start(creds, target_host, channel, principal, doing)
+        return _start(creds, target_host, channel, principal, doing,
+                      self._reuse_end(principal, creds))
+
+    def _reuse_end(self, principal: str, creds: Any) -> float:
+        """When ``creds`` stop being reused (a dict read: any thread)."""
+        cached = self._cache.get(principal)
+        return cached[1] if cached is not None and cached[0] is creds else time.monotonic()
 
     def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> "Deferred[Initiation]":
         principal = f"{who.user}@{self._host.realm}"
@@ -324,13 +336,14 @@ class ProtocolTransition:
         if creds is not None:
             doing = f"protocol transition for {principal} to nipc/{target_host}"
             return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _start, creds,
-                                     target_host, channel, principal, doing)
+                                     target_host, channel, principal, doing,
+                                     self._reuse_end(principal, creds))
         return deferToThreadPool(self._reactor, self._kdc_pool, self._initiate, principal,
                                  target_host, channel)
 
     def holder(self, who: LocalIdentity) -> "Deferred[str] | None":
-        """Nothing to ask: a session is never kept past ``caller_ticket_reuse``, the bound
-        the impersonated credentials have too."""
+        """Nothing to ask: a session is never kept past the end of reuse of the impersonated
+        credentials it was made with (:attr:`Initiation.reuse_until`)."""
         return None
 
 

@@ -268,7 +268,8 @@ class _Dial:
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
             return
         limit = min(float(seconds), self._sessions.maximum)
-        lifetime = seconds_left(initiation.context, limit) - MARGIN
+        lifetime = min(seconds_left(initiation.context, limit) - MARGIN,
+                       initiation.reuse_until - time.monotonic())
         if lifetime > 0:
             self._sessions.add(channel.link, self._key, Session(
                 reference, initiation.principal, initiation.context,

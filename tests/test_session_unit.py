@@ -3,21 +3,32 @@ parts are tests/test_sessions.py)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from gssapi.raw.misc import GSSError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
 
 from nipc import wire
 from nipc.config import from_mapping
 from nipc.errors import NipcError
+from nipc.identity import LocalIdentity
+from nipc.interfaces import ITicketSource
 from nipc.kerberos import Accepted
+from nipc.registry import Registry
 from nipc.reload import adopt
+from nipc.router import Router
 from nipc.session import (MAX_PER_LINK, MAX_PER_PRINCIPAL, MAX_SESSIONS, Session, Sessions,
                           proof_message, seconds_left, verify)
 from test_channels_unit import Server
 from test_inbound_unit import Acceptor, Daemon
+from test_router_unit import CONFIG as ROUTER_CONFIG
+from test_router_unit import REQUEST, ROOT, Links, answer, hellos
+from test_router_unit import Initiation as RouterInitiation
+from test_router_unit import Reactor as RouterReactor
+from test_router_unit import link as router_link
 
 
 class FakeLink:
@@ -237,3 +248,34 @@ def test_a_session_ends_with_its_gss_contexts_ticket(allowance: float) -> None:
     assert table.get(link, "k") is not None
     context.lifetime = int(allowance)  # the ticket is over; the acceptor adds its skew
     assert table.get(link, "k") is None and table.count(link) == 0
+
+
+def test_a_sender_keeps_a_session_no_longer_than_its_impersonated_credentials() -> None:
+    """Protocol transition: credentials reused for 20 s more give a session of at most
+    20 s, whatever the offer and session_max say (the lockout bound stays one window)."""
+    reactor = RouterReactor()
+    peer = router_link(reactor)
+
+    class Ending(RouterInitiation):
+        principal = "root@T"
+        context = _Context()
+        reuse_until = time.monotonic() + 20
+
+    @implementer(ITicketSource)
+    class Tickets:
+        def initiate(self, who: LocalIdentity, target_host: str, channel: bytes) -> Any:
+            return succeed(Ending())
+
+        def holder(self, who: LocalIdentity) -> None:
+            return None
+
+    router = Router(reactor, ROUTER_CONFIG.host, ROUTER_CONFIG.peer, ROUTER_CONFIG.timeouts,
+                    Tickets(), Registry(), Links(peer), None, Sessions(600.0))  # type: ignore[arg-type]
+    router.route(REQUEST, ROOT, "c1")
+    ((number, hello),) = hellos(peer)
+    assert hello.resumes
+    answer(peer, number, wire.Result("OK", token=b"ap-rep",
+                                     info={"session": "ref", "session_seconds": 600}))
+    assert router.sessions.count(peer) == 1
+    (kept,) = router.sessions._links[peer].values()
+    assert kept.until <= time.monotonic() + 20
