@@ -210,3 +210,46 @@ def test_a_session_never_outlives_its_ticket(mit: dict[str, Host], sandbox: Sand
     finally:
         server.close()
         sandbox.kdestroy("alice", "x")
+
+
+DUPLICATE_PROBE = """
+import json, os
+import gssapi
+from nipc.errors import NipcError
+from nipc.kerberos import _FLAGS, bindings, principal_name, service_name
+from nipc.session import Session, proof_message, verify
+keytab = os.environ["KRB5_CLIENT_KTNAME"]
+me = principal_name(os.environ["PROBE_PRINCIPAL"])
+store = {"client_keytab": keytab, "keytab": keytab, "ccache": "MEMORY:probe"}
+ini = gssapi.SecurityContext(name=service_name(os.environ["PROBE_HOST"]), usage="initiate",
+                             creds=gssapi.Credentials(name=me, usage="initiate", store=store),
+                             flags=_FLAGS, channel_bindings=bindings(b"x/channel/1"))
+acc = gssapi.SecurityContext(usage="accept", channel_bindings=bindings(b"x/channel/1"),
+                             creds=gssapi.Credentials(usage="accept", store=store))
+ini.step(acc.step(ini.step()))
+session = Session("ref", str(me), acc, 0.0, ("a",))
+message = proof_message(b"x/channel/2", "ref", "/p", "b", "c1", ("a",))
+mic = bytes(ini.get_signature(message))
+out = {}
+for attempt in ("first", "duplicate"):
+    try:
+        verify(session, message, mic)
+        out[attempt] = "OK"
+    except NipcError as e:
+        out[attempt] = e.errno_name
+out["replay_detection"] = gssapi.RequirementFlag.replay_detection in acc.actual_flags
+print(json.dumps(out))
+"""
+
+
+def test_a_duplicated_proof_is_not_caught_by_gss(lan: dict[str, Host]) -> None:
+    """Real MIT contexts made as nipc makes them (no replay_detection) verify the same MIC
+    twice: GSS is no replay defence for proofs. What stops a replayed proof is the
+    channel number under it, accepted once per link (test_proofs_are_good_for_one_channel_of_one_link;
+    SECURITY.md section 3a says so)."""
+    a = lan["a"]
+    proc = a.run([sys.executable, "-c", DUPLICATE_PROBE], check=False, timeout=120,
+                 env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                      "PROBE_PRINCIPAL": a.principal, "PROBE_HOST": a.fqdn})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"first": "OK", "duplicate": "OK", "replay_detection": False}
