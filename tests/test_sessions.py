@@ -9,7 +9,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +35,9 @@ def rcache_digest(host: Host) -> str:
     return digest.hexdigest()
 
 
-def with_session_max(host: Host, minutes: float) -> str:
-    """Restart ``host``'s daemon with ``[kerberos] session_max``; the old config returned."""
-    original = host.config_path.read_text()
-    host.stop_daemon()
-    host.config_path.write_text(original.replace(
-        "[kerberos]\n", f"[kerberos]\nsession_max = {minutes}\n", 1))
-    host.start_daemon()
-    return original
-
-
-def restore(host: Host, original: str) -> None:
-    host.stop_daemon()
-    host.config_path.write_text(original)
-    host.start_daemon()
+def session_max(minutes: float) -> Callable[[str], str]:
+    """A config edit for :meth:`Host.reconfigured`: ``[kerberos] session_max``."""
+    return lambda text: text.replace("[kerberos]\n", f"[kerberos]\nsession_max = {minutes}\n", 1)
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +132,7 @@ def test_a_session_ends_at_its_maximum(lan: dict[str, Host], server: UnixServer)
     whose sending daemon keeps sessions for longer is not failed by that, it only pays
     one full exchange."""
     a, b = lan["a"], lan["b"]
-    original = with_session_max(b, 0.05)  # 3 seconds
-    try:
+    with b.reconfigured(session_max(0.05)):  # 3 seconds
         out = session_tool(a, b, "4")
         assert out["offered"]["session_seconds"] <= 3, out
         assert out["after_end"] == "EKEYREJECTED" and out["after_end_info"] == {"session": "ended"}, out
@@ -155,8 +143,6 @@ def test_a_session_ends_at_its_maximum(lan: dict[str, Host], server: UnixServer)
         ok = run_client("alice", str(a.socket_path), "greet", target(b, "session.sock"))
         assert ok["server"]["uid"] == b.user("alice").uid, ok
         assert routed(b, 1)[0]["session"] == "new"
-    finally:
-        restore(b, original)
 
 
 @pytest.fixture(scope="module")
