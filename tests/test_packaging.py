@@ -23,16 +23,23 @@ _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info
                                      ".mypy_cache", ".pytest_cache", ".hypothesis", "dropin.cache")
 
 
-def test_sdist_carries_license_config_units_and_docs(tmp_path: Path) -> None:
-    """``python -m build --sdist`` (no network: this virtualenv's setuptools) on a copy."""
+def build(kind: str, tmp_path: Path) -> Path:
+    """``python -m build <kind>`` (no network: this virtualenv's setuptools) on a copy of
+    the checkout; the one file it made."""
     tree = tmp_path / "src"
     shutil.copytree(ROOT, tree, ignore=_NOT_SOURCE)
     out = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation",
+    proc = subprocess.run([sys.executable, "-m", "build", kind, "--no-isolation",
                            "--outdir", str(out), str(tree)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    [sdist] = out.glob("nipc-*.tar.gz")
+    [made] = out.glob("nipc-*")
+    return made
+
+
+def test_sdist_carries_license_config_units_and_docs(tmp_path: Path) -> None:
+    """``python -m build --sdist`` (no network: this virtualenv's setuptools) on a copy."""
+    sdist = build("--sdist", tmp_path)
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     expected = {"LICENSE", "README.md", "setup.cfg", "pyproject.toml", "nipc/__init__.py",
@@ -52,14 +59,7 @@ def test_wheel_carries_the_daemon_and_client_but_not_the_throwaway_domain(
     operator installs."""
     from nipc_testbed.sandbox import ADMIN_PASSWORD, PASSWORD
 
-    tree = tmp_path / "src"
-    shutil.copytree(ROOT, tree, ignore=_NOT_SOURCE)
-    out = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation",
-                           "--outdir", str(out), str(tree)], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    [wheel] = out.glob("nipc-*.whl")
+    wheel = build("--wheel", tmp_path)
     with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
         texts = [whl.read(name) for name in names]
