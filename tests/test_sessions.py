@@ -42,11 +42,8 @@ def session_max(minutes: float) -> Callable[[str], str]:
 
 @pytest.fixture(scope="module")
 def lan(samba_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
-    for name in ("a", "b"):
-        samba_hosts[name].start_daemon()
-    yield samba_hosts
-    for name in ("a", "b"):
-        samba_hosts[name].stop_daemon()
+    with samba_hosts["a"].running(), samba_hosts["b"].running():
+        yield samba_hosts
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +145,8 @@ def test_a_session_ends_at_its_maximum(lan: dict[str, Host], server: UnixServer)
 @pytest.fixture(scope="module")
 def mit(mit_hosts: dict[str, Host]) -> Iterator[dict[str, Host]]:
     """Daemons on x and y of the plain MIT realm, in own-ccache mode."""
-    for name in ("x", "y"):
-        mit_hosts[name].start_daemon()
-    yield mit_hosts
-    for name in ("x", "y"):
-        mit_hosts[name].stop_daemon()
+    with mit_hosts["x"].running(), mit_hosts["y"].running():
+        yield mit_hosts
 
 
 def test_own_ccache_kdestroy_ends_new_channels(mit: dict[str, Host], sandbox: Sandbox) -> None:
