@@ -8,6 +8,7 @@ import atexit
 import json
 import os
 import random
+import select
 import shutil
 import socket
 import struct
@@ -131,7 +132,10 @@ class UnixServer:
     ask_peer: str | None = None
     #: With ``call``: what to do with each accepted connection.
     call: Callable[[socket.socket], None] | None = None
-    seen: list[Seen] = field(default_factory=list)
+    _seen: list[Seen] = field(default_factory=list, init=False)
+    #: Held while connections are taken from the backlog and recorded, and while closing.
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -147,22 +151,60 @@ class UnixServer:
         # Room for a burst: the overload tests open 400 connections at once, and a full
         # backlog would refuse them with EAGAIN from the server, not from the daemon.
         self._sock.listen(1024)
-        accept_each(self._sock, self._handle)
+        self._sock.setblocking(False)
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    @property
+    def seen(self) -> list[Seen]:
+        """Everyone who connected, in order. A connect() that has returned is counted even
+        if no thread has accepted it yet (it waits in the backlog): a daemon answers its
+        caller once its connect to us returned, so a count read after that answer is exact,
+        not a race with the accepting thread."""
+        self._accept_waiting()
+        return self._seen
 
     def close(self) -> None:
-        self._sock.close()
+        # Under the lock, so no accept can run on this fd number once it is closed (and
+        # perhaps reused by the next test's server, whose connection it would then steal).
+        with self._lock:
+            self._closed = True
+            self._sock.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _accept_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        while self._accept_waiting():
+            poller.poll(200)
+
+    def _accept_waiting(self) -> bool:
+        """Accept and record every connection waiting in the backlog, each then handled on
+        a thread of its own; False once the server is closed."""
+        with self._lock:
+            while not self._closed:
+                try:
+                    conn, _ = self._sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return True
+                conn.setblocking(True)
+                seen = self._record(conn)
+                threading.Thread(target=self._handle, args=(conn, seen), daemon=True).start()
+            return False
+
+    def _record(self, conn: socket.socket) -> Seen:
         pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
         groups = sorted(struct.unpack(f"{len(raw) // 4}I", raw))
         peer = conn.getpeername()
         seen = Seen(pid, uid, gid, groups, peer.decode("latin-1") if isinstance(peer, bytes) else peer)
-        self.seen.append(seen)
+        self._seen.append(seen)
+        return seen
+
+    def _handle(self, conn: socket.socket, seen: Seen) -> None:
+        uid, gid, groups = seen.uid, seen.gid, seen.groups
         try:
             self._behave(conn, seen, uid, gid, groups)
         except Exception as e:  # noqa: BLE001 - recorded for the test to report
