@@ -170,6 +170,10 @@ class LimitsSection:
     #: Connections peers route to this host, open at once: in all, and from one address.
     max_inbound: int = 4096
     max_inbound_per_source: int = 1024
+    #: Destination connects still waiting in the kernel past ``timeouts.connect`` (a hung
+    #: mount on the path), in all and per local uid: at either, new connects get ``EAGAIN``.
+    max_stuck: int = 64
+    max_stuck_per_caller: int = 8
 
 
 @dataclass(frozen=True)

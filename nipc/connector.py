@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import (
     IAddress, IProtocol, IProtocolFactory, IStreamClientEndpoint,
 )
@@ -27,6 +27,12 @@ from nipc.errors import NipcError, from_oserror
 from nipc.identity import LocalIdentity
 from nipc.impersonate import run_as
 from nipc.interfaces import IConnectorReactor, IDestinationConnector
+from nipc.stuck import StuckConnects
+
+
+#: Beyond ``[timeouts] connect``, the time a thread that timed out by itself (its
+#: ``connect()`` on a full backlog) has to say so before it counts as stuck in the kernel.
+GRACE = 1.0
 
 
 class _Remembering(ServerFactory):
@@ -49,20 +55,27 @@ class _Remembering(ServerFactory):
 class CallerEndpoint:
     """A local socket reached as ``who``: ``path`` (already expanded for ``who``) walked and
     connected on a thread that has become ``who``, within ``timeout`` seconds, the daemon's
-    end bound to ``conn_id``'s abstract name; with a ``policy``, only where it permits."""
+    end bound to ``conn_id``'s abstract name; with a ``policy``, only where it permits. A
+    thread that is still in the kernel at the deadline is left to ``stuck``."""
 
     def __init__(self, reactor: IConnectorReactor, who: LocalIdentity, path: str, conn_id: str,
-                 timeout: float, policy: PathPolicy | None) -> None:
+                 timeout: float, policy: PathPolicy | None, stuck: StuckConnects) -> None:
         self._reactor = reactor
         self._who = who
         self._path = path
         self._conn_id = conn_id
         self._timeout = timeout
         self._policy = policy
+        self._stuck = stuck
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """Fires with the connected protocol, or fails with a NipcError for the caller."""
-        d = run_as(self._reactor, self._who, self._connect)
+        try:
+            self._stuck.admit(self._who)
+        except NipcError as e:
+            return fail(e)
+        d = self._stuck.bounded(run_as(self._reactor, self._who, self._connect),
+                                self._timeout + GRACE, self._who, self._path, socket.socket.close)
         return d.addCallback(self._adopt, protocolFactory)
 
     def _connect(self) -> socket.socket:
@@ -88,8 +101,10 @@ class ImpersonatedConnector:
     so ``[destinations]`` limits where they may connect."""
 
     def __init__(self, reactor: IConnectorReactor, host: HostSection, timeouts: TimeoutsSection,
-                 destinations: DestinationsSection, *, remote: bool) -> None:
+                 destinations: DestinationsSection, *, remote: bool,
+                 stuck: StuckConnects) -> None:
         self._reactor = reactor
+        self._stuck = stuck
         self._host = host
         self._timeouts = timeouts
         self._destinations = destinations
@@ -98,4 +113,5 @@ class ImpersonatedConnector:
     def endpoint(self, who: LocalIdentity, path: str, conn_id: str) -> CallerEndpoint:
         allowed = self._destinations
         policy = PathPolicy(allowed.allow, allowed.deny, self._host.name) if self._remote else None
-        return CallerEndpoint(self._reactor, who, path, conn_id, self._timeouts.connect, policy)
+        return CallerEndpoint(self._reactor, who, path, conn_id, self._timeouts.connect, policy,
+                              self._stuck)

@@ -42,6 +42,7 @@ import os
 import re
 import socket
 import stat
+import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Callable
@@ -205,13 +206,15 @@ def open_as_caller(path: str) -> int:
 def connect_unix(path: str, conn_id: str, timeout: float, who: LocalIdentity,
                  policy: PathPolicy | None = None) -> socket.socket:
     """Connect to a pathname socket with this thread's credentials (``who``'s), resolved as
-    above, if ``policy`` permits where it leads.
+    above, if ``policy`` permits where it leads, within ``timeout`` seconds in all (a walk
+    that waits in the kernel is bounded by the caller, :mod:`nipc.stuck`).
 
     The client end is bound to the abstract name ``nipc/<conn_id>``
     (:func:`nipc.registry.abstract_name`), so a server that looks at its peer's address can
     tell which routed connection this is.
     """
     what = f"connect to {path} as {who.describe()}"
+    deadline = time.monotonic() + timeout  # for the walk and the connect together
     try:
         fd = open_as_caller(path)
     except OSError as e:
@@ -228,7 +231,7 @@ def connect_unix(path: str, conn_id: str, timeout: float, who: LocalIdentity,
         raise
     try:
         sock.bind(abstract_name(conn_id))
-        sock.settimeout(timeout)
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.connect(f"/proc/self/fd/{fd}")
         sock.setblocking(False)
     except socket.timeout:

@@ -49,6 +49,7 @@ from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
 from nipc.session import CLOCKSKEW, MARGIN, Sessions
+from nipc.stuck import StuckConnects
 from nipc.tls import client_options, server_options, tune_tcp
 
 if TYPE_CHECKING:
@@ -189,10 +190,12 @@ class NipcService(Service):
         kerberos = config.kerberos  # updated in place by a reload (nipc.reload.adopt)
         acceptor = Acceptor(config.host, config.kerberos)
         links = Links(reactor, config.timeouts, config.peer, self._peer_locator())
+        # One count of connect threads stuck in the kernel, for local and inbound connects.
+        stuck = StuckConnects(reactor, config.limits)
         self._router = router = Router(
             reactor, config.host, config.peer, config.timeouts, tickets, registry, links,
             ImpersonatedConnector(reactor, config.host, config.timeouts, config.destinations,
-                                  remote=False),
+                                  remote=False, stuck=stuck),
             # A sender keeps a session no longer than its caller's impersonated credentials;
             # both read at each use, so a reload applies to sessions already held.
             Sessions(lambda: min(kerberos.session_max, kerberos.caller_ticket_reuse),
@@ -205,7 +208,7 @@ class NipcService(Service):
         inbound = Inbound(reactor, config.host, config.peer, acceptor,
                           Projection(config.host, config.kerberos), registry, live, limits,
                           ImpersonatedConnector(reactor, config.host, config.timeouts,
-                                                config.destinations, remote=True),
+                                                config.destinations, remote=True, stuck=stuck),
                           Sessions(lambda: kerberos.session_max, allowance=CLOCKSKEW))
 
         self._inbound = inbound

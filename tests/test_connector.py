@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import struct
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,14 @@ from zope.interface.verify import verifyClass, verifyObject
 
 from conftest import require_root
 from nipc.config import from_mapping
-from nipc.connector import CallerEndpoint, ImpersonatedConnector
+import nipc.connector
+from nipc.connector import GRACE, CallerEndpoint, ImpersonatedConnector
+from nipc.destination import connect_unix as real_connect_unix
 from nipc.errors import NipcError
 from nipc.identity import identity_of_user
 from nipc.interfaces import IDestinationConnector
 from nipc.registry import abstract_name, new_connection_id
+from nipc.stuck import StuckConnects
 
 reactor: Any = _reactor
 #: The machine's own unprivileged account the connects are made as.
@@ -45,7 +50,7 @@ def config(**destinations: list[str]) -> Any:
 
 def connector_of(config: Any, remote: bool) -> ImpersonatedConnector:
     return ImpersonatedConnector(reactor, config.host, config.timeouts, config.destinations,
-                                 remote=remote)
+                                 remote=remote, stuck=StuckConnects(reactor, config.limits))
 
 
 class Received(Protocol):
@@ -143,3 +148,108 @@ async def test_a_refused_connect_fails_the_deferred_with_the_callers_errno(
     with pytest.raises(NipcError) as refused:
         await connectProtocol(endpoint, Received())
     assert refused.value.errno_name == errno_name, refused.value.message
+
+
+@dataclass
+class Hung:
+    """``connect_unix`` replaced by a walk that waits until released (as one on a hung
+    mount waits in the kernel), then really connects: the seam the deadline wraps."""
+
+    release: threading.Event
+    #: The sockets the released walks made, to see that late ones are closed.
+    made: list[socket.socket]
+    #: Paths whose walks started.
+    started: list[str]
+
+
+@pytest.fixture
+def hung(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hung]:
+    state = Hung(threading.Event(), [], [])
+
+    def blocking(path: str, conn_id: str, timeout: float, who: Any, policy: Any) -> socket.socket:
+        state.started.append(path)
+        state.release.wait(60)
+        sock = real_connect_unix(path.replace("hung", "open"), conn_id, timeout, who, policy)
+        state.made.append(sock)
+        return sock
+
+    monkeypatch.setattr(nipc.connector, "connect_unix", blocking)
+    yield state
+    state.release.set()
+
+
+def limited(**limits: int) -> Any:
+    return from_mapping({"host": {"name": "a.test", "realm": "T"},
+                         "kerberos": {"keytab": "/k", "principal": "p@T"},
+                         "timeouts": {"connect": 0.3}, "limits": limits})
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_a_walk_that_never_returns_times_out_and_its_late_socket_is_closed(
+        place: Place, hung: Hung) -> None:
+    """F4: ETIMEDOUT naming the path at timeouts.connect (+ GRACE), the thread counted as
+    stuck until it returns; what it returns then is closed, never handed on."""
+    c = limited()
+    stuck = StuckConnects(reactor, c.limits)
+    connector = ImpersonatedConnector(reactor, c.host, c.timeouts, c.destinations,
+                                      remote=False, stuck=stuck)
+    path = str(place.top / "hung.sock")
+    started = time.monotonic()
+    with pytest.raises(NipcError) as refused:
+        await connectProtocol(connector.endpoint(identity_of_user(CALLER), path, "c2"),
+                              Received())
+    took = time.monotonic() - started
+    assert refused.value.errno_name == "ETIMEDOUT" and path in refused.value.message
+    assert 0.3 + GRACE - 0.05 <= took < 0.3 + GRACE + 5  # generous: shared CPU
+    assert len(stuck) == 1 and path in stuck.summary()
+    hung.release.set()
+    for _ in range(200):
+        if not len(stuck):
+            break
+        await deferLater(reactor, 0.05)
+    assert not len(stuck) and len(hung.made) == 1
+    assert hung.made[0].fileno() == -1  # closed on its return
+    server, _ = place.listeners[place.top / "open.sock"].accept()
+    with server:
+        server.settimeout(10)
+        assert server.recv(1) == b""  # the server saw it closed
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_stuck_connects_are_capped_per_caller_and_in_all(place: Place, hung: Hung) -> None:
+    """At max_stuck_per_caller, that uid's next connect is EAGAIN naming the oldest stuck
+    path, before any thread starts; another uid still connects, until max_stuck."""
+    c = limited(max_stuck=3, max_stuck_per_caller=2)
+    stuck = StuckConnects(reactor, c.limits)
+    connector = ImpersonatedConnector(reactor, c.host, c.timeouts, c.destinations,
+                                      remote=False, stuck=stuck)
+    path = str(place.top / "hung.sock")
+    nobody, root = identity_of_user(CALLER), identity_of_user("root")
+
+    async def attempt(who: Any) -> str:
+        try:
+            await connectProtocol(connector.endpoint(who, path, new_connection_id()), Received())
+        except NipcError as e:
+            return f"{e.errno_name} {e.message}"
+        return "OK"
+
+    for _ in range(2):
+        assert (await attempt(nobody)).startswith("ETIMEDOUT ")
+    assert len(stuck) == 2
+    before = len(hung.started)
+    over = await attempt(nobody)
+    assert over.startswith("EAGAIN ") and "max_stuck_per_caller" in over and path in over
+    assert len(hung.started) == before  # refused before a thread started
+    assert (await attempt(root)).startswith("ETIMEDOUT ")
+    over_all = await attempt(root)
+    assert over_all.startswith("EAGAIN ") and "limits.max_stuck)" in over_all
+    assert "3 destination connects stuck in the kernel, oldest " + path in over_all
+    hung.release.set()
+    for _ in range(200):
+        if not len(stuck):
+            break
+        await deferLater(reactor, 0.05)
+    assert not len(stuck)
+    place.listeners[place.top / "open.sock"].setblocking(False)
+    for _ in range(3):  # the late connections, closed
+        place.listeners[place.top / "open.sock"].accept()[0].close()
