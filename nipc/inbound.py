@@ -35,7 +35,7 @@ from nipc.impersonate import on_fresh_thread
 from nipc.kerberos import Accepted
 from nipc.pac import PacError, decode_delegation_info, decode_logon_info
 from nipc.registry import Routed, new_connection_id
-from nipc.session import (CLOCKSKEW, ENDED, LIFETIME, OFFERED, Session, Sessions, new_reference,
+from nipc.session import (ENDED, LIFETIME, OFFERED, Session, Sessions, new_reference,
                           proof_message, seconds_left, verify)
 from nipc.splice import Splice, UnixEnd
 
@@ -135,7 +135,7 @@ class Inbound:
         its context and evidence here)."""
         if self.sessions.maximum <= 0 or len(hops) != 1:
             return {}
-        seconds = seconds_left(acc.context, self.sessions.maximum, CLOCKSKEW)
+        seconds = seconds_left(acc.context, self.sessions.maximum, self.sessions.allowance)
         if seconds <= 0:
             return {}
         reference = new_reference()

@@ -39,6 +39,7 @@ from nipc.interfaces import IDaemonReactor, IDaemonTickets
 from nipc.kerberos import (
     Acceptor, KeytabError, check_keytab, ticket_source,
 )
+from nipc.krb5profile import ClockSkew
 from nipc.limits import Descriptors, Limits, fds_needed, open_fds, raise_fd_limit
 from nipc.link import ServerLink
 from nipc.links import Links
@@ -48,7 +49,7 @@ from nipc.projection import Projection
 from nipc.registry import Registry
 from nipc.request import ConnectRequest
 from nipc.router import Router
-from nipc.session import CLOCKSKEW, MARGIN, Sessions
+from nipc.session import MARGIN, Sessions
 from nipc.stuck import StuckConnects
 from nipc.tls import client_options, server_options, tune_tcp
 
@@ -173,6 +174,7 @@ class NipcService(Service):
         self._ready = False
         self._draining = False
         self._reloading: Deferred[dict[str, Any]] | None = None
+        self._clockskew: ClockSkew | None = None
 
     def startService(self) -> None:
         config, reactor = self.config, self.reactor
@@ -188,6 +190,8 @@ class NipcService(Service):
         live, limits = self.live, self.limits
         self._tickets = tickets = ticket_source(reactor, config.host, config.kerberos)
         kerberos = config.kerberos  # updated in place by a reload (nipc.reload.adopt)
+        # krb5's own clockskew (KRB5_CONFIG is set): what MIT adds to accepted contexts.
+        self._clockskew = clockskew = ClockSkew()
         acceptor = Acceptor(config.host, config.kerberos)
         links = Links(reactor, config.timeouts, config.peer, self._peer_locator())
         # One count of connect threads stuck in the kernel, for local and inbound connects.
@@ -209,7 +213,8 @@ class NipcService(Service):
                           Projection(config.host, config.kerberos), registry, live, limits,
                           ImpersonatedConnector(reactor, config.host, config.timeouts,
                                                 config.destinations, remote=True, stuck=stuck),
-                          Sessions(lambda: kerberos.session_max, allowance=CLOCKSKEW))
+                          Sessions(lambda: kerberos.session_max,
+                                   allowance=lambda: clockskew.seconds))
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config.timeouts, config.peer, router, registry,
@@ -484,6 +489,8 @@ class NipcService(Service):
         def prepare() -> tuple[reloading.Reloaded, CertificateOptions, CertificateOptions]:
             """Off the reactor: files, NSS, PEM parsing. Nothing is applied yet."""
             new = reloading.prepare(self.config, source)
+            if self._clockskew is not None:  # krb5's, not ours: in force however this ends
+                self._clockskew.reread()
             try:
                 peer = new.config.peer
                 return new, server_options(peer, new.config.host), client_options(peer)

@@ -81,12 +81,6 @@ class Session:
     started: float = 0.0
 
 
-#: MIT reports an acceptor context's lifetime as the ticket's end plus the clock-skew
-#: allowance (krb5.conf ``clockskew``, default 300 s): taken off, so that a session ends
-#: with its ticket (earlier where a site lowered the allowance).
-CLOCKSKEW = 300.0
-
-
 def seconds_left(context: Any, maximum: float, allowance: float = 0.0) -> float:
     """How long a session on ``context`` may live: never past its ticket, nor ``maximum``."""
     try:
@@ -131,10 +125,12 @@ class Sessions(Generic[K]):
     """
 
     def __init__(self, maximum: float | Callable[[], float],
-                 clock: Callable[[], float] = time.monotonic, allowance: float = 0.0) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 allowance: float | Callable[[], float] = 0.0) -> None:
         #: Seconds of a GSS context's reported lifetime that are not its ticket's (an
-        #: acceptor's clock-skew allowance, :data:`CLOCKSKEW`; a sender's :data:`MARGIN`).
-        self._allowance = allowance
+        #: acceptor's: MIT adds krb5.conf's ``clockskew``, :class:`nipc.krb5profile.ClockSkew`,
+        #: read at each use; a sender's :data:`MARGIN`).
+        self._allowance = allowance if callable(allowance) else lambda: allowance
         if callable(maximum):
             self._maximum = maximum
         else:
@@ -145,6 +141,11 @@ class Sessions(Generic[K]):
         #: Sessions held, in all and by principal: the caps beyond one link's.
         self._total = 0
         self._principals: Counter[str] = Counter()
+
+    @property
+    def allowance(self) -> float:
+        """Seconds taken off a context's lifetime (see ``__init__``), read at each use."""
+        return self._allowance()
 
     @property
     def maximum(self) -> float:
@@ -191,7 +192,7 @@ class Sessions(Generic[K]):
         # clock stepped forward or a suspended host must not carry a session past its
         # ticket, and MIT still signs and verifies with a context whose ticket expired.
         if session is not None and (session.until <= now or session.started + self.maximum <= now
-                                    or seconds_left(session.context, math.inf, self._allowance) <= 0):
+                                    or seconds_left(session.context, math.inf, self.allowance) <= 0):
             self._forget(table, key)
             return None
         return session

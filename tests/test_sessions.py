@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from nipc_testbed.sandbox import RCACHE_DIR, Host, Sandbox
+from local_daemon import environ_for_cli
 from support import UnixServer, audit_lines, run_client
 
 pytestmark = pytest.mark.integration
@@ -190,6 +192,54 @@ def test_a_session_never_outlives_its_ticket(mit: dict[str, Host], sandbox: Sand
     finally:
         server.close()
         sandbox.kdestroy("alice", "x")
+
+
+def test_the_receiver_takes_off_krb5s_own_clockskew(mit: dict[str, Host], sandbox: Sandbox) -> None:
+    """MIT reports an accepted context as lasting the ticket plus krb5.conf's clockskew:
+    with a site's clockskew of 900 s, a 20 s ticket still gives a session of at most 20 s
+    (a fixed 300 s allowance gave 600 s, session_max); the value is read again on reload
+    (lowered to 30 s: a session of at most 20 s, where the stale 900 s would offer none)."""
+    x, y = mit["x"], mit["y"]
+    server = UnixServer(str(y.run_dir / "skew.sock"))
+    original = y.krb5_conf.read_text()
+
+    def session_of(user: str) -> dict[str, Any]:
+        u = x.user(user)
+        x.run(["kinit", "-l", "20s", f"{user}@MIT.TEST"], user=u, input=sandbox.password + "\n",
+              env={"KRB5CCNAME": x.ccache(u)})
+        out = run_client(user, str(x.socket_path), "greet", target(y, "skew.sock"))
+        assert out["server"]["uid"] == y.user(user).uid, out
+        return routed(y, 1)[0]
+
+    def skew(seconds: int) -> None:
+        y.krb5_conf.write_text(original.replace(
+            "[libdefaults]\n", f"[libdefaults]\n    clockskew = {seconds}\n", 1))
+
+    try:
+        skew(900)
+        y.stop_daemon()
+        y.start_daemon()
+        line = session_of("alice")
+        assert line["session"] == "new" and 0 < line["session_seconds"] <= 20, line
+        skew(30)
+        reload(y)
+        line = session_of("bob")
+        assert line["session"] == "new" and 0 < line["session_seconds"] <= 20, line
+    finally:
+        y.krb5_conf.write_text(original)
+        y.stop_daemon()
+        y.start_daemon()
+        server.close()
+        for user in ("alice", "bob"):
+            sandbox.kdestroy(user, "x")
+
+
+def reload(host: Host) -> None:
+    """``nipc reload`` on ``host``'s admin socket; it must be applied."""
+    done = subprocess.run([sys.executable, "-m", "nipc.cli", "reload", "--admin",
+                           str(host.socket_path.parent / "admin.sock")],
+                          capture_output=True, text=True, timeout=60, env=environ_for_cli())
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 DUPLICATE_PROBE = """
