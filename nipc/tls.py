@@ -141,12 +141,11 @@ def _tuned(options: ssl.CertificateOptions) -> ssl.CertificateOptions:
     ``OP_CIPHER_SERVER_PREFERENCE``). No partial writes: with them ``SSL_write`` returns
     after each 16 KiB record, so a 256 KiB write took 16 calls through pyOpenSSL and 16
     appends to the memory BIO; the BIO takes any size, so one call does it all.
-    pyOpenSSL before 25.2 can do neither of the last two: OpenSSL's defaults stay."""
+    (Both need pyOpenSSL 25.2, setup.cfg's floor.)"""
     context = options.getContext()
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    if hasattr(context, "set_tls13_ciphersuites"):
-        context.set_tls13_ciphersuites(CIPHER_SUITES)
-        context.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
+    context.set_tls13_ciphersuites(CIPHER_SUITES)
+    context.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
     return options
 
 

@@ -122,10 +122,10 @@ def test_every_imported_distribution_is_declared() -> None:
 
 
 @pytest.mark.parametrize(("name", "floor", "below"),
-                         [("pyopenssl", "24.3", "24.2.1"), ("cryptography", "41.0.5", "41.0.4")])
+                         [("pyopenssl", "25.2", "25.1.0"), ("cryptography", "45.0.7", "45.0.6")])
 def test_dependency_floors_that_work(name: str, floor: str, below: str) -> None:
-    """pyOpenSSL 24.0-24.2 refuse the cryptography certificates nipc/tls.py passes; the
-    floors are the lowest versions the tests pass with (see setup.cfg)."""
+    """nipc/tls.py needs pyOpenSSL 25.2 (TLS 1.3 suites, partial writes off), which needs
+    cryptography 45.0.7; the floors are the lowest versions the tests pass with (setup.cfg)."""
     spec = _requirements()[name].specifier
     assert spec.contains(floor) and not spec.contains(below), f"{name}{spec}"
     assert importlib.metadata.version(name) in spec
