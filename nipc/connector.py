@@ -2,11 +2,12 @@
 
 ``ImpersonatedConnector.endpoint(who, path, conn_id)`` is an ``IStreamClientEndpoint``
 like ``unix:path=...``, except that its ``connect`` runs the walk and connect of
-:mod:`nipc.destination` on a fresh thread that has become ``who`` (:mod:`nipc.impersonate`),
-so the kernel's own permission checks decide; the connected socket is then handed to the
-reactor. The local route (:mod:`nipc.router`) and the receiving side (:mod:`nipc.inbound`)
-both reach it through ``connectProtocol``, so a routed connection reads as the design
-card's Deferred chain: ticket, validation, impersonated connect, splice.
+:mod:`nipc.destination` on a thread that has become ``who`` (a warm worker of exactly that
+identity, :mod:`nipc.workers`, else a fresh thread, :mod:`nipc.impersonate`), so the
+kernel's own permission checks decide; the connected socket is then handed to the reactor.
+The local route (:mod:`nipc.router`) and the receiving side (:mod:`nipc.inbound`) both
+reach it through ``connectProtocol``, so a routed connection reads as the design card's
+Deferred chain: ticket, validation, impersonated connect, splice.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from nipc.config import DestinationsSection, HostSection, TimeoutsSection
 from nipc.destination import PathPolicy, connect_unix
 from nipc.errors import NipcError, from_oserror
 from nipc.identity import LocalIdentity
-from nipc.impersonate import run_as
 from nipc.interfaces import IConnectorReactor, IDestinationConnector
 from nipc.stuck import StuckConnects
+from nipc.workers import WARM
 
 
 #: Beyond ``[timeouts] connect``, the time a thread that timed out by itself (its
@@ -74,7 +75,7 @@ class CallerEndpoint:
             self._stuck.admit(self._who)
         except NipcError as e:
             return fail(e)
-        d = self._stuck.bounded(run_as(self._reactor, self._who, self._connect),
+        d = self._stuck.bounded(WARM.run(self._reactor, self._who, self._connect),
                                 self._timeout + GRACE, self._who, self._path, socket.socket.close)
         return d.addCallback(self._adopt, protocolFactory)
 

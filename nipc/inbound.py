@@ -2,9 +2,9 @@
 
 Order matters and is the whole trust model: the ticket is accepted with this host's
 keytab and bound to this TLS session; only the principal inside it counts (never the
-sending daemon's word); it is projected to a local account (both on a fresh thread); then
-the destination connector's endpoint connects on a thread that has become that account,
-so the kernel's own permission check decides.
+sending daemon's word); it is projected to a local account (both on a thread that stays the
+daemon, :mod:`nipc.workers`); then the destination connector's endpoint connects on a
+thread that has become that account, so the kernel's own permission check decides.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from nipc.interfaces import (
     IInboundHandler, IProjection, IRegistry,
 )
 from nipc.destination import expand
-from nipc.impersonate import on_fresh_thread
 from nipc.kerberos import Accepted
 from nipc.pac import PacError, decode_delegation_info, decode_logon_info
 from nipc.registry import Routed, new_connection_id
 from nipc.session import (ENDED, LIFETIME, OFFERED, Session, Sessions, new_reference,
                           proof_message, seconds_left, verify)
 from nipc.splice import Splice, UnixEnd
+from nipc.workers import WARM
 
 log = Logger()
 
@@ -178,8 +178,8 @@ class Inbound:
                 self._limits.inbound_left(source)
 
         def validate() -> _Admission:
-            """On a fresh thread (the keytab, the replay cache and NSS block): the ticket
-            accepted, its principal projected to a local account."""
+            """On a thread as the daemon (the keytab, the replay cache and NSS block): the
+            ticket accepted, its principal projected to a local account."""
             admission = _Admission()
             try:
                 if session is None:
@@ -267,5 +267,5 @@ class Inbound:
             refused(e)
             return
         counted = True
-        d = on_fresh_thread(self._reactor, validate).addCallback(validated)
+        d = WARM.run(self._reactor, None, validate).addCallback(validated)
         d.addCallbacks(connected, refusal).addErrback(failed)

@@ -1,0 +1,149 @@
+"""Warm worker threads (nipc.workers) on real threads with real identity switches: a job
+of one identity never runs on another's thread, a thread whose credentials changed is
+never used again, idle threads end, the caps hold."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from nipc.errors import NipcError
+from nipc.identity import LocalIdentity
+from nipc.impersonate import become
+from nipc.workers import WarmThreads
+from tests.conftest import require_root
+
+X = LocalIdentity("x", 61001, 61001, (61001, 61003))
+Y = LocalIdentity("y", 61002, 61002, (61002,))
+
+
+class _ThreadReactor:
+    """Just enough reactor: results are delivered on the worker thread itself."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        f(*args)
+
+
+def _where() -> tuple[int, tuple[int, int, int], tuple[int, int, int], tuple[int, ...]]:
+    """The thread a job ran on and its credentials."""
+    return (threading.get_native_id(), os.getresuid(), os.getresgid(),
+            tuple(sorted(os.getgroups())))
+
+
+def run(pool: WarmThreads, identity: LocalIdentity | None, job: Callable[[], Any]) -> Any:
+    """``job``'s result (or its failure) through ``pool``, waited for."""
+    out: list[Any] = []
+    done = threading.Event()
+    pool.run(_ThreadReactor(), identity, job).addBoth(  # type: ignore[arg-type]
+        lambda r: (out.append(r), done.set()))
+    assert done.wait(10)
+    return out[0]
+
+
+def wait_for(check: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_job_runs_only_on_a_thread_of_its_own_identity() -> None:
+    """X's thread is reused for X (warm), never for Y or for the daemon's own jobs; every
+    job sees exactly its identity, for good (real, effective, saved)."""
+    require_root()
+    pool = WarmThreads(idle=5)
+    before = (os.getresuid(), os.getresgid(), os.getgroups())
+    x1, x2 = run(pool, X, _where), run(pool, X, _where)
+    y1, d1 = run(pool, Y, _where), run(pool, None, _where)
+    assert x1 == x2, "X's second job did not reuse X's warm thread"
+    assert x1[1:] == ((61001,) * 3, (61001,) * 3, (61001, 61003))
+    assert y1[1:] == ((61002,) * 3, (61002,) * 3, (61002,))
+    assert d1[1:] == before[:2] + (tuple(sorted(before[2])),)
+    assert len({x1[0], y1[0], d1[0]}) == 3
+    assert pool.alive() == 3
+    assert (os.getresuid(), os.getresgid(), os.getgroups()) == before
+
+
+def test_a_thread_whose_credentials_changed_is_never_used_again() -> None:
+    """A job that changes its thread's credentials (only a daemon-identity thread can: the
+    others lost the capability) ends that thread: the next job runs on another thread with
+    the right credentials."""
+    require_root()
+    pool = WarmThreads(idle=5)
+    first = run(pool, None, _where)
+
+    def switch() -> int:
+        become(Y, permanent=False)  # effective ids only, as a stray job might
+        return threading.get_native_id()
+
+    assert run(pool, None, switch) == first[0]
+    assert wait_for(lambda: pool.alive() == 0), "the changed thread is still a worker"
+    second = run(pool, None, _where)
+    assert second[0] != first[0] and second[1:] == first[1:]
+
+
+def test_a_switched_worker_cannot_switch_again() -> None:
+    """X's worker lost its capabilities with its permanent switch: a job trying to become
+    Y fails, and the thread still holds exactly X."""
+    require_root()
+    pool = WarmThreads(idle=5)
+    failure = run(pool, X, lambda: become(Y, permanent=False))
+    assert isinstance(failure.value, OSError) and failure.value.errno == 1  # EPERM
+    assert run(pool, X, _where)[1:] == ((61001,) * 3, (61001,) * 3, (61001, 61003))
+
+
+def test_idle_threads_end() -> None:
+    """A worker left without a job for ``idle`` seconds ends: its thread is gone from the
+    process, and the next job starts a new one."""
+    require_root()
+    pool = WarmThreads(idle=0.3)
+    tid = run(pool, X, _where)[0]
+    assert wait_for(lambda: not Path(f"/proc/self/task/{tid}").exists())
+    assert pool.alive() == 0
+    assert run(pool, X, _where)[0] != tid
+
+
+def test_the_caps_hold() -> None:
+    """With 2 per identity and 3 in all, five jobs of X held at once make 2 warm workers
+    (the rest run on fresh threads that switch only their effective ids), and Y then gets
+    only 1; every job still runs as its identity."""
+    require_root()
+    pool = WarmThreads(idle=5, per_identity=2, total=3)
+    release = threading.Event()
+    seen: list[Any] = []
+    lock = threading.Lock()
+
+    def held() -> None:
+        with lock:
+            seen.append(_where())
+        release.wait(10)
+
+    outcomes: list[Any] = []
+    for identity in (X,) * 5 + (Y,) * 2:
+        pool.run(_ThreadReactor(), identity, held).addBoth(outcomes.append)  # type: ignore[arg-type]
+    assert wait_for(lambda: len(seen) == 7)
+    assert pool.alive() == 3
+    permanent = [s for s in seen if s[1][0] != 0]  # warm: real uid switched too
+    assert sorted(s[1][1] for s in permanent) == [61001, 61001, 61002]
+    assert all(s[1][1] == (61001 if s[3] == (61001, 61003) else 61002) for s in seen)
+    release.set()
+    assert wait_for(lambda: len(outcomes) == 7)
+    assert not any(isinstance(o, Exception) or hasattr(o, "value") for o in outcomes), outcomes
+
+
+def test_a_failed_switch_refuses_the_job_and_keeps_no_worker() -> None:
+    """An identity the kernel will not take (uid_t -1: "unchanged") refuses the job EPERM
+    before it runs, and leaves no worker behind."""
+    require_root()
+    pool = WarmThreads(idle=5)
+    ran: list[int] = []
+    failure = run(pool, LocalIdentity("ghost", 2**32 - 1, 1000, (1000,)),
+                  lambda: ran.append(1))
+    assert not ran
+    assert isinstance(failure.value, NipcError) and failure.value.errno_name == "EPERM"
+    assert wait_for(lambda: pool.alive() == 0)
