@@ -136,3 +136,11 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 
 def environ_for_cli() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def reload_daemon(gate: Path) -> None:
+    """``nipc reload`` on the admin socket beside the daemon's ``gate``; it must be applied."""
+    done = subprocess.run([sys.executable, "-m", "nipc.cli", "reload", "--admin",
+                           str(gate.parent / "admin.sock")],
+                          capture_output=True, text=True, timeout=60, env=environ_for_cli())
+    assert done.returncode == 0, done.stdout + done.stderr

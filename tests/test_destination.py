@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 
 from acting import as_user, launch_daemon
 from conftest import require_root
-from local_daemon import environ_for_cli, stop_process
+from local_daemon import reload_daemon, stop_process
 from nipc.config import ConfigError, from_mapping
 from nipc.destination import MAX_SYMLINKS, PathPolicy, connect_unix, expand
 from nipc.errors import NipcError
@@ -404,14 +402,6 @@ def test_the_connect_goes_where_the_policy_looked(vault: Path) -> None:
 
 
 
-def reload(host: Host) -> None:
-    """``nipc reload`` on ``host``'s admin socket; it must be applied."""
-    done = subprocess.run([sys.executable, "-m", "nipc.cli", "reload", "--admin",
-                           str(host.socket_path.parent / "admin.sock")],
-                          capture_output=True, text=True, timeout=60, env=environ_for_cli())
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 @pytest.mark.integration
 def test_a_path_policy_decides_on_where_the_path_leads(
         vaulted: tuple[Host, Host, Path, int], homes: dict[str, UnixServer]) -> None:
@@ -440,7 +430,7 @@ def test_a_path_policy_decides_on_where_the_path_leads(
 allow = ["{run}/user/%{{uid}}/**", "{run}/open/**"]
 deny = ["{run}/open/private-*"]
 """, restart=False) as original:
-            reload(b)
+            reload_daemon(b.socket_path)
             bob_uid = b_account(b, "bob")[0]
             cases = [
                 ("alice", f"{run}/user/%{{uid}}/%{{user}}.sock", "OK"),
@@ -463,7 +453,7 @@ deny = ["{run}/open/private-*"]
             assert refusals and "policy" in refusals[-1]["reason"], refusals
             assert f"resolved: {run}/elsewhere/app.sock" in refusals[-1]["reason"]
             b.config_path.write_text(original)
-            reload(b)
+            reload_daemon(b.socket_path)
             assert answer("alice", f"{run}/open/escape.sock") == "OK"
             assert answer("alice", f"{run}/elsewhere/app.sock") == "OK"
     finally:

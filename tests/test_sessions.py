@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from nipc_testbed.sandbox import RCACHE_DIR, Host, Sandbox
-from local_daemon import environ_for_cli
+from local_daemon import reload_daemon
 from support import UnixServer, audit_lines, run_client
 
 pytestmark = pytest.mark.integration
@@ -222,7 +221,7 @@ def test_the_receiver_takes_off_krb5s_own_clockskew(mit: dict[str, Host], sandbo
         line = session_of("alice")
         assert line["session"] == "new" and 0 < line["session_seconds"] <= 20, line
         skew(30)
-        reload(y)
+        reload_daemon(y.socket_path)
         line = session_of("bob")
         assert line["session"] == "new" and 0 < line["session_seconds"] <= 20, line
     finally:
@@ -232,14 +231,6 @@ def test_the_receiver_takes_off_krb5s_own_clockskew(mit: dict[str, Host], sandbo
         server.close()
         for user in ("alice", "bob"):
             sandbox.kdestroy(user, "x")
-
-
-def reload(host: Host) -> None:
-    """``nipc reload`` on ``host``'s admin socket; it must be applied."""
-    done = subprocess.run([sys.executable, "-m", "nipc.cli", "reload", "--admin",
-                           str(host.socket_path.parent / "admin.sock")],
-                          capture_output=True, text=True, timeout=60, env=environ_for_cli())
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 DUPLICATE_PROBE = """
