@@ -31,7 +31,7 @@ TOOL = Path(__file__).with_name("hung_mount_tool.py")
 #: b's settings: a short connect deadline, and caps small enough to reach.
 CONNECT = 1
 PER_CALLER = 2
-INBOUND_PER_SOURCE = 2
+INBOUND_PER_SOURCE = PER_CALLER - 1  # what alice's connects from a would hold
 #: The deadline the caller sees: timeouts.connect + nipc.connector.GRACE, and a generous
 #: allowance for a shared CPU (a bound, not a speed target).
 BOUND = CONNECT + 1 + 8
@@ -93,11 +93,13 @@ def test_a_hung_destination_times_out_frees_its_slot_and_caps_stuck_threads(
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             assert holder.stdout is not None and holder.stdout.readline() == b"mounted\n"
 
-            # As many as alice may leave stuck, each ETIMEDOUT naming the path in time.
-            # Each held an inbound slot: without the deadline, the next connect of anyone
-            # on a would be EAGAIN (max_inbound_per_source) for as long as the mount hangs.
-            for _ in range(PER_CALLER):
-                reply, took = ask(a.socket_path, "alice", a, hung_target)
+            # As many as alice may leave stuck, each ETIMEDOUT naming the path in time:
+            # one on b's own gate (the local route), the rest from a. Each from a held an
+            # inbound slot: without the deadline, the next connect of anyone on a would be
+            # EAGAIN (max_inbound_per_source) for as long as the mount hangs.
+            local = (b.socket_path, b, f"{mount}/x.sock@localhost")
+            for gate, host, target in [local] + [(a.socket_path, a, hung_target)] * (PER_CALLER - 1):
+                reply, took = ask(gate, "alice", host, target)
                 assert reply.startswith("ERR ETIMEDOUT ") and str(mount) in reply, reply
                 assert took < BOUND, took
             assert ask(a.socket_path, "bob", a, good_target)[0] == "OK"
@@ -111,6 +113,8 @@ def test_a_hung_destination_times_out_frees_its_slot_and_caps_stuck_threads(
             reply, _ = ask(a.socket_path, "bob", a, hung_target)
             assert reply.startswith("ERR ETIMEDOUT "), reply
             assert ask(a.socket_path, "bob", a, good_target)[0] == "OK"
+            # alice's quota is per uid on b, whichever way her connects came.
+            assert ask(b.socket_path, "alice", b, local[2])[0].startswith("ERR EAGAIN ")
             # The threads really are stuck (one per hung connect), and little else is held.
             stuck = PER_CALLER + 1
             assert threads_of(pid) <= threads + stuck + 2
