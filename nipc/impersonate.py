@@ -41,36 +41,31 @@ def _syscall(name: str, *args: object) -> None:
         raise OSError(err, f"{name}: {os.strerror(err)}")
 
 
-def become(identity: LocalIdentity, *, permanent: bool) -> None:
-    """Switch the calling thread (never the main thread) to ``identity``.
+def become(identity: LocalIdentity) -> None:
+    """Switch the calling thread (never the main thread) to ``identity``: its groups and its
+    effective ids, all the kernel's permission checks use (``connect()``, files, KCM's and
+    the keyring's peer credentials).
 
-    ``permanent`` also sets the real and saved ids, so the thread cannot switch back and
-    files it opens see the caller's real uid (what krb5 and KCM check); otherwise only the
-    effective ids change, which is all the kernel's permission check on ``connect()`` uses.
+    Never the real or saved ids: ``kill(2)``/``tgkill(2)`` let a sender whose real or
+    effective uid is a thread's real or saved uid signal it, and a signal such as SIGKILL or
+    SIGSTOP sent to one thread acts on the whole daemon. A thread whose real uid were the
+    caller's would let that caller stop or kill the daemon.
     """
     if threading.get_ident() == threading.main_thread().ident:
         raise RuntimeError("identity switch attempted on the main thread")
     groups = (ctypes.c_uint * len(identity.groups))(*identity.groups)
     gid, uid, keep = ctypes.c_long(identity.gid), ctypes.c_long(identity.uid), ctypes.c_long(-1)
     _syscall("setgroups", ctypes.c_size_t(len(identity.groups)), groups)
-    if permanent:
-        _syscall("setresgid", gid, gid, gid)
-        _syscall("setresuid", uid, uid, uid)
-    else:
-        _syscall("setresgid", keep, gid, keep)
-        _syscall("setresuid", keep, uid, keep)
-    ruid, euid, suid = os.getresuid()
-    rgid, egid, sgid = os.getresgid()
-    if euid != identity.uid or egid != identity.gid or (
-        permanent and (ruid, suid, rgid, sgid) != (identity.uid,) * 2 + (identity.gid,) * 2
-    ):
+    _syscall("setresgid", keep, gid, keep)
+    _syscall("setresuid", keep, uid, keep)
+    if os.geteuid() != identity.uid or os.getegid() != identity.gid:
         raise OSError(errno.EPERM, "identity switch did not take effect")
 
 
-def switch_to(identity: LocalIdentity, *, permanent: bool = False) -> None:
+def switch_to(identity: LocalIdentity) -> None:
     """:func:`become`, its failure a refusal (``EPERM``) for the caller."""
     try:
-        become(identity, permanent=permanent)
+        become(identity)
     except OSError as e:
         raise NipcError("EPERM", f"cannot switch to {identity.describe()}: {e.strerror}") from None
 
@@ -102,13 +97,11 @@ def run_as(
     reactor: IReactorFromThreads,
     identity: LocalIdentity,
     job: Callable[[], T],
-    *,
-    permanent: bool = False,
 ) -> "Deferred[T]":
     """Run ``job`` on a fresh thread that has become ``identity``; the thread then ends."""
 
     def as_identity() -> T:
-        switch_to(identity, permanent=permanent)
+        switch_to(identity)
         return job()
 
     return on_fresh_thread(reactor, as_identity)

@@ -360,7 +360,7 @@ class OwnCredentialCache:
         self._template = kerberos.ccache_template
 
     def _open(self, who: LocalIdentity, doing: str) -> tuple[Any, str]:
-        """As ``who`` (a thread that has become them for good): their cache's credential
+        """As ``who`` (a thread that has become them): their cache's credential
         and its principal; no valid ticket in it is a refusal that says what to do."""
         ccache = self._template.replace("%{uid}", str(who.uid))
         try:
@@ -381,7 +381,7 @@ class OwnCredentialCache:
             creds, principal = self._open(who, doing)
             return _start(creds, target_host, channel, principal, doing)
 
-        return run_as(self._reactor, who, job, permanent=True)
+        return run_as(self._reactor, who, job)
 
     def holder(self, who: LocalIdentity) -> "Deferred[str] | None":
         """The caller's cache must still hold a valid ticket (kdestroy, expiry: no new
@@ -393,7 +393,7 @@ class OwnCredentialCache:
                 raise NipcError("EKEYEXPIRED", f"{who.user}'s Kerberos credentials expired: run kinit")
             return principal
 
-        return run_as(self._reactor, who, job, permanent=True)
+        return run_as(self._reactor, who, job)
 
     def warm(self) -> "Deferred[None]":
         """Nothing to fetch ahead: each caller brings their own tickets."""

@@ -1,11 +1,10 @@
 """Warm threads, each bound for life to one exact identity: a connect without a new thread.
 
 Starting a thread per connect (:func:`nipc.impersonate.run_as`) costs tens of microseconds
-of CPU. A worker here becomes its identity once, for good (real, effective and saved ids:
-for any uid but 0 the kernel then takes its capabilities away, so it cannot switch again),
-and from then on runs only jobs for that exact (uid, gid, groups). Before and after each
-job it asks the kernel for its credentials: if they are not exactly its identity's, it
-runs nothing more and ends. A worker left idle for ``idle`` seconds ends; there are at
+of CPU. A worker here becomes its identity once (groups and effective ids, as every switch:
+see :func:`nipc.impersonate.become` for why never the real ids) and from then on runs only
+jobs for that exact (uid, gid, groups). Before and after each job it asks the kernel for
+its credentials: if they are not exactly what it became, it runs nothing more and ends. A worker left idle for ``idle`` seconds ends; there are at
 most ``per_identity`` of one identity and ``total`` in all: past that, a job gets a fresh
 thread as before.
 
@@ -47,9 +46,14 @@ def _credentials() -> _Creds:
     return os.getresuid(), os.getresgid(), tuple(sorted(os.getgroups()))
 
 
-def _expected(identity: LocalIdentity) -> _Creds:
-    uid, gid = identity.uid, identity.gid
-    return (uid, uid, uid), (gid, gid, gid), tuple(sorted(identity.groups))
+def _as(daemon: _Creds, identity: LocalIdentity | None) -> _Creds:
+    """What a worker of ``identity`` must hold: the daemon's real and saved ids, the
+    identity's effective ids and groups (the daemon's own credentials for None)."""
+    if identity is None:
+        return daemon
+    (ruid, _, suid), (rgid, _, sgid), _ = daemon
+    return ((ruid, identity.uid, suid), (rgid, identity.gid, sgid),
+            tuple(sorted(identity.groups)))
 
 
 class _Task(Generic[T]):
@@ -136,13 +140,13 @@ class WarmThreads:
 
     def _main(self, worker: _Worker, identity: LocalIdentity | None, task: _Task[Any]) -> None:
         try:
+            expected = _as(_credentials(), identity)
             if identity is not None:
                 try:
-                    switch_to(identity, permanent=True)
+                    switch_to(identity)
                 except NipcError as e:
                     task.refuse(e)
                     return
-            expected = _credentials() if identity is None else _expected(identity)
             while True:
                 if _credentials() != expected:  # not expected ever: refuse, and end
                     task.refuse(NipcError("EPERM", "a worker thread's credentials changed "

@@ -36,7 +36,7 @@ def as_user(user: User | str, job: Callable[[], T]) -> T:
 
     def main() -> None:
         try:
-            become(who, permanent=False)
+            become(who)
             box["result"] = job()
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             box["error"] = e

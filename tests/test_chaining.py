@@ -65,7 +65,7 @@ def chaining_service(b: Host, target: str, *, explicit: bool, user: str = "alice
     runs_as = identity(b.user(user))
 
     def call(conn: socket.socket) -> None:
-        become(runs_as, permanent=False)  # this handler thread only; it ends afterwards
+        become(runs_as)  # this handler thread only; it ends afterwards
         with connect_via(str(b.socket_path), target, conn if explicit else None) as up:
             relay_reply(up, conn)
 
@@ -310,7 +310,7 @@ def test_delegation_is_dropped_when_the_connection_closes(lan: dict[str, Host],
         result: dict[str, str] = {}
 
         def as_alice() -> None:
-            become(alice, permanent=False)
+            become(alice)
             with connect_via(str(b.socket_path), f"{c_server.path}@{c.fqdn}") as up:
                 result["reply"] = up.recv(4096).decode()
 

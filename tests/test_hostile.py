@@ -665,12 +665,26 @@ def thread_ids(pid: int) -> dict[str, tuple[str, str, str]]:
     return out  # type: ignore[return-value]
 
 
+def signallable(pid: int, uid: int, gid: int) -> list[str]:
+    """The threads of ``pid`` a process of ``uid`` may signal (``tgkill`` with signal 0
+    checks the permission and delivers nothing)."""
+    probe = ("import ctypes, os\n"
+             "libc = ctypes.CDLL(None, use_errno=True)\n"
+             f"tids = os.listdir('/proc/{pid}/task')\n"
+             f"print(*[t for t in tids if libc.syscall(234, {pid}, int(t), 0) == 0])\n")
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                           sys.executable, "-c", probe],
+                          check=True, capture_output=True, text=True, timeout=30).stdout.split()
+
+
 def test_no_identity_is_left_on_any_thread(lan: Lan) -> None:
     """After 60 routed connections (a -> b, inbound connects made as alice on b) and 30
     local ones (made as alice on a), every thread left in both daemons is root with the
     daemon's own groups once the warm workers' idle time is over: the impersonating threads
     ended, no pool thread kept an identity. While they wait, the warm workers hold exactly
-    alice's identity, for good (real, effective, saved)."""
+    alice's groups and effective ids, never her real or saved uid: a process of alice's
+    may signal no thread of either daemon (SIGKILL or SIGSTOP to one thread would act on the
+    whole daemon)."""
     from nipc.workers import IDLE
 
     a = lan.a
@@ -688,6 +702,7 @@ def test_no_identity_is_left_on_any_thread(lan: Lan) -> None:
         pid = host.daemon_pid()
         assert pid
         alice = host.user("alice")
+        assert signallable(pid, alice.uid, alice.gid) == [], f"{host.name}: alice may signal the daemon"
         deadline = time.monotonic() + IDLE + 10
         while True:
             threads = thread_ids(pid)
@@ -695,7 +710,8 @@ def test_no_identity_is_left_on_any_thread(lan: Lan) -> None:
             assert main[0] == ["0"] * 4 and main[1] == ["0"] * 4, main
             odd = {t: ids for t, ids in threads.items() if ids != main}
             for t, (uids, gids, _) in odd.items():
-                assert uids == [str(alice.uid)] * 4 and gids == [str(alice.gid)] * 4, \
+                assert uids == ["0", str(alice.uid), "0", str(alice.uid)] \
+                    and gids == ["0", str(alice.gid), "0", str(alice.gid)], \
                     f"{host.name}: thread {t} with another identity: {odd[t]}"
             if not odd:
                 break

@@ -221,7 +221,7 @@ def test_connects_do_not_grow_the_sending_daemon(lan: dict[str, Host]) -> None:
 
     def connects(n: int) -> None:
         def job() -> None:
-            become(identity(a.user("alice")), permanent=False)
+            become(identity(a.user("alice")))
             for _ in range(n):
                 with pytest.raises(FileNotFoundError):
                     nipc.connect(f"/nonexistent@{lan['b'].fqdn}", daemon=str(a.socket_path), timeout=30)

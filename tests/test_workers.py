@@ -5,6 +5,9 @@ never used again, idle threads end, the caps hold."""
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,7 @@ from typing import Any, Callable
 
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.impersonate import become
+from nipc.impersonate import become, run_as
 from nipc.workers import WarmThreads
 from tests.conftest import require_root
 
@@ -54,15 +57,16 @@ def wait_for(check: Callable[[], bool], seconds: float = 10) -> bool:
 
 def test_a_job_runs_only_on_a_thread_of_its_own_identity() -> None:
     """X's thread is reused for X (warm), never for Y or for the daemon's own jobs; every
-    job sees exactly its identity, for good (real, effective, saved)."""
+    job sees exactly its identity: its groups and effective ids, the daemon's real and
+    saved ids (see test_a_caller_cannot_signal_the_daemon_through_a_thread_acting_as_them)."""
     require_root()
     pool = WarmThreads(idle=5)
     before = (os.getresuid(), os.getresgid(), os.getgroups())
     x1, x2 = run(pool, X, _where), run(pool, X, _where)
     y1, d1 = run(pool, Y, _where), run(pool, None, _where)
     assert x1 == x2, "X's second job did not reuse X's warm thread"
-    assert x1[1:] == ((61001,) * 3, (61001,) * 3, (61001, 61003))
-    assert y1[1:] == ((61002,) * 3, (61002,) * 3, (61002,))
+    assert x1[1:] == ((0, 61001, 0), (0, 61001, 0), (61001, 61003))
+    assert y1[1:] == ((0, 61002, 0), (0, 61002, 0), (61002,))
     assert d1[1:] == before[:2] + (tuple(sorted(before[2])),)
     assert len({x1[0], y1[0], d1[0]}) == 3
     assert pool.alive() == 3
@@ -70,15 +74,14 @@ def test_a_job_runs_only_on_a_thread_of_its_own_identity() -> None:
 
 
 def test_a_thread_whose_credentials_changed_is_never_used_again() -> None:
-    """A job that changes its thread's credentials (only a daemon-identity thread can: the
-    others lost the capability) ends that thread: the next job runs on another thread with
-    the right credentials."""
+    """A job that changes its thread's credentials ends that thread: the next job runs on
+    another thread with the right credentials."""
     require_root()
     pool = WarmThreads(idle=5)
     first = run(pool, None, _where)
 
     def switch() -> int:
-        become(Y, permanent=False)  # effective ids only, as a stray job might
+        become(Y)  # as a stray job might
         return threading.get_native_id()
 
     assert run(pool, None, switch) == first[0]
@@ -87,14 +90,64 @@ def test_a_thread_whose_credentials_changed_is_never_used_again() -> None:
     assert second[0] != first[0] and second[1:] == first[1:]
 
 
-def test_a_switched_worker_cannot_switch_again() -> None:
-    """X's worker lost its capabilities with its permanent switch: a job trying to become
-    Y fails, and the thread still holds exactly X."""
+def test_a_worker_whose_job_went_back_to_the_daemon_is_never_used_again() -> None:
+    """A job on X's worker that switches the thread back to the daemon's effective ids (it
+    can: the real and saved ids stay the daemon's) ends that worker; X's next job runs on
+    a new worker, as X."""
     require_root()
     pool = WarmThreads(idle=5)
-    failure = run(pool, X, lambda: become(Y, permanent=False))
-    assert isinstance(failure.value, OSError) and failure.value.errno == 1  # EPERM
-    assert run(pool, X, _where)[1:] == ((61001,) * 3, (61001,) * 3, (61001, 61003))
+    first = run(pool, X, _where)
+    assert run(pool, X, _back_to_root) == first[0]
+    assert wait_for(lambda: pool.alive() == 0), "the changed thread is still a worker"
+    second = run(pool, X, _where)
+    assert second[0] != first[0] and second[1:] == first[1:]
+
+
+def _back_to_root() -> int:
+    """This thread's effective ids back to root's (raw syscalls: this thread only)."""
+    from nipc import impersonate
+
+    impersonate._syscall("setresuid", -1, 0, -1)
+    impersonate._syscall("setresgid", -1, 0, -1)
+    return threading.get_native_id()
+
+
+def _signallable(uid: int, gid: int, tids: list[int]) -> list[int]:
+    """Which of this process's threads a process of ``uid`` may signal: ``tgkill`` with
+    signal 0 checks the permission and delivers nothing."""
+    probe = ("import ctypes, sys\n"
+             "libc = ctypes.CDLL(None, use_errno=True)\n"
+             f"print(*[t for t in {tids!r} if libc.syscall(234, {os.getpid()}, t, 0) == 0])\n")
+    out = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                          sys.executable, "-c", probe],
+                         check=True, capture_output=True, text=True, timeout=30).stdout
+    return [int(t) for t in out.split()]
+
+
+def test_a_caller_cannot_signal_the_daemon_through_a_thread_acting_as_them() -> None:
+    """kill(2) lets a process signal a thread whose real or saved uid is its own, and
+    SIGKILL or SIGSTOP to one thread acts on the whole daemon: a thread acting as X (a warm
+    worker, or a fresh thread) must keep the daemon's real and saved ids, so a process of
+    X's uid can signal none of them."""
+    require_root()
+    assert platform.machine() == "x86_64", "tgkill's syscall number below is x86_64's"
+    pool = WarmThreads(idle=5)
+    release = threading.Event()
+    tids: list[int] = []
+
+    def held() -> None:
+        tids.append(threading.get_native_id())
+        release.wait(20)
+
+    warm = pool.run(_ThreadReactor(), X, held)  # type: ignore[arg-type]
+    fresh = run_as(_ThreadReactor(), Y, held)  # type: ignore[arg-type]
+    try:
+        assert wait_for(lambda: len(tids) == 2)
+        assert _signallable(X.uid, X.gid, tids) == []
+        assert _signallable(Y.uid, Y.gid, tids) == []
+    finally:
+        release.set()
+    assert wait_for(lambda: warm.called and fresh.called)
 
 
 def test_idle_threads_end() -> None:
@@ -128,12 +181,14 @@ def test_the_caps_hold() -> None:
         pool.run(_ThreadReactor(), identity, held).addBoth(outcomes.append)  # type: ignore[arg-type]
     assert wait_for(lambda: len(seen) == 7)
     assert pool.alive() == 3
-    permanent = [s for s in seen if s[1][0] != 0]  # warm: real uid switched too
-    assert sorted(s[1][1] for s in permanent) == [61001, 61001, 61002]
-    assert all(s[1][1] == (61001 if s[3] == (61001, 61003) else 61002) for s in seen)
+    assert all(s[1] == (0, 61001 if s[3] == (61001, 61003) else 61002, 0) for s in seen)
     release.set()
     assert wait_for(lambda: len(outcomes) == 7)
     assert not any(isinstance(o, Exception) or hasattr(o, "value") for o in outcomes), outcomes
+    # The fresh threads have ended; the warm workers wait: two of X and one of Y.
+    assert wait_for(lambda: sum(Path(f"/proc/self/task/{s[0]}").exists() for s in seen) == 3)
+    warm = [s[1][1] for s in seen if Path(f"/proc/self/task/{s[0]}").exists()]
+    assert sorted(warm) == [61001, 61001, 61002]
 
 
 def test_a_failed_switch_refuses_the_job_and_keeps_no_worker() -> None:
