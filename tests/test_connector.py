@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -253,3 +254,25 @@ async def test_stuck_connects_are_capped_per_caller_and_in_all(place: Place, hun
     place.listeners[place.top / "open.sock"].setblocking(False)
     for _ in range(3):  # the late connections, closed
         place.listeners[place.top / "open.sock"].accept()[0].close()
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_a_connect_cancelled_while_walking_closes_what_its_thread_returns(
+        place: Place, hung: Hung) -> None:
+    """The gate cancels a route whose client left: the thread's socket, when it comes, is
+    closed, and a thread back before the deadline was never counted as stuck."""
+    c = limited()
+    stuck = StuckConnects(reactor, c.limits)
+    connector = ImpersonatedConnector(reactor, c.host, c.timeouts, c.destinations,
+                                      remote=False, stuck=stuck)
+    d = connectProtocol(connector.endpoint(identity_of_user(CALLER),
+                                           str(place.top / "hung.sock"), "c3"), Received())
+    d.addErrback(lambda f: f.trap(CancelledError))
+    d.cancel()
+    hung.release.set()
+    for _ in range(200):
+        if hung.made and hung.made[0].fileno() == -1:
+            break
+        await deferLater(reactor, 0.05)
+    assert len(hung.made) == 1 and hung.made[0].fileno() == -1 and not len(stuck)
+    place.listeners[place.top / "open.sock"].accept()[0].close()
