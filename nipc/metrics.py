@@ -42,7 +42,8 @@ class Metrics:
 
     def __init__(self, limits: Limits,
                  links: Callable[[], list[dict[str, Any]]] = list,
-                 log_dropped: Callable[[], int] = lambda: 0) -> None:
+                 log_dropped: Callable[[], int] = lambda: 0,
+                 stuck: Callable[[], int] = lambda: 0) -> None:
         #: The spliced connections, told of by the records, to read their bytes.
         self.live: dict[str, Connection] = {}
         self.limits = limits
@@ -50,6 +51,8 @@ class Metrics:
         self.links = links
         #: Lines the [log] file could not take so far (:class:`nipc.logs.LogFile`).
         self.log_dropped = log_dropped
+        #: Destination connects waiting in the kernel past their deadline (nipc.stuck).
+        self.stuck = stuck
         self.registry = CollectorRegistry()
         self.routed = Counter(
             "nipc_routed_connections", "Connections routed (OK sent), by direction: outgoing "
@@ -157,6 +160,10 @@ class _Now:
         yield GaugeMetricFamily("nipc_inbound_connections",
                                 "Connections peers routed to this host, open now",
                                 value=m.limits.inbound)
+        yield GaugeMetricFamily("nipc_destination_connects_stuck",
+                                "Destination connects whose thread still waits in the kernel "
+                                "past timeouts.connect (a hung mount on the path)",
+                                value=m.stuck())
 
 
 class MetricsPage(Resource):

@@ -155,6 +155,8 @@ class NipcService(Service):
         self.limits = Limits(config.limits, config.host, reactor.seconds, descriptors=Descriptors(
             config.host.name, reactor.seconds, open_fds,
             lambda count: deferToThreadPool(reactor, reactor.getThreadPool(), count)))
+        #: Destination connects stuck in the kernel, local and inbound alike.
+        self.stuck = StuckConnects(reactor, config.limits)
         #: The Prometheus metrics, if ``[metrics] listen`` asks for them.
         self.metrics = self._metrics()
         #: Every connection's record, shared by the gates and the receiving side; its audit
@@ -194,8 +196,7 @@ class NipcService(Service):
         self._clockskew = clockskew = ClockSkew()
         acceptor = Acceptor(config.host, config.kerberos)
         links = Links(reactor, config.timeouts, config.peer, self._peer_locator())
-        # One count of connect threads stuck in the kernel, for local and inbound connects.
-        stuck = StuckConnects(reactor, config.limits)
+        stuck = self.stuck
         self._router = router = Router(
             reactor, config.host, config.peer, config.timeouts, tickets, registry, links,
             ImpersonatedConnector(reactor, config.host, config.timeouts, config.destinations,
@@ -357,7 +358,8 @@ class NipcService(Service):
             return None
         from nipc.metrics import Metrics  # prometheus_client only when used
 
-        return Metrics(self.limits, self._links_now, lambda: self.logs.dropped)
+        return Metrics(self.limits, self._links_now, lambda: self.logs.dropped,
+                       lambda: len(self.stuck))
 
     def _start_metrics(self) -> None:
         """The Prometheus endpoint, if ``[metrics] listen`` asks for one."""

@@ -114,6 +114,7 @@ def test_counts_come_from_the_audit_line_and_the_live_table(metrics: Metrics,
     assert metric(text, "nipc_pending_peer_handshakes") == 0
     assert metric(text, "process_open_fds") is not None
     assert metric(text, "nipc_peer_links", direction="accepted") == 0
+    assert metric(text, "nipc_destination_connects_stuck") == 0
 
 
 def test_links_are_counted() -> None:
@@ -125,6 +126,13 @@ def test_links_are_counted() -> None:
     assert metric(text, "nipc_peer_link_channels", direction="dialled") == 4
     assert metric(text, "nipc_peer_links", direction="accepted") == 1
     assert metric(text, "nipc_peer_link_channels", direction="accepted") == 2
+
+
+def test_stuck_destination_connects_are_a_gauge() -> None:
+    config = from_mapping(MINIMAL)
+    text = Metrics(Limits(config.limits, config.host, time.monotonic),
+                   stuck=lambda: 3).text().decode()
+    assert metric(text, "nipc_destination_connects_stuck") == 3
 
 
 def test_violations_are_counted(metrics: Metrics, table: Connections) -> None:
