@@ -35,12 +35,19 @@ INBOUND_PER_SOURCE = PER_CALLER - 1  # what alice's connects from a would hold
 #: The deadline the caller sees: timeouts.connect + nipc.connector.GRACE, and a generous
 #: allowance for a shared CPU (a bound, not a speed target).
 BOUND = CONNECT + 1 + 8
+#: How long a finished connection's inbound slot may take to come back (see ``ask``).
+SLOT_WAIT = 15
 
 
 def ask(gate: Path, user: str, host: Host, target: str) -> tuple[str, float]:
-    """One CONNECT through ``gate`` as ``user``: the reply line and how long it took."""
+    """One CONNECT through ``gate`` as ``user``: the reply line and how long it took.
 
-    def job() -> tuple[str, float]:
+    With max_inbound_per_source = 1, the previous connection's slot on b comes back when
+    b has seen it close, a moment after the client closed it: a refusal for that limit is
+    asked again for up to SLOT_WAIT seconds (a slot held by a hung walk never comes back).
+    """
+
+    def once() -> tuple[str, float]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(60)
             started = time.monotonic()
@@ -48,6 +55,14 @@ def ask(gate: Path, user: str, host: Host, target: str) -> tuple[str, float]:
             s.sendall(f"CONNECT {target}\n".encode())
             line = read_line(s).decode().strip()
             return line, time.monotonic() - started
+
+    def job() -> tuple[str, float]:
+        deadline = time.monotonic() + SLOT_WAIT
+        while True:
+            line, took = once()
+            if "max_inbound_per_source" not in line or time.monotonic() > deadline:
+                return line, took
+            time.sleep(0.2)
 
     return as_user(host.user(user), job)
 
