@@ -15,6 +15,8 @@ from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from nipc import wire
+from nipc.errors import NipcError
 from nipc.interfaces import ILinkAdmission, IPeerAdmission
 
 if TYPE_CHECKING:
@@ -40,6 +42,23 @@ class HelloRate:
             return False
         self._tokens -= 1
         return True
+
+
+#: A RESULT's ``info`` key: refused because the receiving daemon is stopping.
+STOPPING = "stopping"
+
+
+class Stopping(NipcError):
+    """The receiving daemon is stopping: no new channel, not even on a link it accepted
+    before, and no OK for one still in its handshake (its process is about to end). The
+    sender retires the link and dials once more: a restarted daemon answers on the new
+    link; if none listens, the dial says so."""
+
+    def __init__(self) -> None:
+        super().__init__("EHOSTUNREACH", "the receiving NIPC daemon is stopping")
+
+    def result(self, token: bytes = b"") -> wire.Result:
+        return wire.Result(self.errno_name, self.message, token=token, info={STOPPING: True})
 
 
 def source_of(addr: Any) -> str:
@@ -79,7 +98,9 @@ class LinkAdmission:
 
     def channel(self) -> Callable[[], None] | None:
         peers, source = self._peers, self._source
-        if peers.closed or not peers.limits.peer_arrived(source):
+        if peers.closed:
+            raise Stopping()
+        if not peers.limits.peer_arrived(source):
             return None
         return partial(peers.limits.peer_settled, source)
 

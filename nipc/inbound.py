@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
-from nipc.admission import source_of
+from nipc.admission import PeerAdmission, Stopping, source_of
 from nipc.channel import Channel
 from nipc.config import HostSection, PeerSection
 from nipc.errors import NipcError
@@ -80,7 +80,8 @@ class Inbound:
                  acceptor: IAcceptor, projection: IProjection, registry: IRegistry,
                  live: IConnections, limits: IInboundAdmission,
                  connector: IDestinationConnector,
-                 sessions: "Sessions[str] | None" = None) -> None:
+                 sessions: "Sessions[str] | None" = None,
+                 peers: PeerAdmission | None = None) -> None:
         self._reactor = reactor
         self._host = host
         self._peer = peer
@@ -92,6 +93,9 @@ class Inbound:
         self._limits = limits
         #: Peers' callers' sessions on the links they dialled, by reference; none by default.
         self.sessions: Sessions[str] = sessions or Sessions(0.0)
+        #: Closed once the daemon stops: a channel still in its handshake then gets no OK
+        #: (its splice would end with the process) but a refusal its sender retries.
+        self._peers = peers
 
     def _pac(self, acc: Accepted) -> dict[str, Any] | None:
         """The PAC's facts, decoded once per ticket (a session's channels reuse them)."""
@@ -144,6 +148,9 @@ class Inbound:
         if not self.sessions.add(channel.link, reference, session):
             return {}
         return {OFFERED: reference, LIFETIME: int(seconds)}
+
+    def _stopping(self) -> bool:
+        return self._peers is not None and self._peers.closed
 
     def _check_route(self, hello: wire.Hello) -> None:
         if not hello.hops:
@@ -205,6 +212,8 @@ class Inbound:
                 facts.update(user=who.user, uid=who.uid)
             if admission.error is not None:
                 raise admission.error
+            if self._stopping():
+                raise Stopping()
             assert accepted is not None and who is not None
             # Known before the destination can accept: a server that at once asks PEER, or
             # chains by attaching the connection, must find it registered.
@@ -222,6 +231,10 @@ class Inbound:
             if channel.closed:
                 end.close()
                 refused(NipcError("ECONNRESET", "peer closed the channel before the connection was made"), accepted)
+                return
+            if self._stopping():  # it began while this one connected
+                end.close()
+                refused(Stopping(), accepted)
                 return
 
             def ended(splice: Splice) -> None:
@@ -243,9 +256,12 @@ class Inbound:
         def refused(error: NipcError, acc: Accepted | None = None) -> None:
             uncount()
             self._registry.remove(conn_id)  # if it got as far as being registered
-            info = {OFFERED: ENDED} if isinstance(error, _Ended) else {}
-            channel.answer(wire.Result(error.errno_name, error.message,
-                                       token=acc.token if acc else b"", info=info))
+            token = acc.token if acc else b""
+            if isinstance(error, Stopping):
+                channel.answer(error.result(token))
+            else:
+                info = {OFFERED: ENDED} if isinstance(error, _Ended) else {}
+                channel.answer(wire.Result(error.errno_name, error.message, token=token, info=info))
             self._live.refused(connection, error)
 
         def refusal(failure: Failure) -> Failure | None:

@@ -208,8 +208,9 @@ class ILinkAdmission(Interface):
         """The link's TLS and first authentication are over (or it ended before)."""
 
     def channel() -> Callable[[], None] | None:
-        """Admit one more channel handshake on the link: None when refused (overload,
-        the daemon stopping), else what to call when that handshake is over."""
+        """Admit one more channel handshake on the link: None when refused (overload),
+        else what to call when that handshake is over; raises
+        :class:`nipc.admission.Stopping` once the daemon stops."""
 
 
 # -- bookkeeping -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
-from nipc.admission import HelloRate
+from nipc.admission import HelloRate, Stopping
 from nipc.channel import Channel
 from nipc.config import PeerAddress
 from nipc.deadline import Deadline
@@ -513,7 +513,11 @@ class ServerLink(Link):
             channel.answer(wire.Result("EAGAIN", f"peer link exceeds {self._hellos.rate:g} "
                                                  "new connections per second"))
             return
-        settle = self._admission.channel()
+        try:
+            settle = self._admission.channel()
+        except Stopping as e:
+            channel.answer(e.result())
+            return
         if settle is None:
             channel.answer(wire.Result("EAGAIN", "receiving daemon has too many handshakes in progress"))
             return

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
+from nipc.admission import STOPPING, Stopping
 from nipc.config import HostSection, PeerSection, TimeoutsSection
 from nipc.errors import NipcError
 from nipc.identity import Caller, LocalIdentity, identity_of_caller, name_of_uid
@@ -153,7 +154,13 @@ class _Dial:
 
     def _retry(self, failure: Failure) -> "Deferred[End] | Failure":
         """A link handed out again that was lost before any answer (the peer restarted,
-        or closed it as idle as we reused it): once more, on a new link."""
+        or closed it as idle as we reused it), or a peer daemon that is stopping (it
+        retired the link): once more, on a new link."""
+        if failure.check(Stopping):
+            log.info("peer daemon of {host} is stopping; dialling again", host=self._request.host)
+            assert self._channel is not None
+            self._channel.abort()  # the retired link closes once it has no channel left
+            return self._attempt()
         reused = self._reused
         if reused is not None and reused.closed and not failure.check(CancelledError):
             log.info("link to {host} lost under a new connection; dialling again",
@@ -221,7 +228,7 @@ class _Dial:
             assert self._sessions is not None
             self._sessions.drop(link, self._key)
             return self._full(link)
-        raise result.error()
+        raise self._refusal(result, link)
 
     def _initiate(self, binding: bytes) -> "Deferred[Initiation]":
         limit = self._timeouts.kdc
@@ -254,9 +261,19 @@ class _Dial:
             channel.abort()
             raise NipcError("EPROTO", "peer daemon did not prove its identity (mutual authentication)")
         if not result.ok:
-            raise result.error()
+            assert self._link is not None
+            raise self._refusal(result, self._link)
         self._keep(initiation, channel, result)
         return channel
+
+    def _refusal(self, result: wire.Result, link: ClientLink) -> NipcError:
+        """The peer's refusal as the caller's error. One saying the peer daemon is
+        stopping retires the link: no new channel on it, and the retry dials a new one."""
+        if result.info.get(STOPPING) is True:
+            if not link.closed:
+                link.retire()
+            return Stopping()
+        return result.error()
 
     def _keep(self, initiation: Initiation, channel: Channel, result: wire.Result) -> None:
         """The peer offered a session for the caller just authenticated: keep it, for no

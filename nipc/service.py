@@ -215,7 +215,8 @@ class NipcService(Service):
                           ImpersonatedConnector(reactor, config.host, config.timeouts,
                                                 config.destinations, remote=True, stuck=stuck),
                           Sessions(lambda: kerberos.session_max,
-                                   allowance=lambda: clockskew.seconds))
+                                   allowance=lambda: clockskew.seconds),
+                          self._peers)
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config.timeouts, config.peer, router, registry,
@@ -611,7 +612,9 @@ class NipcService(Service):
                      count=len(self.live), seconds=self.config.timeouts.drain)
 
         def check() -> None:
-            if not self.live and not self.limits.active:
+            # limits.inbound: also channels still in their handshake, whose refusal (the
+            # closed PeerAdmission: the daemon is stopping) must leave before the process ends.
+            if not self.live and not self.limits.active and not self.limits.inbound:
                 poll.stop()
                 done.callback(None)
             elif self.reactor.seconds() >= deadline:

@@ -3,6 +3,7 @@ IPC): faults injected into the sandbox domain, and what each end sees, within ho
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -22,7 +23,7 @@ import pytest
 import nipc
 from acting import as_user, launch_daemon, open_fds, rss_kib
 from nipc_testbed.sandbox import Host, Sandbox
-from support import UnixServer, digest_of, read_line, stream
+from support import UnixServer, digest_of, last_audits, read_line, stream
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +106,60 @@ def test_remote_daemon_killed(hosts: dict[str, Host]) -> None:
         again.close()
     finally:
         server.close()
+
+
+def test_connections_while_the_remote_daemon_restarts(hosts: dict[str, Host]) -> None:
+    """Callers connect to b without pause while b's daemon is restarted (SIGTERM: it drains
+    and stops; a new one starts) a few times. Each caller gets the server's greeting, or
+    an error before any OK: never OK then EOF at once (a stopping b that still answered a
+    HELLO on the link a held, or whose handshake ended as its process did)."""
+    a, b = hosts["a"], hosts["b"]
+    server = UnixServer(str(b.run_dir / "restart.sock"))
+    done = threading.Event()
+    greeted: list[float] = []
+    refused: list[str] = []
+    broken: list[str] = []
+
+    def caller() -> None:
+        while not done.is_set():
+            try:
+                s = alice_connect(a, target(b, "restart.sock"))
+            except OSError as e:
+                refused.append(f"{errno.errorcode.get(e.errno or 0, e.errno)} {e.strerror}")
+                time.sleep(0.05)
+                continue
+            try:
+                s.settimeout(30)
+                line = read_line(s)
+            except OSError as e:
+                line = repr(e).encode()
+            finally:
+                s.close()
+            if line.startswith(b"{"):
+                greeted.append(time.monotonic())
+            else:
+                broken.append(f"OK then {line!r}; audits: {last_audits(a, b, n=4)}")
+
+    # Two callers: often a handshake is under way while no connection is spliced, the
+    # moment when a stopping daemon's drain had nothing to wait for.
+    callers = [threading.Thread(target=caller) for _ in range(2)]
+    for t in callers:
+        t.start()
+    try:
+        for _ in range(6):
+            time.sleep(1.0)
+            b.stop_daemon(timeout=20)
+            b.start_daemon()
+        time.sleep(1.5)
+    finally:
+        done.set()
+        for t in callers:
+            t.join(120)
+        server.close()
+    assert not broken, broken
+    # While b stops, or before the new one listens: b is not reachable, not overloaded.
+    assert {r.split()[0] for r in refused} <= {"EHOSTUNREACH"}, sorted(set(refused))
+    assert greeted and greeted[-1] > time.monotonic() - 60, (len(greeted), refused[-5:])
 
 
 def test_local_daemon_killed(hosts: dict[str, Host]) -> None:

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
+from nipc.admission import STOPPING, PeerAdmission
 from nipc.channel import Channel
 from nipc.config import from_mapping
 from nipc.connections import Connections
@@ -27,6 +28,7 @@ from nipc.inbound import Inbound
 from nipc.interfaces import IAcceptor, IDestinationConnector, IProjection
 from nipc.kerberos import Accepted
 from nipc.limits import Limits
+from nipc.link import ServerLink
 from nipc.registry import Registry
 from test_channels_unit import Server
 from test_connections_unit import Recorder
@@ -63,14 +65,19 @@ class Projection:
 
 @implementer(IStreamClientEndpoint)
 class Endpoint:
-    def __init__(self, error: NipcError | None) -> None:
+    def __init__(self, error: NipcError | None, later: "Deferred[None] | None" = None) -> None:
         self._error = error
+        #: Connects once this fires (a connect still under way), if given.
+        self._later = later
         self.transport = StringTransport()
         self.protocol: Any = None
 
     def connect(self, factory: IProtocolFactory) -> "Deferred[IProtocol]":
         if self._error is not None:
             return fail(self._error)
+        if self._later is not None:
+            later, self._later = self._later, None
+            return later.addCallback(lambda _: self.connect(factory))
         self.protocol = protocol = factory.buildProtocol(None)
         assert protocol is not None
         protocol.makeConnection(self.transport)
@@ -81,21 +88,28 @@ class Endpoint:
 class Connector:
     """Connects at once (or fails with ``error``); notes who connected where."""
 
-    def __init__(self, error: NipcError | None = None) -> None:
+    def __init__(self, error: NipcError | None = None, later: bool = False) -> None:
         self.error = error
         self.asked: list[tuple[LocalIdentity, str, str]] = []
         self.endpoints: list[Endpoint] = []
+        #: With ``later``: each connect completes when its Deferred here fires.
+        self.pending: list[Deferred[None]] | None = [] if later else None
 
     def endpoint(self, who: LocalIdentity, path: str, conn_id: str) -> IStreamClientEndpoint:
         self.asked.append((who, path, conn_id))
-        self.endpoints.append(Endpoint(self.error))
+        later: Deferred[None] | None = None
+        if self.pending is not None:
+            later = Deferred()
+            self.pending.append(later)
+        self.endpoints.append(Endpoint(self.error, later))
         return self.endpoints[-1]
 
 
 class Daemon:
     """The receiving daemon b.test with its fakes, and one link a peer opened to it."""
 
-    def __init__(self, connector: Connector | None = None, **limits: int) -> None:
+    def __init__(self, connector: Connector | None = None, peers: bool = False,
+                 **limits: int) -> None:
         self.reactor = Reactor()
         self.config = from_mapping({"host": {"name": "b.test", "realm": "T"},
                                     "kerberos": {"keytab": "/k", "principal": "p@T"},
@@ -106,8 +120,11 @@ class Daemon:
         self.limits = Limits(self.config.limits, self.config.host, self.reactor.seconds)
         self.sink = Recorder()
         self.live = Connections(sinks=[self.sink])  # type: ignore[list-item]
+        #: The daemon's admission of peers (closed when it stops), if the test wants one.
+        self.peers = PeerAdmission(self.limits) if peers else None
         self.inbound = Inbound(self.reactor, self.config.host, self.config.peer, self.acceptor, Projection(),  # type: ignore[arg-type]
-                               self.registry, self.live, self.limits, self.connector)
+                               self.registry, self.live, self.limits, self.connector,
+                               peers=self.peers)
         self.server = Server()
 
     def hello(self, hello: wire.Hello = HELLO, number: int = 1) -> Channel:
@@ -205,3 +222,49 @@ def test_a_channel_closed_before_the_connection_was_made_is_econnreset() -> None
     assert daemon.connector.endpoints[0].transport.disconnecting  # the end is closed
     assert [line["errno"] for line in daemon.sink.lines] == ["ECONNRESET"]
     assert len(daemon.registry) == 0 and daemon.limits.inbound == 0 and len(daemon.live) == 0
+
+
+@pytest.mark.parametrize("during", ["validation", "connect"])
+def test_a_daemon_that_began_stopping_during_the_handshake_sends_no_ok(during: str) -> None:
+    """The HELLO came before the daemon began stopping; its ticket was validated (or its
+    connect made) after: no OK, whose splice would end with the process a moment later
+    (the caller saw OK, then EOF), but a refusal saying the daemon stops, which the
+    sender retries on a new link; nothing stays connected, counted or registered."""
+    connector = Connector(later=during == "connect")
+    daemon = Daemon(connector, peers=True)
+    daemon.hello()
+    assert daemon.peers is not None
+    if during == "connect":
+        daemon.reactor.from_threads()
+        assert connector.pending is not None
+        (pending,) = connector.pending
+        daemon.peers.close()
+        pending.callback(None)
+        assert connector.endpoints[0].transport.disconnecting  # the end is closed at once
+    else:
+        daemon.peers.close()
+        daemon.reactor.from_threads()
+        assert not connector.asked
+    (result,) = daemon.results()
+    assert (result.errno_name, result.info, result.token) == (
+        "EHOSTUNREACH", {STOPPING: True}, b"ap-rep")
+    assert daemon.limits.inbound == 0 and len(daemon.registry) == 0 and len(daemon.live) == 0
+    assert [line["errno"] for line in daemon.sink.lines] == ["EHOSTUNREACH"]
+
+
+def test_a_hello_on_a_link_accepted_before_the_daemon_began_stopping_is_refused() -> None:
+    """A peer reuses a link it holds to a daemon that is stopping: the HELLO is refused at
+    once, saying so (not as an overload), and no handshake starts."""
+    daemon = Daemon(peers=True)
+    assert daemon.peers is not None
+    link = ServerLink(daemon.reactor, lambda transport: None, daemon.inbound,
+                      daemon.peers.link("192.0.2.1"), 10.0)
+    link.makeConnection(TLSTransport())  # type: ignore[no-untyped-call]
+    link.handshakeCompleted()
+    daemon.peers.close()
+    link.dataReceived(wire.encode(HELLO, 1))
+    assert isinstance(link.transport, TLSTransport)
+    (result,) = [wire.decode(k, p) for k, _, p in frames(link.transport) if k == wire.Kind.RESULT]
+    assert isinstance(result, wire.Result)
+    assert (result.errno_name, result.info) == ("EHOSTUNREACH", {STOPPING: True})
+    assert daemon.limits.inbound == 0 and not daemon.acceptor.bindings

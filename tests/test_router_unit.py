@@ -24,6 +24,7 @@ from nipc.config import from_mapping
 from nipc.errors import NipcError
 from nipc.identity import Caller, LocalIdentity
 from nipc.interfaces import ILinks, ITicketSource
+from nipc.admission import Stopping
 from nipc.links import Reused
 from nipc.channel import Channel
 from nipc.link import ClientLink
@@ -184,15 +185,25 @@ def test_a_refusal_is_the_peers_errno() -> None:
     assert not ok and failed[0].value.errno_name == "ENOENT"
 
 
-def test_a_reused_link_lost_before_the_answer_is_retried_once_on_a_new_link() -> None:
-    """The peer restarted, or closed the link as idle just as it was handed out again:
-    the connection is not lost with it, it is dialled again."""
+@pytest.mark.parametrize("how", ["lost", "stopping"])
+def test_a_reused_link_failing_before_the_answer_is_retried_once_on_a_new_link(how: str) -> None:
+    """Lost: the peer restarted, or closed the link as idle just as it was handed out
+    again. Stopping: the peer daemon began stopping (a restart) and refuses new channels
+    on the link it accepted before, saying so; the link is retired (no new channel on it,
+    closed once empty). Either way the connection is not lost: it is dialled again."""
     reactor = Reactor()
     stale, fresh = link(reactor), link(reactor)
+    gone: list[ClientLink] = []
+    stale.on_lost = gone.append
     links = Links(Reused(stale), fresh)
     ok, failed = dial(reactor, links)
-    assert len(hellos(stale)) == 1
-    stale.connectionLost(Failure(ConnectionLost("the peer restarted")))
+    ((number, _),) = hellos(stale)
+    if how == "lost":
+        stale.connectionLost(Failure(ConnectionLost("the peer restarted")))
+    else:
+        answer(stale, number, Stopping().result())
+        assert stale.retired and not stale.channels
+    assert gone == [stale]
     assert links.asked == ["b.test", "b.test"] and not ok and not failed
     ((number, _),) = hellos(fresh)
     answer(fresh, number, wire.Result("OK", token=b"ap-rep"))
@@ -236,3 +247,15 @@ def test_a_handshake_timeout_retires_the_link(reused: bool) -> None:
     assert not ok and failed[0].value.errno_name == "ETIMEDOUT"
     assert links.asked == ["b.test"]
     assert hung.retired and gone == [hung]
+
+
+def test_a_peer_daemon_still_stopping_on_the_new_link_is_not_reachable() -> None:
+    reactor = Reactor()
+    first, second = link(reactor), link(reactor)
+    links = Links(first, second)
+    ok, failed = dial(reactor, links)
+    for peer in (first, second):
+        ((number, _),) = hellos(peer)
+        answer(peer, number, Stopping().result())
+    assert links.asked == ["b.test", "b.test"] and not ok
+    assert failed[0].value.errno_name == "EHOSTUNREACH" and "stopping" in failed[0].value.message
