@@ -3,8 +3,9 @@
 Starting a thread per connect (:func:`nipc.impersonate.run_as`) costs tens of microseconds
 of CPU. A worker here becomes its identity once (groups and effective ids, as every switch:
 see :func:`nipc.impersonate.become` for why never the real ids) and from then on runs only
-jobs for that exact (uid, gid, groups). Before and after each job it asks the kernel for
-its credentials: if they are not exactly what it became, it runs nothing more and ends. A worker left idle for ``idle`` seconds ends; there are at
+jobs for that exact (uid, gid, groups). After its switch and after every job (so before
+the next) it asks the kernel for its credentials: if they are not exactly what it became,
+it runs nothing more and ends. A worker left idle for ``idle`` seconds ends; there are at
 most ``per_identity`` of one identity and ``total`` in all: past that, a job gets a fresh
 thread as before.
 
@@ -147,14 +148,14 @@ class WarmThreads:
                 except NipcError as e:
                     task.refuse(e)
                     return
-            while True:
-                if _credentials() != expected:  # not expected ever: refuse, and end
-                    task.refuse(NipcError("EPERM", "a worker thread's credentials changed "
-                                                   "under it; it runs nothing more"))
+                if _credentials() != expected:  # e.g. other groups than asked for
+                    task.refuse(NipcError("EPERM", f"a thread switched to {identity.describe()} "
+                                                   "does not hold exactly its credentials"))
                     return
+            while True:
                 task.run()
-                # A job that changed this thread's credentials ends it: it never takes
-                # another job, nor waits as an idle worker.
+                # Checked after every job, so before the next: a job that changed this
+                # thread's credentials ends it; it never takes another job, nor waits.
                 if _credentials() != expected:
                     return
                 next_task = self._next(worker)

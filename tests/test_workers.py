@@ -202,3 +202,22 @@ def test_a_failed_switch_refuses_the_job_and_keeps_no_worker() -> None:
     assert not ran
     assert isinstance(failure.value, NipcError) and failure.value.errno_name == "EPERM"
     assert wait_for(lambda: pool.alive() == 0)
+
+
+def test_a_switch_that_leaves_other_groups_refuses_the_job(monkeypatch: Any) -> None:
+    """setgroups silently skipped (effective ids switched, root's groups kept): the worker's
+    own check sees groups that are not exactly X's, refuses EPERM before the job runs, and
+    ends."""
+    require_root()
+    import nipc.impersonate as imp
+
+    real = imp._syscall
+    monkeypatch.setattr(imp, "_syscall",
+                        lambda name, *args: None if name == "setgroups" else real(name, *args))
+    pool = WarmThreads(idle=5)
+    ran: list[int] = []
+    failure = run(pool, X, lambda: ran.append(1))
+    assert not ran
+    assert isinstance(failure.value, NipcError) and failure.value.errno_name == "EPERM"
+    assert "exactly its credentials" in failure.value.message
+    assert wait_for(lambda: pool.alive() == 0)
