@@ -26,7 +26,9 @@ from nipc import reload as reloading
 from nipc.admin import AdminFactory
 from nipc.admission import Admission, PeerAdmission, ServerLinkFactory, source_of
 from nipc.client import check_gate
-from nipc.compat import AdoptedUNIXPort, GatePort, UnbufferedTLSFactory, systemd_listen_fds
+from nipc.compat import (
+    AdoptedUNIXPort, GatePort, UnbufferedTLSFactory, lean_poll, systemd_listen_fds,
+)
 from nipc.config import Config, ConfigError, Import
 from nipc.connections import Connections
 from nipc.connector import ImpersonatedConnector
@@ -187,6 +189,7 @@ class NipcService(Service):
         except KeytabError as e:  # it could never work: stop here, as for a config error
             raise SystemExit(f"nipc: cannot start: {e}") from None
         reactor.suggestThreadPoolSize(32)
+        lean_poll(reactor)
         self._started = reactor.seconds()
         self.registry = registry = Registry()
         live, limits = self.live, self.limits

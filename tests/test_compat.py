@@ -113,3 +113,52 @@ def test_no_other_module_uses_a_private_twisted_name() -> None:
         if uses:
             found[str(path.relative_to(ROOT))] = uses
     assert not found, f"private Twisted names outside nipc/compat.py: {found}"
+
+
+def test_lean_poll_dispatches_and_logs_what_a_handler_raises() -> None:
+    """The lean epoll loop, on a real reactor and real sockets: each ready descriptor's
+    handler runs; one that raises even from its error handling is logged (as Twisted's
+    per-event wrapper would have) and the others still run."""
+    import socket
+
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.logger import globalLogPublisher
+
+    reactor = EPollReactor()  # type: ignore[no-untyped-call]
+    compat.lean_poll(reactor)
+    seen: list[str] = []
+
+    class Reader:
+        def __init__(self, sock: socket.socket, name: str) -> None:
+            self.sock, self.name = sock, name
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+        def logPrefix(self) -> str:
+            return self.name
+
+        def doRead(self) -> None:
+            seen.append(self.name)
+            if self.name == "bad":
+                raise RuntimeError("read fails")
+
+        def connectionLost(self, reason: object) -> None:
+            raise RuntimeError("and so does its loss")
+
+    pairs = [socket.socketpair() for _ in range(2)]
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for (ours, theirs), name in zip(pairs, ("bad", "good")):
+            reactor.addReader(Reader(ours, name))  # type: ignore[arg-type]
+            theirs.send(b"x")
+        reactor.doIteration(0)  # type: ignore[attr-defined]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+    assert sorted(seen) == ["bad", "good"]
+    assert any(e.get("log_failure") is not None and "unhandled error" in str(e.get("log_format"))
+               for e in events), events
