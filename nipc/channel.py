@@ -159,18 +159,29 @@ class Channel:
         if kind == wire.Kind.EOF:
             self._fire(Event.PEER_EOF)  # a second one is illegal, held or not
             return
-        # DATA: never empty (an empty frame would cost us without counting against the window)
-        if self.state is not State.SPLICED and self.state not in PEER_SENDS:  # spliced: at once
-            raise NipcError("EPROTO", f"channel {self.number}: frame of type {kind} after EOF")
-        if not payload or len(payload) > self._room:
+        self.data(payload)
+
+    def data(self, payload: bytes) -> None:
+        """A DATA frame from the peer. The link's steady path calls this directly: while
+        spliced it costs one call on to the splice (room is granted back in slices)."""
+        if self.state is not State.SPLICED and self.state not in PEER_SENDS:
+            raise NipcError("EPROTO", f"channel {self.number}: frame of type {wire.Kind.DATA} after EOF")
+        # never empty: an empty frame would cost us without counting against the window
+        size = len(payload)
+        if not size or size > self._room:
             raise NipcError("EPROTO", f"channel {self.number}: empty data, or beyond the granted window")
-        self._room -= len(payload)
+        self._room -= size
         if self._held is not None:
-            self._held.take(self.number, kind, payload)
-        else:
-            self._deliver(payload)
+            self._held.take(self.number, wire.Kind.DATA, payload)
+            return
+        assert self.splice is not None
+        self.splice.data(self, payload)
+        self._owed += size
+        if self._owed >= GRANT_AT:
+            self._grant()
 
     def _deliver(self, data: bytes) -> None:
+        """What was held, once the splice starts."""
         assert self.splice is not None
         self.splice.data(self, data)
         self._owed += len(data)

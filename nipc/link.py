@@ -40,6 +40,9 @@ from nipc.tls import channel_binding, is_certificate_failure, ssl_detail
 
 log = Logger()
 
+_DATA = int(wire.Kind.DATA)
+_pack_header = wire.HEADER.pack
+
 #: Up to this size a DATA frame goes to TLS in one piece (one record for a small message).
 SMALL = 16 * 1024
 #: An idle dialled link is closed after ``[timeouts] link_idle`` (this by default); a
@@ -85,6 +88,9 @@ class Link(Protocol):
     stopped = False
     #: True while the TLS transport cannot take more: channels stop reading.
     paused = False
+    #: DATA frames go straight to their channel, past :meth:`frame` (which a receiving
+    #: link needs only until one of its channels passed Kerberos).
+    direct = False
     exporter: bytes | None = None
     lost_reason: Failure | None = None
 
@@ -167,9 +173,23 @@ class Link(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._heard = True
         try:
+            one = self._decoder.single(data) if self.direct and not self.stopped else None
+            if one is not None:  # the steady path of small messages: one DATA frame per read
+                number, payload = one
+                channel = self.channels.get(number)
+                if channel is not None:
+                    channel.data(payload)
+                else:
+                    self.frame(_DATA, number, payload)
+                return
             for kind, number, payload in self._decoder.feed(data):
                 if self.stopped:
                     return
+                if kind == _DATA and self.direct:  # the steady path: one call per frame
+                    channel = self.channels.get(number)
+                    if channel is not None:
+                        channel.data(payload)
+                        continue
                 self.frame(kind, number, payload)
         except NipcError as e:
             self.violation(e)
@@ -236,13 +256,14 @@ class Link(Protocol):
         self.close()
 
     def send_data(self, number: int, data: bytes) -> None:
-        for start in range(0, len(data), wire.MAX_DATA):
-            chunk = data if len(data) <= wire.MAX_DATA else data[start : start + wire.MAX_DATA]
-            header = wire.data_header(number, len(chunk))
-            if len(chunk) <= SMALL:
-                self.transport.write(header + chunk)  # type: ignore[union-attr]
-            else:  # no copy of a large chunk just to put 9 bytes in front of it
-                self.transport.writeSequence([header, chunk])  # type: ignore[union-attr]
+        size = len(data)
+        if 0 < size <= SMALL:  # the steady path of small messages: one write, one record
+            self.transport.write(_pack_header(_DATA, number, size) + data)  # type: ignore[union-attr]
+            return
+        for start in range(0, size, wire.MAX_DATA):
+            chunk = data if size <= wire.MAX_DATA else data[start : start + wire.MAX_DATA]
+            # no copy of a large chunk just to put 9 bytes in front of it
+            self.transport.writeSequence([wire.data_header(number, len(chunk)), chunk])  # type: ignore[union-attr]
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)  # type: ignore[union-attr]
@@ -319,6 +340,8 @@ class Link(Protocol):
 
 class ClientLink(Link):
     """The dialling daemon's side: opens channels, one per routed connection."""
+
+    direct = True
 
     def __init__(self, reactor: IReactorTime, tune: Callable[[Any], None],
                  idle_after: float = CLIENT_IDLE, ping_every: float = LINK_PING,
@@ -439,6 +462,7 @@ class ServerLink(Link):
         return self.state is State.AUTHENTICATED
 
     def proved(self) -> None:
+        self.direct = True
         self._decoder.data_limit = wire.MAX_DATA
         self._deadline.cancel()
         self._settle()

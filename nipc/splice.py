@@ -47,7 +47,8 @@ class Splice:
 
     def __init__(self, left: End, right: End, on_end: Callable[["Splice"], None]) -> None:
         self.left, self.right = left, right
-        self.received = {id(left): 0, id(right): 0}
+        #: Bytes received from each end (counted per message: kept to two attributes).
+        self._from_left = self._from_right = 0
         self.started = time.monotonic()
         self.violation: str | None = None
         self._on_end = on_end
@@ -62,9 +63,19 @@ class Splice:
     def _other(self, end: End) -> End:
         return self.right if end is self.left else self.left
 
+    @property
+    def received(self) -> dict[int, int]:
+        """Bytes received from each end, by ``id()`` of the end."""
+        return {id(self.left): self._from_left, id(self.right): self._from_right}
+
     def data(self, end: End, data: bytes) -> None:
-        self.received[id(end)] += len(data)
-        self._other(end).send(data)
+        # Every message of both directions passes here: no lookups beyond the two ends.
+        if end is self.left:
+            self._from_left += len(data)
+            self.right.send(data)
+        else:
+            self._from_right += len(data)
+            self.left.send(data)
 
     def _unthrottle(self, end: End) -> None:
         """Stop ``end``'s reading being paused by the other end's full write buffer.

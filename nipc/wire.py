@@ -267,6 +267,17 @@ class FrameDecoder:
             del self._buffer[:pos]
         return frames
 
+    def single(self, data: bytes) -> tuple[int, bytes] | None:
+        """``(channel, payload)`` if ``data`` is exactly one whole, valid DATA frame and
+        nothing is buffered (a relay's small message, read at once); else None, and
+        :meth:`feed` takes it. Nothing is consumed either way."""
+        if len(data) <= HEADER.size or self._buffer or self._rest:
+            return None
+        kind, channel, length = HEADER.unpack_from(data)
+        if kind != Kind.DATA or not channel or length != len(data) - HEADER.size or length > self.data_limit:
+            return None
+        return channel, data[HEADER.size:]
+
     def _split(self, view: memoryview, pos: int, frames: list[Frame]) -> int:
         """Append the frames in ``view`` from ``pos`` on to ``frames``; where the rest
         (a partial frame) starts."""

@@ -323,6 +323,31 @@ class TestFrameDecoder:
             if kind in (Kind.HELLO, Kind.RESULT):
                 decode(kind, body)
 
+    @given(st.lists(st.binary(max_size=64), min_size=1, max_size=10), st.data())
+    @example([data_header(3, 2) + b"hi", data_header(3, 2) + b"yo"], None)
+    @example([data_header(3, 2) + b"h", b"i" + data_header(4, 1) + b"x"], None)
+    @example([data_header(3, HEADER.size + 1), data_header(5, 1) + b"x"], None)  # a payload like a frame
+    @example([data_header(3, 0), data_header(0, 1) + b"x", frame(Kind.EOF, 3)], None)
+    def test_single_is_feed_for_one_whole_data_frame(self, chunks: list[bytes],
+                                                      data: st.DataObject | None) -> None:
+        """The link's shortcut, :meth:`FrameDecoder.single`, answers only for a read that is
+        exactly one valid DATA frame with nothing buffered, and then what feed would have
+        said; asked before every read, it changes nothing of what comes out."""
+        if data is not None:  # sometimes whole frames of any kind, sometimes any bytes
+            chunks = data.draw(st.sampled_from([chunks, [data_header(len(c) % 5, len(c)) + c for c in chunks]]))
+        plain, tried = FrameDecoder(), FrameDecoder()
+        for chunk in chunks:
+            try:
+                expected = plain.feed(chunk)
+            except NipcError:
+                return
+            one = tried.single(chunk)
+            if one is None:
+                assert tried.feed(chunk) == expected
+            else:
+                assert expected == [(Kind.DATA, *one)]
+            assert tried.buffered == plain.buffered
+
     @settings(max_examples=300)
     @given(st.lists(st.binary(max_size=64), max_size=10))
     @example([HEADER.pack(Kind.HELLO, 1, 2) + b"[]"])
