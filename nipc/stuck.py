@@ -52,22 +52,24 @@ class StuckConnects:
     def __len__(self) -> int:
         return len(self._stuck)
 
-    def summary(self) -> str:
-        """"N destination connects stuck in the kernel, oldest ... ": for the operator."""
-        oldest = min(self._stuck.values(), key=lambda s: s.since)
-        return (f"{len(self._stuck)} destination connects stuck in the kernel, oldest "
+    def summary(self, uid: int | None = None) -> str:
+        """"N destination connects stuck in the kernel, oldest ...": all of them for the
+        operator's log, or only ``uid``'s (a caller is told of no one else's paths)."""
+        stuck = [s for s in self._stuck.values() if uid is None or s.uid == uid]
+        oldest = min(stuck, key=lambda s: s.since)
+        return (f"{len(stuck)} destination connects stuck in the kernel, oldest "
                 f"{oldest.path} (uid {oldest.uid}) for {self._reactor.seconds() - oldest.since:.0f}s: "
                 "a mount on that path does not answer")
 
     def admit(self, who: LocalIdentity) -> None:
         """``EAGAIN`` if ``who`` or the host has as many stuck connects as allowed."""
         if len(self._stuck) >= self._limits.max_stuck:
-            raise NipcError("EAGAIN", f"this host has {self.summary()} (limits.max_stuck)")
-        mine = sum(1 for s in self._stuck.values() if s.uid == who.uid)
-        if mine >= self._limits.max_stuck_per_caller:
-            raise NipcError("EAGAIN", f"{who.describe()} has {mine} destination connects stuck "
-                                      "in the kernel (limits.max_stuck_per_caller); this host "
-                                      f"has {self.summary()}")
+            raise NipcError("EAGAIN", f"this host has {len(self._stuck)} destination connects "
+                                      "stuck in the kernel on a mount that does not answer "
+                                      "(limits.max_stuck; its log names the path)")
+        if sum(1 for s in self._stuck.values() if s.uid == who.uid) >= self._limits.max_stuck_per_caller:
+            raise NipcError("EAGAIN", f"{who.describe()} has {self.summary(who.uid)} "
+                                      "(limits.max_stuck_per_caller)")
 
     def bounded(self, job: "Deferred[T]", seconds: float, who: LocalIdentity, path: str,
                 discard: Callable[[T], object]) -> "Deferred[T]":
