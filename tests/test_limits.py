@@ -177,8 +177,9 @@ def test_unit_file_fd_limit_covers_the_limits() -> None:
 
 def test_a_link_admits_channel_handshakes_under_the_peer_bounds_until_the_daemon_stops() -> None:
     """Each channel handshake on an accepted link counts as pending until it settles; a
-    daemon that is stopping admits none, on old links either."""
-    from nipc.admission import PeerAdmission
+    daemon that is stopping admits none, on old links either, and says so (the sender
+    then dials again rather than taking it for an overload)."""
+    from nipc.admission import PeerAdmission, Stopping
 
     lim, _ = limits()
     peers = PeerAdmission(lim)
@@ -188,4 +189,6 @@ def test_a_link_admits_channel_handshakes_under_the_peer_bounds_until_the_daemon
     settle()
     assert lim.pending_peers == 0
     peers.close()
-    assert link.channel() is None and lim.pending_peers == 0
+    with pytest.raises(Stopping):
+        link.channel()
+    assert lim.pending_peers == 0
