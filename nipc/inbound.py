@@ -3,8 +3,10 @@
 Order matters and is the whole trust model: the ticket is accepted with this host's
 keytab and bound to this TLS session; only the principal inside it counts (never the
 sending daemon's word); it is projected to a local account (both on a thread that stays the
-daemon, :mod:`nipc.workers`); then the destination connector's endpoint connects on a
-thread that has become that account, so the kernel's own permission check decides.
+daemon, :mod:`nipc.workers`, within ``[timeouts] handshake``: an NSS lookup that hangs
+in sssd or LDAP is bounded as :mod:`nipc.stuck` bounds connects); then the destination
+connector's endpoint connects on a thread that has become that account, so the kernel's
+own permission check decides.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from zope.interface import implementer
 from nipc import wire
 from nipc.admission import PeerAdmission, Stopping, source_of
 from nipc.channel import Channel
-from nipc.config import HostSection, PeerSection
+from nipc.config import HostSection, PeerSection, TimeoutsSection
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 from nipc.interfaces import (
@@ -37,6 +39,7 @@ from nipc.registry import Routed, new_connection_id
 from nipc.session import (ENDED, LIFETIME, OFFERED, Session, Sessions, new_reference,
                           proof_message, seconds_left, verify)
 from nipc.splice import Splice, UnixEnd
+from nipc.stuck import StuckConnects
 from nipc.workers import WARM
 
 log = Logger()
@@ -81,7 +84,8 @@ class Inbound:
                  live: IConnections, limits: IInboundAdmission,
                  connector: IDestinationConnector,
                  sessions: "Sessions[str] | None" = None,
-                 peers: PeerAdmission | None = None) -> None:
+                 peers: PeerAdmission | None = None, *,
+                 stuck: StuckConnects, timeouts: TimeoutsSection) -> None:
         self._reactor = reactor
         self._host = host
         self._peer = peer
@@ -96,6 +100,10 @@ class Inbound:
         #: Closed once the daemon stops: a channel still in its handshake then gets no OK
         #: (its splice would end with the process) but a refusal its sender retries.
         self._peers = peers
+        #: A validation past ``timeouts.handshake`` is counted there (the sender has given
+        #: up by then: its own handshake deadline is the same setting).
+        self._stuck = stuck
+        self._timeouts = timeouts
 
     def _pac(self, acc: Accepted) -> dict[str, Any] | None:
         """The PAC's facts, decoded once per ticket (a session's channels reuse them)."""
@@ -177,6 +185,8 @@ class Inbound:
         #: The caller's session on this link, for a later channel of theirs.
         session: Session | None = None
         pac: dict[str, Any] | None = None
+        #: Filled in by the thread, step by step (read at the deadline to name the principal).
+        admission = _Admission()
 
         def uncount() -> None:
             nonlocal counted
@@ -187,7 +197,6 @@ class Inbound:
         def validate() -> _Admission:
             """On a thread as the daemon (the keytab, the replay cache and NSS block): the
             ticket accepted, its principal projected to a local account."""
-            admission = _Admission()
             try:
                 if session is None:
                     admission.accepted = acc = self._acceptor.accept(hello.token, binding)
@@ -200,6 +209,13 @@ class Inbound:
             except NipcError as e:
                 admission.error = e
             return admission
+
+        def validating() -> str:
+            """What a validation that hangs was doing, for the caller and the operator."""
+            known = session.principal if session is not None else (
+                admission.accepted.principal if admission.accepted is not None else None)
+            return (f"validating/projecting {known}" if known is not None
+                    else "validating a ticket (its principal not yet known)")
 
         def validated(admission: _Admission) -> "Deferred[UnixEnd]":
             """The caller is known: register the connection, then connect as the caller."""
@@ -278,10 +294,17 @@ class Inbound:
             if hello.session:
                 session = self._session_of(channel, binding, hello)
             self._check_route(hello)
+            self._stuck.admit(None)
             self._limits.inbound_arrived(source)
         except NipcError as e:
             refused(e)
             return
         counted = True
-        d = WARM.run(self._reactor, None, validate).addCallback(validated)
+        seconds = self._timeouts.handshake
+        d = self._stuck.deadline(
+            WARM.run(self._reactor, None, validate), seconds, None, validating,
+            "the keytab's replay cache or the account lookup (NSS: sssd, LDAP) does not answer",
+            lambda _: None,  # the late admission holds nothing to give back
+            lambda: f"{validating()} on {self._host.name}: no answer in {seconds:g}s (is its "
+                    "account lookup, sssd or LDAP, hung? its log says)").addCallback(validated)
         d.addCallbacks(connected, refusal).addErrback(failed)

@@ -219,7 +219,7 @@ class NipcService(Service):
                                                 config.destinations, remote=True, stuck=stuck),
                           Sessions(lambda: kerberos.session_max,
                                    allowance=lambda: clockskew.seconds),
-                          self._peers)
+                          self._peers, stuck=stuck, timeouts=config.timeouts)
 
         self._inbound = inbound
         self._gates = gates = GateServices(reactor, config.timeouts, config.peer, router, registry,

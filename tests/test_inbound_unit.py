@@ -8,6 +8,7 @@ refusal or an end gives back."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from nipc.kerberos import Accepted
 from nipc.limits import Limits
 from nipc.link import ServerLink
 from nipc.registry import Registry
+from nipc.stuck import StuckConnects
 from test_channels_unit import Server
 from test_connections_unit import Recorder
 from test_router_unit import Reactor
@@ -109,7 +111,7 @@ class Daemon:
     """The receiving daemon b.test with its fakes, and one link a peer opened to it."""
 
     def __init__(self, connector: Connector | None = None, peers: bool = False,
-                 **limits: int) -> None:
+                 projection: IProjection | None = None, **limits: int) -> None:
         self.reactor = Reactor()
         self.config = from_mapping({"host": {"name": "b.test", "realm": "T"},
                                     "kerberos": {"keytab": "/k", "principal": "p@T"},
@@ -122,9 +124,10 @@ class Daemon:
         self.live = Connections(sinks=[self.sink])  # type: ignore[list-item]
         #: The daemon's admission of peers (closed when it stops), if the test wants one.
         self.peers = PeerAdmission(self.limits) if peers else None
-        self.inbound = Inbound(self.reactor, self.config.host, self.config.peer, self.acceptor, Projection(),  # type: ignore[arg-type]
+        self.stuck = StuckConnects(self.reactor, self.config.limits)
+        self.inbound = Inbound(self.reactor, self.config.host, self.config.peer, self.acceptor, projection or Projection(),  # type: ignore[arg-type]
                                self.registry, self.live, self.limits, self.connector,
-                               peers=self.peers)
+                               peers=self.peers, stuck=self.stuck, timeouts=self.config.timeouts)
         self.server = Server()
 
     def hello(self, hello: wire.Hello = HELLO, number: int = 1) -> Channel:
@@ -268,3 +271,41 @@ def test_a_hello_on_a_link_accepted_before_the_daemon_began_stopping_is_refused(
     assert isinstance(result, wire.Result)
     assert (result.errno_name, result.info) == ("EHOSTUNREACH", {STOPPING: True})
     assert daemon.limits.inbound == 0 and not daemon.acceptor.bindings
+
+
+class Hung(Projection):
+    """An account lookup that hangs (sssd or LDAP not answering) until ``release``."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def project(self, principal: str) -> LocalIdentity:
+        self.entered.set()
+        assert self.release.wait(30.0)
+        return super().project(principal)
+
+
+def test_a_validation_that_hangs_is_etimedout_naming_the_principal_and_frees_its_slot() -> None:
+    """At ``[timeouts] handshake`` the caller is told what hung, the inbound slot is given
+    back, the thread is counted as stuck (and counts against max_stuck) until it returns,
+    and what it returns then is dropped: no registration, no connect, no second answer."""
+    hung = Hung()
+    daemon = Daemon(projection=hung, max_stuck=1)
+    daemon.hello()
+    assert daemon.limits.inbound == 1 and hung.entered.wait(30.0)
+    daemon.reactor.advance(daemon.config.timeouts.handshake - 0.5)
+    assert daemon.results() == [] and daemon.limits.inbound == 1
+    daemon.reactor.advance(1.0)
+    (result,) = daemon.results()
+    assert result.errno_name == "ETIMEDOUT" and "validating/projecting alice@T on b.test" in result.message
+    assert daemon.limits.inbound == 0 and len(daemon.live) == 0 and len(daemon.stuck) == 1
+    assert "validating/projecting alice@T" in daemon.stuck.summary()
+    # At max_stuck, the next HELLO is refused before a thread starts.
+    daemon.hello(number=2)
+    assert daemon.results()[-1].errno_name == "EAGAIN" and daemon.limits.inbound == 0
+    hung.release.set()
+    daemon.reactor.from_threads()  # the late admission arrives
+    assert len(daemon.stuck) == 0 and daemon.connector.asked == []
+    assert len(daemon.registry) == 0 and len(daemon.results()) == 2
+    assert [line["result"] for line in daemon.sink.lines] == ["refused", "refused"]
