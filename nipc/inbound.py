@@ -3,7 +3,7 @@
 Order matters and is the whole trust model: the ticket is accepted with this host's
 keytab and bound to this TLS session; only the principal inside it counts (never the
 sending daemon's word); it is projected to a local account (both on a thread that stays the
-daemon, :mod:`nipc.workers`, within ``[timeouts] handshake``: an NSS lookup that hangs
+daemon, :mod:`nipc.workers`, within half of ``[timeouts] handshake``: an NSS lookup that hangs
 in sssd or LDAP is bounded as :mod:`nipc.stuck` bounds connects); then the destination
 connector's endpoint connects on a thread that has become that account, so the kernel's
 own permission check decides.
@@ -43,6 +43,12 @@ from nipc.stuck import StuckConnects
 from nipc.workers import WARM
 
 log = Logger()
+
+#: The share of ``[timeouts] handshake`` a ticket's validation and projection may take: a
+#: new link is closed by its own deadline (the same setting, counted from before its TLS
+#: handshake) unless a channel passed by then, so a hung lookup must be answered sooner
+#: for its caller to hear what hung rather than that the link closed.
+VALIDATION_SHARE = 0.5
 
 
 _Decoded = TypeVar("_Decoded")
@@ -100,8 +106,8 @@ class Inbound:
         #: Closed once the daemon stops: a channel still in its handshake then gets no OK
         #: (its splice would end with the process) but a refusal its sender retries.
         self._peers = peers
-        #: A validation past ``timeouts.handshake`` is counted there (the sender has given
-        #: up by then: its own handshake deadline is the same setting).
+        #: A validation past its share of ``timeouts.handshake`` is counted there (the
+        #: sender gives up its own handshake after that setting).
         self._stuck = stuck
         self._timeouts = timeouts
 
@@ -300,7 +306,7 @@ class Inbound:
             refused(e)
             return
         counted = True
-        seconds = self._timeouts.handshake
+        seconds = self._timeouts.handshake * VALIDATION_SHARE
         d = self._stuck.deadline(
             WARM.run(self._reactor, None, validate), seconds, None, validating,
             "the keytab's replay cache or the account lookup (NSS: sssd, LDAP) does not answer",

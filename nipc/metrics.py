@@ -161,8 +161,9 @@ class _Now:
                                 "Connections peers routed to this host, open now",
                                 value=m.limits.inbound)
         yield GaugeMetricFamily("nipc_destination_connects_stuck",
-                                "Destination connects whose thread still waits in the kernel "
-                                "past timeouts.connect (a hung mount on the path)",
+                                "Destination connects (and inbound ticket validations) whose "
+                                "thread still waits in the kernel past its deadline (a hung "
+                                "mount on the path, a hung account lookup)",
                                 value=m.stuck())
 
 

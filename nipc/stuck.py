@@ -10,8 +10,9 @@ returns, and its late socket is closed then; while one caller (``[limits]
 max_stuck_per_caller``) or the whole host (``max_stuck``) has as many threads stuck, new
 connects are refused with ``EAGAIN`` naming the oldest stuck path, before a thread starts.
 The receiving side's ticket validation and account projection (:mod:`nipc.inbound`) can
-wait the same way (a hung sssd or LDAP server under NSS): it is bounded by ``[timeouts]
-handshake`` and counted in the same caps, as no one's (no local account is known yet).
+wait the same way (a hung sssd or LDAP server under NSS): it is bounded by half of
+``[timeouts] handshake`` and counted in the same caps, as no one's (no local account is
+known yet).
 """
 
 from __future__ import annotations

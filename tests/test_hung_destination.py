@@ -6,11 +6,13 @@ return, their late results are discarded and the daemon is as before.
 
 Real parts: daemons on a and b, alice and bob connecting through a's gate, and on b a real
 FUSE mount (in b's own mount namespace) whose server never answers, so b's impersonated
-walk blocks in the kernel exactly as on a hung sshfs.
+walk blocks in the kernel exactly as on a hung sshfs. The same for b's account lookup
+(NSS on a hung sssd or LDAP server): a FIFO as b's /etc/passwd.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -157,4 +159,73 @@ def test_a_hung_destination_times_out_frees_its_slot_and_caps_stuck_threads(
             holder.kill()
             holder.wait(30)
         subprocess.run(b.exec_argv(["umount", "-l", str(mount)]), capture_output=True)
+        server.close()
+
+
+#: b's handshake deadline in the test below (it bounds b's validation of each HELLO).
+HANDSHAKE = 4
+
+
+def test_a_hung_account_lookup_times_out_naming_the_principal_and_frees_its_slot(
+        samba_hosts: dict[str, Host]) -> None:
+    """An account lookup that hangs on b (as on a hung sssd or LDAP server: here b's
+    /etc/passwd is a FIFO no one writes, so NSS waits in open() in the kernel): alice's
+    connect from a is ETIMEDOUT naming her principal at half of b's ``[timeouts] handshake``,
+    the threads count against ``max_stuck`` (then EAGAIN before a thread), and once the lookup answers they return, their late
+    results are dropped and alice connects as before."""
+    require_root()
+    a, b = samba_hosts["a"], samba_hosts["b"]
+    server = UnixServer(str(b.run_dir / "hung-nss-ok.sock"))
+    good_target = f"{server.path}@{b.fqdn}"
+    passwd = b.path("/etc/passwd")
+    real = passwd.with_name("passwd.nipc-test")
+    fifo = passwd.with_name("passwd.nipc-fifo")
+
+    def edit(text: str) -> str:
+        assert "handshake = 10" in text
+        return text.replace("handshake = 10", f"handshake = {HANDSHAKE}") + (
+            "\n[limits]\nmax_stuck = 2\n")
+
+    def release() -> None:
+        """The real file back, then the FIFO's waiting readers woken (EOF: no such user)."""
+        if real.exists():
+            real.replace(passwd)
+        if fifo.exists():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: no reader left
+                pass
+            fifo.unlink()
+
+    try:
+        with a.running(), b.reconfigured(edit, start=True):
+            pid = b.daemon_pid()
+            assert pid is not None
+            log_start = b.log_path.stat().st_size
+            threads = threads_of(pid)
+            os.mkfifo(fifo, 0o644)
+            os.link(passwd, real)
+            fifo.replace(passwd)  # atomically: readers see the file or the FIFO
+            os.link(passwd, fifo)  # a name to wake its readers by
+            for _ in range(2):
+                reply, took = ask(a.socket_path, "alice", a, good_target)
+                assert reply.startswith("ERR ETIMEDOUT ") and "validating/projecting alice@" in reply, reply
+                assert took < HANDSHAKE + 8, took
+            reply, took = ask(a.socket_path, "alice", a, good_target)
+            assert reply.startswith("ERR EAGAIN ") and "max_stuck" in reply, reply
+            assert threads_of(pid) <= threads + 2 + 2
+            with open(b.log_path, "rb") as f:
+                f.seek(log_start)
+                log = f.read().decode("utf-8", "replace")
+            assert "stuck in the kernel, oldest validating/projecting alice@" in log, log[-3000:]
+
+            release()
+            assert wait_until(lambda: threads_of(pid) <= threads + 1), threads_of(pid)
+            assert ask(a.socket_path, "alice", a, good_target)[0] == "OK"
+            with open(b.log_path, "rb") as f:
+                f.seek(log_start)
+                log = f.read().decode("utf-8", "replace")
+            assert '"stuck": 0' in log and "Traceback" not in log
+    finally:
+        release()
         server.close()

@@ -25,7 +25,7 @@ from nipc.config import from_mapping
 from nipc.connections import Connections
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.inbound import Inbound
+from nipc.inbound import VALIDATION_SHARE, Inbound
 from nipc.interfaces import IAcceptor, IDestinationConnector, IProjection
 from nipc.kerberos import Accepted
 from nipc.limits import Limits
@@ -287,14 +287,14 @@ class Hung(Projection):
 
 
 def test_a_validation_that_hangs_is_etimedout_naming_the_principal_and_frees_its_slot() -> None:
-    """At ``[timeouts] handshake`` the caller is told what hung, the inbound slot is given
+    """At its share of ``[timeouts] handshake`` the caller is told what hung, the inbound slot is given
     back, the thread is counted as stuck (and counts against max_stuck) until it returns,
     and what it returns then is dropped: no registration, no connect, no second answer."""
     hung = Hung()
     daemon = Daemon(projection=hung, max_stuck=1)
     daemon.hello()
     assert daemon.limits.inbound == 1 and hung.entered.wait(30.0)
-    daemon.reactor.advance(daemon.config.timeouts.handshake - 0.5)
+    daemon.reactor.advance(daemon.config.timeouts.handshake * VALIDATION_SHARE - 0.5)
     assert daemon.results() == [] and daemon.limits.inbound == 1
     daemon.reactor.advance(1.0)
     (result,) = daemon.results()
