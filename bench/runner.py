@@ -442,7 +442,8 @@ mode = "0666"
                     "handshakes_per_second": 1000000, "handshake_burst": 1000000,
                     "max_pending_peers": 512, "max_pending_per_source": 512,
                     "peer_handshakes_per_second": 1000000, "max_inbound": 6000,
-                    "max_inbound_per_source": 6000}
+                    "max_inbound_per_source": 6000, "max_stuck": 6000,
+                    "max_stuck_per_caller": 6000}
 
     def lift_nipc_limits(self) -> None:
         """Append BENCH_LIMITS as [limits] to both daemons' nipcd.toml; the shipped defaults
