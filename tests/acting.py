@@ -4,6 +4,7 @@ a local user, and a daemon started under a wrapper (setpriv, a preloaded library
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -18,6 +19,22 @@ from nipc.impersonate import become
 from nipc_testbed.sandbox import Host, User
 
 T = TypeVar("T")
+
+
+def signallable(pid: int, uid: int, gid: int, tids: Sequence[int] | None = None) -> list[int]:
+    """Which threads of ``pid`` (``tids``, or all of them) a process whose real and effective
+    ids are ``uid``/``gid`` may signal: ``tgkill`` with signal 0 checks the permission and
+    delivers nothing. A thread that may be signalled lets that user SIGKILL/SIGSTOP the
+    whole process."""
+    assert platform.machine() == "x86_64", "tgkill's syscall number below is x86_64's"
+    listed = repr(list(tids)) if tids is not None else f"os.listdir('/proc/{pid}/task')"
+    probe = ("import ctypes, os\n"
+             "libc = ctypes.CDLL(None, use_errno=True)\n"
+             f"print(*[t for t in map(int, {listed}) if libc.syscall(234, {pid}, t, 0) == 0])\n")
+    out = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                          sys.executable, "-c", probe],
+                         check=True, capture_output=True, text=True, timeout=30).stdout
+    return [int(t) for t in out.split()]
 
 
 def identity(user: User | str) -> LocalIdentity:

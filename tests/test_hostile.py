@@ -37,7 +37,7 @@ import nipc
 from conftest import require_root
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity, identity_of_user
-from acting import as_user, launch_daemon, open_fds, rss_kib
+from acting import as_user, launch_daemon, open_fds, rss_kib, signallable
 from nipc_testbed.sandbox import MIT_REALM, ROOT_PARENT, Host, Sandbox
 from support import UnixServer, last_audits
 
@@ -663,18 +663,6 @@ def thread_ids(pid: int) -> dict[str, tuple[str, str, str]]:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         out[task.name] = (fields["Uid"].split(), fields["Gid"].split(), fields["Groups"].split())
     return out  # type: ignore[return-value]
-
-
-def signallable(pid: int, uid: int, gid: int) -> list[str]:
-    """The threads of ``pid`` a process of ``uid`` may signal (``tgkill`` with signal 0
-    checks the permission and delivers nothing)."""
-    probe = ("import ctypes, os\n"
-             "libc = ctypes.CDLL(None, use_errno=True)\n"
-             f"tids = os.listdir('/proc/{pid}/task')\n"
-             f"print(*[t for t in tids if libc.syscall(234, {pid}, int(t), 0) == 0])\n")
-    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                           sys.executable, "-c", probe],
-                          check=True, capture_output=True, text=True, timeout=30).stdout.split()
 
 
 def test_no_identity_is_left_on_any_thread(lan: Lan) -> None:

@@ -5,9 +5,6 @@ never used again, idle threads end, the caps hold."""
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +14,7 @@ from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
 from nipc.impersonate import become, run_as
 from nipc.workers import WarmThreads
+from acting import signallable
 from tests.conftest import require_root
 
 X = LocalIdentity("x", 61001, 61001, (61001, 61003))
@@ -112,25 +110,12 @@ def _back_to_root() -> int:
     return threading.get_native_id()
 
 
-def _signallable(uid: int, gid: int, tids: list[int]) -> list[int]:
-    """Which of this process's threads a process of ``uid`` may signal: ``tgkill`` with
-    signal 0 checks the permission and delivers nothing."""
-    probe = ("import ctypes, sys\n"
-             "libc = ctypes.CDLL(None, use_errno=True)\n"
-             f"print(*[t for t in {tids!r} if libc.syscall(234, {os.getpid()}, t, 0) == 0])\n")
-    out = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                          sys.executable, "-c", probe],
-                         check=True, capture_output=True, text=True, timeout=30).stdout
-    return [int(t) for t in out.split()]
-
-
 def test_a_caller_cannot_signal_the_daemon_through_a_thread_acting_as_them() -> None:
     """kill(2) lets a process signal a thread whose real or saved uid is its own, and
     SIGKILL or SIGSTOP to one thread acts on the whole daemon: a thread acting as X (a warm
     worker, or a fresh thread) must keep the daemon's real and saved ids, so a process of
     X's uid can signal none of them."""
     require_root()
-    assert platform.machine() == "x86_64", "tgkill's syscall number below is x86_64's"
     pool = WarmThreads(idle=5)
     release = threading.Event()
     tids: list[int] = []
@@ -143,8 +128,8 @@ def test_a_caller_cannot_signal_the_daemon_through_a_thread_acting_as_them() -> 
     fresh = run_as(_ThreadReactor(), Y, held)  # type: ignore[arg-type]
     try:
         assert wait_for(lambda: len(tids) == 2)
-        assert _signallable(X.uid, X.gid, tids) == []
-        assert _signallable(Y.uid, Y.gid, tids) == []
+        assert signallable(os.getpid(), X.uid, X.gid, tids) == []
+        assert signallable(os.getpid(), Y.uid, Y.gid, tids) == []
     finally:
         release.set()
     assert wait_for(lambda: warm.called and fresh.called)
