@@ -48,17 +48,26 @@ class HelloRate:
 STOPPING = "stopping"
 
 
-class Stopping(NipcError):
+class Refusal(NipcError):
+    """A channel's refusal that tells the sender more than its errno: ``info`` rides in the
+    RESULT, so the sender can act on it (retry elsewhere, drop a session)."""
+
+    info: dict[str, Any] = {}
+
+    def result(self, token: bytes = b"") -> wire.Result:
+        return wire.Result(self.errno_name, self.message, token=token, info=self.info)
+
+
+class Stopping(Refusal):
     """The receiving daemon is stopping: no new channel, not even on a link it accepted
     before, and no OK for one still in its handshake (its process is about to end). The
     sender retires the link and dials once more: a restarted daemon answers on the new
     link; if none listens, the dial says so."""
 
+    info = {STOPPING: True}
+
     def __init__(self) -> None:
         super().__init__("EHOSTUNREACH", "the receiving NIPC daemon is stopping")
-
-    def result(self, token: bytes = b"") -> wire.Result:
-        return wire.Result(self.errno_name, self.message, token=token, info={STOPPING: True})
 
 
 def source_of(addr: Any) -> str:

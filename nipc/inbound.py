@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nipc import wire
-from nipc.admission import PeerAdmission, Stopping, source_of
+from nipc.admission import PeerAdmission, Refusal, Stopping, source_of
 from nipc.channel import Channel
 from nipc.config import HostSection, PeerSection, TimeoutsSection
 from nipc.errors import NipcError
@@ -62,8 +62,11 @@ def _pac_buffer(decode: Callable[[bytes], _Decoded], raw: bytes, principal: str)
         raise NipcError("EKEYREJECTED", f"malformed PAC in {principal}'s ticket: {e}") from None
 
 
-class _Ended(NipcError):
-    """A later channel names a session this link does not hold (any more)."""
+class _Ended(Refusal):
+    """A later channel names a session this link does not hold (any more): the RESULT says
+    so, and the sender drops its session and makes a full exchange."""
+
+    info = {OFFERED: ENDED}
 
     def __init__(self) -> None:
         super().__init__("EKEYREJECTED", "no such session on this link (it ended, or was "
@@ -279,11 +282,8 @@ class Inbound:
             uncount()
             self._registry.remove(conn_id)  # if it got as far as being registered
             token = acc.token if acc else b""
-            if isinstance(error, Stopping):
-                channel.answer(error.result(token))
-            else:
-                info = {OFFERED: ENDED} if isinstance(error, _Ended) else {}
-                channel.answer(wire.Result(error.errno_name, error.message, token=token, info=info))
+            channel.answer(error.result(token) if isinstance(error, Refusal) else
+                           wire.Result(error.errno_name, error.message, token=token))
             self._live.refused(connection, error)
 
         def refusal(failure: Failure) -> Failure | None:
