@@ -15,7 +15,7 @@ import errno
 import os
 import platform
 import threading
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
@@ -74,23 +74,33 @@ def on_fresh_thread(reactor: IReactorFromThreads, job: Callable[[], T]) -> "Defe
     """Run ``job`` on a new thread that ends with it: a job may change the thread's
     identity, which must never outlive it (a pool thread would keep it)."""
     done: Deferred[T] = Deferred()
+    start_thread(deliver, (reactor, job, done), done)
+    return done
 
-    def main() -> None:
-        try:
-            result = job()
-        except BaseException:
-            failure = Failure()
-            reactor.callFromThread(done.errback, failure)
-        else:
-            reactor.callFromThread(done.callback, result)
 
-    # Not threading.Thread: its start() waits, holding up the reactor, until the new
-    # thread has run; a raw thread is started and left to run.
+def deliver(reactor: IReactorFromThreads, job: Callable[[], T], done: "Deferred[T]") -> None:
+    """Run ``job`` on this thread (not the reactor's); its result or failure fires ``done``
+    on the reactor thread."""
     try:
-        _thread.start_new_thread(main, ())
+        result = job()
+    except BaseException:
+        reactor.callFromThread(done.errback, Failure())
+    else:
+        reactor.callFromThread(done.callback, result)
+
+
+def start_thread(main: Callable[..., None], args: tuple[Any, ...], done: "Deferred[Any]") -> bool:
+    """Start ``main(*args)`` on a new raw thread; if the host cannot start one, fail
+    ``done`` with ``EAGAIN`` and say False.
+
+    Not threading.Thread: its start() waits, holding up the reactor, until the new thread
+    has run; a raw thread is started and left to run."""
+    try:
+        _thread.start_new_thread(main, args)
     except RuntimeError as e:  # RLIMIT_NPROC, memory: overload, refused as such
         done.errback(Failure(NipcError("EAGAIN", f"this host cannot start a thread now ({e})")))
-    return done
+        return False
+    return True
 
 
 def run_as(

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from nipc.errors import NipcError
 from nipc.identity import LocalIdentity
-from nipc.impersonate import on_fresh_thread, run_as, switch_to
+from nipc.impersonate import deliver, on_fresh_thread, run_as, start_thread, switch_to
 
 T = TypeVar("T")
 
@@ -66,12 +66,7 @@ class _Task(Generic[T]):
         self.done: Deferred[T] = Deferred()
 
     def run(self) -> None:
-        try:
-            result = self.job()
-        except BaseException:
-            self.reactor.callFromThread(self.done.errback, Failure())
-        else:
-            self.reactor.callFromThread(self.done.callback, result)
+        deliver(self.reactor, self.job, self.done)
 
     def refuse(self, error: NipcError) -> None:
         self.reactor.callFromThread(self.done.errback, Failure(error))
@@ -126,11 +121,8 @@ class WarmThreads:
             if identity is None:
                 return on_fresh_thread(reactor, job)
             return run_as(reactor, identity, job)
-        try:
-            _thread.start_new_thread(self._main, (_Worker(key), identity, task))
-        except RuntimeError as e:  # RLIMIT_NPROC, memory: overload, refused as such
+        if not start_thread(self._main, (_Worker(key), identity, task), task.done):
             self._gone(key)
-            task.done.errback(Failure(NipcError("EAGAIN", f"this host cannot start a thread now ({e})")))
         return task.done
 
     def _gone(self, key: _Key) -> None:
